@@ -1,0 +1,1 @@
+"""The ``fabricsim`` command line: one root group, one module per command."""

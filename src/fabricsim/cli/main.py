@@ -1,0 +1,36 @@
+"""Root command group and the one place where library errors become one-line messages with exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from fabricsim import __version__
+from fabricsim.errors import FabricsimError
+
+
+class FabricsimGroup(click.Group):
+    """A click group that turns any FabricsimError raised by a command into ``Error: ...`` and exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FabricsimError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=FabricsimGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fabricsim")
+def cli() -> None:
+    """Simulate multi-GPU cluster interconnects: topologies, collectives and training steps."""
+
+
+def _register() -> None:
+    from fabricsim.cli import topology
+
+    cli.add_command(topology.topology)
+
+
+_register()
