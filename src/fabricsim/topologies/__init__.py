@@ -1,5 +1,11 @@
-"""Fabric builders: functions with keyword options that return a validated Topology."""
+"""Fabric builders: functions with keyword options that return a validated Topology.
+
+>>> from fabricsim.topologies import gb200_nvl72
+>>> gb200_nvl72(planes="aggregate").num_gpus
+72
+"""
 
 from fabricsim.topologies.base import Topology
+from fabricsim.topologies.nvlink import dgx_b200, dgx_h100, gb200_nvl72, nvl576
 
-__all__ = ["Topology"]
+__all__ = ["Topology", "dgx_h100", "dgx_b200", "gb200_nvl72", "nvl576"]
