@@ -1,0 +1,411 @@
+"""Transfers on a SimPy Environment: flow groups, their routes, and the fluid model that moves them.
+
+``Fabric.transfer`` and ``Fabric.transfer_group`` return SimPy events that fire when the last byte has
+arrived. Groups submitted at the same simulated instant form one *launch*; the launch is handed to the
+fluid model (``fluid.FluidNetwork``) once every process running at that instant has had its turn.
+
+Round caching is what makes 8,192 GPUs affordable: a launch that starts on an otherwise idle fabric and
+finishes before anything else starts has a duration that depends only on its flow pattern. Such launches
+are remembered by a digest of their (source, destination, size, key) arrays; when the same pattern starts
+again on an idle fabric, its groups complete after the remembered durations without solving anything. If
+another launch arrives while a remembered one is still running, the remembered one is replayed into the
+fluid model up to the present and both continue there, contending as usual: the cache changes no answer
+(beyond float rounding: a cached finish time is start + remembered offset), it only skips recomputing one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
+
+import numpy as np
+import simpy
+
+from fabricsim.errors import ConfigError, TopologyError
+from fabricsim.simulator.fluid import FluidNetwork
+from fabricsim.simulator.routing import Router
+from fabricsim.topologies.base import Topology
+
+__all__ = ["FlowGroup", "GroupResult", "Fabric"]
+
+_TAG_BITS = 26  # subflow index bits in a fluid tag; the group id sits above them
+_TAG_MASK = (1 << _TAG_BITS) - 1
+
+
+@dataclass
+class FlowGroup:
+    """Transfers that start together: flow ``i`` moves ``nbytes[i]`` from node ``src[i]`` to ``dst[i]``.
+
+    ``src`` and ``dst`` are node indices of the fabric's link table (see ``Fabric.group`` to build one
+    from node names or ranks); ``key`` separates flows of one pair for ECMP (e.g. the NCCL channel).
+    A group may be submitted many times: its routes and its digest are computed once.
+    """
+
+    src: np.ndarray
+    dst: np.ndarray
+    nbytes: np.ndarray
+    key: np.ndarray
+    label: str = ""
+    _digest: bytes | None = field(default=None, repr=False, compare=False)
+    _expanded: tuple | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.src = np.asarray(self.src, dtype=np.int64)
+        self.dst = np.asarray(self.dst, dtype=np.int64)
+        self.nbytes = np.asarray(self.nbytes, dtype=np.int64)
+        self.key = np.broadcast_to(np.asarray(self.key, dtype=np.int64), self.src.shape).copy()
+        if not (self.src.shape == self.dst.shape == self.nbytes.shape):
+            raise ConfigError("a flow group needs as many destinations and sizes as sources")
+        if self.nbytes.size and self.nbytes.min() < 0:
+            raise ConfigError("a transfer cannot move a negative number of bytes")
+
+    def __len__(self) -> int:
+        return self.src.shape[0]
+
+    @property
+    def digest(self) -> bytes:
+        """Content digest of the flow pattern (sources, destinations, sizes, keys)."""
+        if self._digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            for a in (self.src, self.dst, self.nbytes, self.key):
+                h.update(a.tobytes())
+            self._digest = h.digest()
+        return self._digest
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.nbytes.sum())
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """When a submitted group started and finished; per-flow finish times when the fabric records flows."""
+
+    start: float
+    finish: float
+    flow_finish: np.ndarray | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.finish - self.start
+
+
+@dataclass
+class _Run:
+    """One submission of a group: its event and the subflows still in flight."""
+
+    gid: int
+    group: FlowGroup
+    event: simpy.Event
+    start: float
+    left: int
+    launch: "_Launch"
+    sub_finish: np.ndarray | None = None
+    completed: bool = False
+
+
+@dataclass
+class _Launch:
+    """Groups submitted at one instant; ``solo`` while nothing else has shared the fabric with them."""
+
+    key: tuple
+    start: float
+    runs: list
+    solo: bool
+    busy0: np.ndarray | None = None
+    done: int = 0
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What a solo launch's pattern costs: per-group durations and per-flow finish offsets, link stats."""
+
+    offsets: tuple
+    flow_offsets: tuple
+    link_ids: np.ndarray
+    link_bytes: np.ndarray
+    busy_ids: np.ndarray
+    busy_time: np.ndarray
+
+
+class Fabric:
+    """Flows of bytes over a topology on a SimPy environment, with max-min fair contention.
+
+    Parameters
+    ----------
+    env : simpy.Environment
+    topology : Topology
+    cache : bool
+        Reuse the timing of a repeated flow pattern that starts on an idle fabric (see module docstring).
+    record : {"groups", "flows", None}
+        Keep every group's start and finish (default), also every flow's finish, or nothing.
+    on_rates : callable, optional
+        ``f(time, link_ids, loads)`` after every bandwidth re-solve; disables the cache, since a cached
+        launch has no re-solves to report.
+    """
+
+    def __init__(self, env: simpy.Environment, topology: Topology, *, cache: bool = True,
+                 record: str | None = "groups", on_rates=None):
+        if record not in ("groups", "flows", None):
+            raise ConfigError(f"record must be 'groups', 'flows' or None, not {record!r}")
+        self.env = env
+        self.topology = topology
+        self.router = Router(topology)
+        self.links = self.router.links
+        self.cache_enabled = cache and on_rates is None
+        self.record = record
+        self.fluid = FluidNetwork(self.links.bandwidth, on_rates=on_rates)
+        self.gpu_index = np.array([self.router.node(g) for g in topology.gpus], dtype=np.int64)
+        self.link_bytes = np.zeros(len(self.links))
+        self.log: list[tuple[str, int, int, float, float]] = []  # label, flows, bytes, start, finish
+        self.stats = {"launches": 0, "cache_hits": 0, "replays": 0, "groups": 0, "flows": 0}
+        self._pending: list[_Run] = []
+        self._runs: dict[int, _Run] = {}
+        self._next_gid = 0
+        self._version = 0
+        self._records: dict[tuple, _Record] = {}
+        self._uses: dict[tuple, int] = {}
+        self._solo: _Launch | None = None  # the launch that may become a cache record
+        self._fast: tuple | None = None  # (launch, record, pending run indices in finish order)
+        self.on_group_done = None  # optional f(group, start, flow_finish) when flows are recorded
+
+    # --- building groups --------------------------------------------------------------------------------
+    def group(self, src: Sequence[Hashable], dst: Sequence[Hashable], nbytes, key=0, label: str = "") -> FlowGroup:
+        """A FlowGroup from node names."""
+        node = self.router.node
+        return FlowGroup(np.array([node(s) for s in src], dtype=np.int64),
+                         np.array([node(d) for d in dst], dtype=np.int64),
+                         np.broadcast_to(np.asarray(nbytes, dtype=np.int64), (len(src),)), key, label)
+
+    def group_by_rank(self, src_ranks, dst_ranks, nbytes, key=0, label: str = "") -> FlowGroup:
+        """A FlowGroup between GPUs given by rank (position in ``topology.gpus``)."""
+        src_ranks = np.asarray(src_ranks, dtype=np.int64)
+        dst_ranks = np.asarray(dst_ranks, dtype=np.int64)
+        p = self.gpu_index.shape[0]
+        for ranks in (src_ranks, dst_ranks):
+            if ranks.size and (ranks.min() < 0 or ranks.max() >= p):
+                raise ConfigError(f"rank out of range: the topology has {p} GPUs")
+        return FlowGroup(self.gpu_index[src_ranks], self.gpu_index[dst_ranks],
+                         np.broadcast_to(np.asarray(nbytes, dtype=np.int64), src_ranks.shape), key, label)
+
+    # --- submitting ---------------------------------------------------------------------------------------
+    def transfer(self, src: Hashable, dst: Hashable, nbytes: int, *, key: int = 0, label: str = "") -> simpy.Event:
+        """Move ``nbytes`` from node ``src`` to node ``dst``; the event fires when the last byte arrives."""
+        return self.transfer_group(self.group([src], [dst], [nbytes], key, label))
+
+    def transfer_group(self, group: FlowGroup) -> simpy.Event:
+        """Start every flow of ``group`` now; the event fires with a GroupResult when all have arrived."""
+        event = self.env.event()
+        if len(group) == 0:
+            event.succeed(GroupResult(self.env.now, self.env.now))
+            return event
+        self._expand(group)  # routing errors surface here, in the caller's process
+        run = _Run(self._next_gid, group, event, self.env.now, 0, None)  # type: ignore[arg-type]
+        self._next_gid += 1
+        if not self._pending:
+            flush = self.env.event()
+            flush.callbacks.append(self._flush)
+            flush.succeed()
+        self._pending.append(run)
+        return event
+
+    # --- results ------------------------------------------------------------------------------------------
+    def link_totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes carried, busy seconds) per link so far, cached launches included."""
+        total_bytes = self.link_bytes.copy()
+        busy = self.fluid.busy.copy()
+        for key, uses in self._uses.items():
+            rec = self._records[key]
+            np.add.at(total_bytes, rec.link_ids, rec.link_bytes * uses)
+            np.add.at(busy, rec.busy_ids, rec.busy_time * uses)
+        return total_bytes, busy
+
+    # --- internals ----------------------------------------------------------------------------------------
+    def _expand(self, group: FlowGroup) -> tuple:
+        """Subflows of a group: (flow index, bytes, latency, path ptr, path links), computed once."""
+        if group._expanded is None:
+            route = self.router.route
+            routes = [route(s, d, k) for s, d, k in zip(group.src.tolist(), group.dst.tolist(), group.key.tolist())]
+            n_paths = np.array([r.fractions.shape[0] for r in routes], dtype=np.int64)
+            flow = np.repeat(np.arange(len(routes)), n_paths)
+            frac = np.concatenate([r.fractions for r in routes])
+            lat = np.concatenate([r.latencies for r in routes])
+            sub_len = np.concatenate([np.diff(r.ptr) for r in routes])
+            links = np.concatenate([r.links for r in routes])
+            ptr = np.zeros(sub_len.shape[0] + 1, dtype=np.int64)
+            np.cumsum(sub_len, out=ptr[1:])
+            sub_bytes = group.nbytes[flow] * frac
+            if sub_bytes.shape[0] > _TAG_MASK:
+                raise ConfigError(f"a flow group may hold at most {_TAG_MASK} paths")
+            link_bytes = np.bincount(links, weights=np.repeat(sub_bytes, sub_len), minlength=len(self.links))
+            used = np.flatnonzero(link_bytes)
+            group._expanded = (flow, sub_bytes, lat, ptr, links, used, link_bytes[used])
+        return group._expanded
+
+    def _flush(self, _event) -> None:
+        runs, self._pending = self._pending, []
+        now = self.env.now
+        self._progress(now)
+        key = tuple(r.group.digest for r in runs)
+        idle = self.fluid.active == 0 and self._fast is None
+        launch = _Launch(key, now, runs, solo=idle and self.cache_enabled)
+        self.stats["launches"] += 1
+        self.stats["groups"] += len(runs)
+        self.stats["flows"] += sum(len(r.group) for r in runs)
+        for r in runs:
+            r.launch = launch
+        if launch.solo and key in self._records:
+            self.stats["cache_hits"] += 1
+            self._start_fast(launch, self._records[key])
+            return
+        if self._fast is not None:
+            self._replay_fast()
+        if self._solo is not None:
+            self._solo.solo = False
+            self._solo = None
+        if launch.solo:
+            self._solo = launch
+            self.fluid.reset_clock(now)
+            launch.busy0 = self.fluid.busy.copy()
+        self.fluid.advance(now)
+        for r in runs:
+            self._add_to_fluid(r, now)
+        self._schedule()
+
+    def _add_to_fluid(self, run: _Run, start: float) -> None:
+        flow, sub_bytes, lat, ptr, links, used, used_bytes = self._expand(run.group)
+        run.left = sub_bytes.shape[0]
+        if self.record == "flows" or run.launch.solo:
+            run.sub_finish = np.full(run.left, np.nan)
+        self._runs[run.gid] = run
+        tags = (run.gid << _TAG_BITS) | np.arange(run.left, dtype=np.int64)
+        self.fluid.add(sub_bytes, start + lat, ptr, links, tags)
+        self.link_bytes[used] += used_bytes
+
+    def _schedule(self) -> None:
+        t = self.fluid.next_event_time()
+        if t == np.inf:
+            return
+        self._version += 1
+        version = self._version
+        wake = self.env.timeout(max(0.0, t - self.env.now))
+        wake.callbacks.append(lambda _e: self._on_wake(version, t))
+
+    def _on_wake(self, version: int, target: float) -> None:
+        if version != self._version:
+            return  # rates changed since this wake-up was planned
+        self._progress(max(self.env.now, target))
+        self._schedule()
+
+    def _progress(self, until: float) -> None:
+        """Process every fluid event due by ``until``."""
+        fluid = self.fluid
+        while fluid.active and fluid.next_event_time() <= until:
+            tags, t = fluid.step()
+            if tags.size:
+                self._finish_subflows(tags, t)
+
+    def _finish_subflows(self, tags: np.ndarray, t: float) -> None:
+        gids = tags >> _TAG_BITS
+        order = np.argsort(gids, kind="stable")
+        gids, subs = gids[order], (tags & _TAG_MASK)[order]
+        bounds = np.flatnonzero(np.diff(gids)) + 1
+        for g_subs, gid in zip(np.split(subs, bounds), gids[np.r_[0, bounds]].tolist()):
+            run = self._runs[gid]
+            run.left -= g_subs.shape[0]
+            if run.sub_finish is not None:
+                run.sub_finish[g_subs] = t
+            if run.left == 0:
+                del self._runs[gid]
+                if run.completed:
+                    continue  # replayed from the cache: its event fired already
+                flow_finish = None
+                if run.sub_finish is not None:
+                    flow = self._expand(run.group)[0]
+                    flow_finish = np.full(len(run.group), -np.inf)
+                    np.maximum.at(flow_finish, flow, run.sub_finish)
+                self._complete(run, t, flow_finish)
+
+    def _complete(self, run: _Run, t: float, flow_finish: np.ndarray | None) -> None:
+        run.completed = True
+        if self.record is not None:
+            self.log.append((run.group.label, len(run.group), run.group.total_bytes, run.start, t))
+        launch = run.launch
+        launch.done += 1
+        if self.on_group_done is not None and flow_finish is not None:
+            self.on_group_done(run.group, run.start, flow_finish)
+        run.event.succeed(GroupResult(run.start, float(t), flow_finish if self.record == "flows" else None))
+        if launch.solo and launch.done == len(launch.runs):
+            self._remember(launch)
+
+    def _remember(self, launch: _Launch) -> None:
+        """Store a finished solo launch's timing under its pattern key."""
+        self._solo = None
+        offsets, flow_offsets, ids, vals = [], [], [], []
+        for r in launch.runs:
+            flow = self._expand(r.group)[0]
+            ff = np.full(len(r.group), -np.inf)
+            np.maximum.at(ff, flow, r.sub_finish)
+            flow_offsets.append(ff - launch.start)
+            offsets.append(float(ff.max() - launch.start))
+            exp = self._expand(r.group)
+            ids.append(exp[5])
+            vals.append(exp[6])
+        link_ids = np.concatenate(ids)
+        link_bytes = np.concatenate(vals)
+        busy = self.fluid.busy - launch.busy0
+        busy_ids = np.flatnonzero(busy)
+        self._records[launch.key] = _Record(tuple(offsets), tuple(flow_offsets), link_ids, link_bytes,
+                                            busy_ids, busy[busy_ids])
+        # this first run's bytes and busy time are already in the dense totals; later hits add via _uses
+
+    # --- cached launches ------------------------------------------------------------------------------------
+    def _start_fast(self, launch: _Launch, record: _Record) -> None:
+        order = sorted(range(len(launch.runs)), key=lambda i: record.offsets[i])
+        self._fast = (launch, record, order)
+        self._version += 1
+        self._schedule_fast()
+
+    def _schedule_fast(self) -> None:
+        launch, record, order = self._fast
+        version = self._version
+        wake = self.env.timeout(max(0.0, launch.start + record.offsets[order[0]] - self.env.now))
+        wake.callbacks.append(lambda _e: self._on_fast(version))
+
+    def _on_fast(self, version: int) -> None:
+        if version != self._version or self._fast is None:
+            return
+        launch, record, order = self._fast
+        while order and launch.start + record.offsets[order[0]] <= self.env.now:
+            i = order.pop(0)
+            run = launch.runs[i]
+            run.completed = True
+            finish = launch.start + record.offsets[i]
+            flow_finish = launch.start + record.flow_offsets[i] if self.record == "flows" else None
+            if self.record is not None:
+                self.log.append((run.group.label, len(run.group), run.group.total_bytes, run.start, finish))
+            if self.on_group_done is not None and flow_finish is not None:
+                self.on_group_done(run.group, run.start, flow_finish)
+            run.event.succeed(GroupResult(run.start, float(finish), flow_finish))
+        if order:
+            self._schedule_fast()
+        else:
+            self._fast = None
+            self._uses[launch.key] = self._uses.get(launch.key, 0) + 1
+
+    def _replay_fast(self) -> None:
+        """Another launch arrives during a cached one: rebuild the cached one's fluid state up to now.
+
+        Every group of the launch is replayed from its start, those already completed included, so that
+        link bytes and busy time come out exactly as if the launch had never been cached.
+        """
+        launch, _record, _order = self._fast
+        self._fast = None
+        self._version += 1
+        self.stats["replays"] += 1
+        launch.solo = False
+        self.fluid.reset_clock(launch.start)
+        for run in launch.runs:
+            self._add_to_fluid(run, launch.start)
+        self._progress(self.env.now)

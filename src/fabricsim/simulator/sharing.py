@@ -1,0 +1,77 @@
+"""Max-min fair bandwidth sharing by progressive filling, vectorised with numpy.
+
+Pure functions, no SimPy: the fluid model (``fluid.py``) calls them whenever the set of draining flows
+changes. A flow crosses a set of links; all unfrozen flows grow at the same rate until some link fills;
+the flows crossing the fullest links freeze at that level; repeat. The result is the unique max-min fair
+allocation: no flow can gain without taking from a flow that has no more than it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["max_min_rates", "link_loads"]
+
+# Relative tolerance for "this link is a bottleneck at this level": levels closer than this are the
+# same level, so float noise cannot split one fair share into two.
+_LEVEL_RTOL = 1e-12
+
+
+def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.ndarray, n_flows: int,
+                  weight: np.ndarray | None = None) -> np.ndarray:
+    """Max-min fair rate of every flow.
+
+    Parameters
+    ----------
+    entry_flow, entry_link : int arrays of equal length
+        One entry per (flow, link) incidence: flow ``entry_flow[i]`` crosses link ``entry_link[i]``.
+    capacity : float array
+        Capacity of every link (B/s), indexed by link id.
+    n_flows : int
+        Number of flows; flows with no entry get rate ``inf`` (nothing limits them).
+    weight : float array, optional
+        Multiplicity of each flow (identical flows merged into one): a flow of weight w takes w shares.
+
+    Returns
+    -------
+    numpy.ndarray
+        Rate of each flow in B/s (per unit of weight).
+
+    Examples
+    --------
+    Two flows share link 0 (10 B/s); the second also crosses link 1 (4 B/s):
+
+    >>> max_min_rates(np.array([0, 1, 1]), np.array([0, 0, 1]), np.array([10.0, 4.0]), 2).tolist()
+    [6.0, 4.0]
+    """
+    rate = np.full(n_flows, np.inf)
+    if n_flows == 0 or entry_flow.size == 0:
+        return rate
+    n_links = capacity.shape[0]
+    w_flow = np.ones(n_flows) if weight is None else np.asarray(weight, dtype=float)
+    cap_left = capacity.astype(float, copy=True)
+    ef, el = entry_flow, entry_link
+    ew = w_flow[ef]
+    while ef.size:
+        count = np.bincount(el, weights=ew, minlength=n_links)
+        used = count > 0
+        share = np.full(n_links, np.inf)
+        share[used] = np.maximum(cap_left[used], 0.0) / count[used]
+        level = share.min()
+        bottleneck = share <= level * (1 + _LEVEL_RTOL)
+        frozen_flow = np.zeros(n_flows, dtype=bool)
+        frozen_flow[ef[bottleneck[el]]] = True
+        rate[frozen_flow] = level
+        hit = frozen_flow[ef]
+        # frozen flows keep their share of every link they cross
+        cap_left -= np.bincount(el[hit], weights=ew[hit] * level, minlength=n_links)
+        keep = ~hit
+        ef, el, ew = ef[keep], el[keep], ew[keep]
+    return rate
+
+
+def link_loads(entry_flow: np.ndarray, entry_link: np.ndarray, rate: np.ndarray, n_links: int,
+               weight: np.ndarray | None = None) -> np.ndarray:
+    """Total rate carried by every link (B/s) for the given per-flow rates."""
+    r = rate[entry_flow] if weight is None else rate[entry_flow] * weight[entry_flow]
+    return np.bincount(entry_link, weights=r, minlength=n_links)
