@@ -7,5 +7,6 @@
 
 from fabricsim.topologies.base import Topology
 from fabricsim.topologies.nvlink import dgx_b200, dgx_h100, gb200_nvl72, nvl576
+from fabricsim.topologies.scaleout import scale_out
 
-__all__ = ["Topology", "dgx_h100", "dgx_b200", "gb200_nvl72", "nvl576"]
+__all__ = ["Topology", "dgx_h100", "dgx_b200", "gb200_nvl72", "nvl576", "scale_out"]
