@@ -22,6 +22,7 @@ computed from their own parameters in ``meta``, which is used for big graphs whi
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
@@ -99,8 +100,9 @@ class Topology:
     def _fingerprint(self) -> tuple:
         """What the closed forms in ``meta`` were computed for; any edit to the graph changes it."""
         G = self.graph
+        # fsum is exactly rounded, so the value does not depend on edge order (a reloaded file matches)
         return (G.number_of_nodes(), G.number_of_edges(),
-                round(sum(b for _, _, b in G.edges(data="bandwidth", default=0.0)), 3))
+                math.fsum(b for _, _, b in G.edges(data="bandwidth", default=0.0)))
 
     def _closed_form_valid(self) -> bool:
         return self.meta.get("fingerprint") == list(self._fingerprint())
@@ -207,7 +209,7 @@ class Topology:
                         if str(d.get("kind", "")).startswith("nvlink"))
         nic_out = self.nic_bandwidth()
         aggregate = sum(self.injection_bandwidth(g) for g in self.gpus)
-        gpu = self.hardware.get("gpu")
+        gpu = self.hardware.get("gpu") or G.nodes[self.gpus[0]].get("model")
         return {
             "name": self.name,
             "gpus": self.num_gpus,
