@@ -72,15 +72,17 @@ class Simulation:
         What the fabric keeps of each transfer (``"flows"`` for per-transfer finish times).
     trace : bool
         Record a timeline for :meth:`write_trace` (per-flow slices and link counters; slower, small runs).
+    efficiency : dict, optional
+        Usable share of line rate per link kind (see ``Fabric``).
     """
 
     def __init__(self, topology: Topology, *, cache: bool = True, record: str | None = "groups",
-                 trace: bool = False):
+                 trace: bool = False, efficiency: dict | None = None):
         self.env = simpy.Environment()
         self.topology = topology
         self.tracer = TraceRecorder() if trace else None
         self.fabric = Fabric(self.env, topology, cache=cache, record="flows" if trace else record,
-                             on_rates=self.tracer.on_rates if trace else None)
+                             on_rates=self.tracer.on_rates if trace else None, efficiency=efficiency)
         if trace:
             self.fabric.on_group_done = self._trace_group
 

@@ -37,6 +37,9 @@ _TAG_MASK = (1 << _TAG_BITS) - 1
 class FlowGroup:
     """Transfers that start together: flow ``i`` moves ``nbytes[i]`` from node ``src[i]`` to ``dst[i]``.
 
+    Sizes are floats: a collective may split N bytes into p equal shares that are not whole bytes, as
+    its closed form does.
+
     ``src`` and ``dst`` are node indices of the fabric's link table (see ``Fabric.group`` to build one
     from node names or ranks); ``key`` separates flows of one pair for ECMP (e.g. the NCCL channel).
     A group may be submitted many times: its routes and its digest are computed once.
@@ -47,13 +50,14 @@ class FlowGroup:
     nbytes: np.ndarray
     key: np.ndarray
     label: str = ""
+    charge_latency: bool = True
     _digest: bytes | None = field(default=None, repr=False, compare=False)
     _expanded: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.src = np.asarray(self.src, dtype=np.int64)
         self.dst = np.asarray(self.dst, dtype=np.int64)
-        self.nbytes = np.asarray(self.nbytes, dtype=np.int64)
+        self.nbytes = np.asarray(self.nbytes, dtype=float)
         self.key = np.broadcast_to(np.asarray(self.key, dtype=np.int64), self.src.shape).copy()
         if not (self.src.shape == self.dst.shape == self.nbytes.shape):
             raise ConfigError("a flow group needs as many destinations and sizes as sources")
@@ -67,15 +71,15 @@ class FlowGroup:
     def digest(self) -> bytes:
         """Content digest of the flow pattern (sources, destinations, sizes, keys)."""
         if self._digest is None:
-            h = hashlib.blake2b(digest_size=16)
+            h = hashlib.blake2b(digest_size=16, person=b"lat" if self.charge_latency else b"nolat")
             for a in (self.src, self.dst, self.nbytes, self.key):
                 h.update(a.tobytes())
             self._digest = h.digest()
         return self._digest
 
     @property
-    def total_bytes(self) -> int:
-        return int(self.nbytes.sum())
+    def total_bytes(self) -> float:
+        return float(self.nbytes.sum())
 
 
 @dataclass(frozen=True)
@@ -143,10 +147,12 @@ class Fabric:
     on_rates : callable, optional
         ``f(time, link_ids, loads)`` after every bandwidth re-solve; disables the cache, since a cached
         launch has no re-solves to report.
+    efficiency : dict, optional
+        Usable share of line rate per link kind (e.g. protocol overheads); other kinds get 1.0.
     """
 
     def __init__(self, env: simpy.Environment, topology: Topology, *, cache: bool = True,
-                 record: str | None = "groups", on_rates=None):
+                 record: str | None = "groups", on_rates=None, efficiency: dict | None = None):
         if record not in ("groups", "flows", None):
             raise ConfigError(f"record must be 'groups', 'flows' or None, not {record!r}")
         self.env = env
@@ -155,7 +161,12 @@ class Fabric:
         self.links = self.router.links
         self.cache_enabled = cache and on_rates is None
         self.record = record
-        self.fluid = FluidNetwork(self.links.bandwidth, on_rates=on_rates)
+        self.capacity = self.links.bandwidth.copy()
+        for kind, factor in (efficiency or {}).items():
+            if not 0 < factor <= 1:
+                raise ConfigError(f"efficiency of {kind!r} links must be in (0, 1], got {factor!r}")
+            self.capacity[np.array([k == kind for k in self.links.kind], dtype=bool)] *= factor
+        self.fluid = FluidNetwork(self.capacity, on_rates=on_rates)
         self.gpu_index = np.array([self.router.node(g) for g in topology.gpus], dtype=np.int64)
         self.link_bytes = np.zeros(len(self.links))
         self.log: list[tuple[str, int, int, float, float]] = []  # label, flows, bytes, start, finish
@@ -176,7 +187,7 @@ class Fabric:
         node = self.router.node
         return FlowGroup(np.array([node(s) for s in src], dtype=np.int64),
                          np.array([node(d) for d in dst], dtype=np.int64),
-                         np.broadcast_to(np.asarray(nbytes, dtype=np.int64), (len(src),)), key, label)
+                         np.broadcast_to(np.asarray(nbytes, dtype=float), (len(src),)), key, label)
 
     def group_by_rank(self, src_ranks, dst_ranks, nbytes, key=0, label: str = "") -> FlowGroup:
         """A FlowGroup between GPUs given by rank (position in ``topology.gpus``)."""
@@ -187,7 +198,12 @@ class Fabric:
             if ranks.size and (ranks.min() < 0 or ranks.max() >= p):
                 raise ConfigError(f"rank out of range: the topology has {p} GPUs")
         return FlowGroup(self.gpu_index[src_ranks], self.gpu_index[dst_ranks],
-                         np.broadcast_to(np.asarray(nbytes, dtype=np.int64), src_ranks.shape), key, label)
+                         np.broadcast_to(np.asarray(nbytes, dtype=float), src_ranks.shape), key, label)
+
+    def path_latency(self, group: FlowGroup) -> float:
+        """Longest path latency among the group's flows (s): the wire part of a step's latency."""
+        lat = self._expand(group)[2]
+        return float(lat.max()) if lat.size else 0.0
 
     # --- submitting ---------------------------------------------------------------------------------------
     def transfer(self, src: Hashable, dst: Hashable, nbytes: int, *, key: int = 0, label: str = "") -> simpy.Event:
@@ -280,7 +296,8 @@ class Fabric:
             run.sub_finish = np.full(run.left, np.nan)
         self._runs[run.gid] = run
         tags = (run.gid << _TAG_BITS) | np.arange(run.left, dtype=np.int64)
-        self.fluid.add(sub_bytes, start + lat, ptr, links, tags)
+        self.fluid.add(sub_bytes, start + lat if run.group.charge_latency else np.full(lat.shape, start),
+                       ptr, links, tags)
         self.link_bytes[used] += used_bytes
 
     def _schedule(self) -> None:
