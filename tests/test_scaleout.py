@@ -103,6 +103,12 @@ def test_three_tiers_above_the_radix_and_8192_gpus_build_fast():
     assert scale_out("dgx-b200", gpus=2048).meta["tiers"] == 2
 
 
+def test_rail_groups_can_need_more_pods_than_full_leaves():
+    # 8 rails, partly filled rail leaves: 51 GPUs need 7 pods on 6-port switches (full leaves would hold 54)
+    with pytest.raises(InfeasibleError, match="pods"):
+        scale_out("dgx-h100", gpus=51, switch=dataclasses.replace(QUANTUM2_NDR, ports=6))
+
+
 def test_faster_switch_and_nic():
     t = scale_out("gb200-nvl72", gpus=144, nic=IB_XDR, switch=QUANTUM_X800)
     assert t.nic_bandwidth() == 100 * GB                           # A028
@@ -116,7 +122,8 @@ def test_faster_switch_and_nic():
     ({"count": 0}, ConfigError, "count"),
     ({"oversubscription": 0}, ConfigError, "oversubscription"),
     ({"nic": IB_XDR}, ConfigError, "faster than"),
-    ({"gpus": 1000, "switch": dataclasses.replace(QUANTUM2_NDR, ports=8)}, InfeasibleError, "at most 8 pods"),
+    ({"gpus": 1000, "switch": dataclasses.replace(QUANTUM2_NDR, ports=8)}, InfeasibleError, "at most 128 GPUs"),
+    ({"gpus": 10**9}, InfeasibleError, "at most 65536 GPUs"),   # refused before building anything
 ])
 def test_refusals(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -30,8 +30,9 @@ from typing import Any, Hashable, Sequence
 import networkx as nx
 
 from fabricsim.errors import ConfigError, TopologyError
+from fabricsim.units import format_rate
 
-__all__ = ["Topology", "NODE_KINDS", "FORWARDING_KINDS", "CutNode", "tree_cut_flow"]
+__all__ = ["Topology", "NODE_KINDS", "FORWARDING_KINDS", "CutNode", "tree_cut_flow", "format_summary"]
 
 NODE_KINDS = ("gpu", "nvswitch", "nic", "switch")
 FORWARDING_KINDS = ("nvswitch", "nic", "switch")
@@ -227,6 +228,8 @@ class Topology:
             "nvlink_aggregate_bidirectional": 2 * aggregate,
             "bisection": self.bisection_bandwidth(),
             "diameter_hops": self.diameter_hops(),
+            "network": {k: self.meta[k] for k in ("network", "tiers", "leaves", "spines", "pods", "cores",
+                                                  "oversubscription", "rails") if k in self.meta},
             "assumptions": list(self.meta.get("assumptions", [])),
         }
 
@@ -302,6 +305,42 @@ class Topology:
         for g in self.gpus:
             if g not in reached:
                 raise TopologyError(f"GPU {g!r} has no path to GPU {start!r}: the fabric is disconnected")
+
+
+def format_summary(s: dict[str, Any]) -> list[str]:
+    """Lines of text for a :meth:`Topology.summary` (what ``fabricsim topology info`` prints)."""
+    def rate(x: float) -> str:
+        return f"{x / 1e15:.4g} PB/s" if x >= 1e15 else format_rate(x)
+
+    sizes = " + ".join(f"{count} x {size}" if count > 1 else f"{size}" for size, count in s["domain_sizes"])
+    plural = "s" if s["domains"] > 1 else ""
+    nodes = s["nodes"]
+    lines = [
+        f"topology        {s['name']}",
+        f"GPUs            {s['gpus']} {s['gpu_model'] or ''}".rstrip()
+        + f" in {s['domains']} NVLink domain{plural} ({sizes} GPUs)",
+        f"switches        {nodes.get('nvswitch', 0)} NVLink, {nodes.get('switch', 0)} network"
+        + (f" (and {nodes['nic']} NICs)" if nodes.get("nic") else ""),
+    ]
+    lines += [f"  {role:<24}{count}" for role, count in s["switches"].items()]
+    lines.append("links           physical links (lanes) by kind, full duplex; graph edges in brackets")
+    lines += [f"  {kind or '?':<24}{s['lanes'][kind]} [{s['links'][kind]}]" for kind in sorted(s["links"])]
+    lines.append(f"NVLink per GPU  {rate(s['nvlink_per_gpu'])} each way, "
+                 f"{rate(s['nvlink_per_gpu_bidirectional'])} bidirectional")
+    if s["nic_per_gpu"]:
+        lines.append(f"NIC per GPU     {rate(s['nic_per_gpu'])} each way, "
+                     f"{rate(s['nic_per_gpu_bidirectional'])} bidirectional")
+    else:
+        lines.append("NIC per GPU     none")
+    lines.append(f"NVLink total    {rate(s['nvlink_aggregate_bidirectional'])} "
+                 "(all GPUs, bidirectional)")
+    lines.append(f"bisection       {rate(s['bisection'])} (GPUs split in rank halves, both directions)"
+                 if s["bisection"] else "bisection       none (one GPU)")
+    lines.append(f"diameter        {s['diameter_hops']} hops (GPU to GPU, shortest route)")
+    if s["network"]:
+        lines.append("network         " + ", ".join(f"{k} {v}" for k, v in s["network"].items()))
+    lines += [f"assumption      {a}" for a in s["assumptions"]]
+    return lines
 
 
 # --- computations ------------------------------------------------------------------------------------------

@@ -140,6 +140,16 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         raise ConfigError(f"NIC {nic.kind} ({nic.bandwidth / 1e9:g} GB/s) is faster than a {switch.kind} port "
                           f"({switch.port_bandwidth / 1e9:g} GB/s); pick a faster switch")
     n_domains, total = _sizes(kind.size, gpus, count)
+    k = switch.ports
+    ratio = nic.bandwidth / (oversubscription * switch.port_bandwidth)
+    per_leaf = max((d for d in range(1, k) if d + _ceil(d * ratio) <= k), default=0)
+    if per_leaf == 0:
+        raise ConfigError(f"a {k}-port switch cannot take a NIC and its uplinks at oversubscription "
+                          f"{oversubscription:g}")
+    if total > k * max(1, k // 2) * per_leaf:  # refuse before building anything (exact check below)
+        raise InfeasibleError(f"{total} GPUs exceed what a three-tier fat tree of {k}-port switches holds "
+                              f"(at most {k * max(1, k // 2) * per_leaf} GPUs, oversubscription "
+                              f"{oversubscription:g}); use a higher-radix switch")
 
     # --- NVLink domains, NICs ---------------------------------------------------------------------------
     dom = Domain()
@@ -160,12 +170,6 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
             rank += 1
 
     # --- leaves -----------------------------------------------------------------------------------------
-    k = switch.ports
-    ratio = nic.bandwidth / (oversubscription * switch.port_bandwidth)
-    per_leaf = max((d for d in range(1, k) if d + _ceil(d * ratio) <= k), default=0)
-    if per_leaf == 0:
-        raise ConfigError(f"a {k}-port switch cannot take a NIC and its uplinks at oversubscription "
-                          f"{oversubscription:g}")
     leaves: list[tuple[dict, list[tuple[str, int]]]] = []  # (attrs, [(nic, rank)])
     if network == "rail":
         groups = max(_ceil(len(r) / per_leaf) for r in rail_nics if r)
