@@ -90,11 +90,13 @@ class FluidNetwork:
             self.busy[self._loaded] += dt
         if self.active:
             moving = self._rate > 0
-            if dt > 0 and moving.any():
+            if moving.any():
                 eta = np.full(self.active, np.inf)
                 eta[moving] = self._remaining[moving] / self._rate[moving]
-                finished = eta <= dt * (1 + _FINISH_RTOL)
-                self._remaining -= self._rate * dt
+                # due by t within tolerance, or so close that now + eta rounds to no later than t
+                finished = (eta <= dt * (1 + _FINISH_RTOL)) | (self.now + eta <= t)
+                if dt > 0:
+                    self._remaining -= self._rate * dt
                 self._remaining[finished] = 0.0
             else:
                 finished = np.zeros(self.active, dtype=bool)

@@ -1,0 +1,216 @@
+"""What every collective shares: the group of ranks, steps of transfers, running them, and results.
+
+A collective is a *schedule*: a sequence of steps. Each step is a set of transfers that start together
+(one flow group on the fabric) plus, in data-carrying mode, what those transfers do to the ranks' buffers
+(copy or reduce a segment). Running a schedule on a Simulation moves the step's bytes over the fabric and
+waits for the last one; steps whose traffic repeats reuse one FlowGroup, so the fabric's round cache makes
+a 16,382-step ring on 8,192 GPUs cost a handful of bandwidth solves.
+
+Ranks are positions in ``topology.gpus``. Data-carrying buffers are numpy arrays, one per rank of the
+group, and a correct all-reduce leaves the elementwise sum in every one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Iterator, Sequence
+
+import numpy as np
+
+from fabricsim.collectives.protocol import Protocol
+from fabricsim.errors import ConfigError, InfeasibleError
+from fabricsim.simulator.fabric import Fabric, FlowGroup
+
+__all__ = ["Step", "Schedule", "CollectiveResult", "GroupLayout", "busbw_factor", "run_schedule", "parallel",
+           "sequence"]
+
+
+def busbw_factor(p: int) -> float:
+    """nccl-tests' all-reduce bus-bandwidth factor 2(p-1)/p (row C091)."""
+    return 2 * (p - 1) / p if p > 1 else 1.0
+
+
+@dataclass
+class Step:
+    """Transfers that start together.
+
+    ``src``/``dst`` are fabric node indices (GPUs, or switch chips for in-switch reduction), ``nbytes``
+    their sizes, ``key`` the channel used for ECMP. ``pattern`` names the traffic: two steps with equal
+    patterns move identical traffic, so the FlowGroup is built once. ``latency_class`` is "nvlink" or
+    "net" (which protocol latency the step pays); ``apply`` performs the step on data buffers.
+    """
+
+    pattern: Hashable
+    traffic: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    latency_class: str = "nvlink"
+    apply: Callable[[dict], None] | None = None
+    label: str = ""
+    extra_latency: float | None = None  # overrides the protocol's step latency when set
+    pipelined: bool = False  # steady pipeline stage: wire latency hidden behind earlier chunks
+
+
+@dataclass
+class Schedule:
+    """A named sequence of steps with the protocol that times them."""
+
+    name: str
+    steps: Iterator[Step]
+    protocol: Protocol
+    latency_algorithm: str = "ring"  # which NCCL latency row the steps use
+    launch_latency: float | None = None
+    view: Callable[[dict], dict] | None = None  # the part of the data buffers this schedule works on
+
+    def step_latency(self, step: Step) -> float:
+        """Protocol latency the step must take in all (wire latency included)."""
+        if step.extra_latency is not None:
+            return step.extra_latency
+        return self.protocol.step_latency.get((self.latency_algorithm, step.latency_class), 0.0)
+
+
+def parallel(schedules: Sequence[Schedule], name: str, *, key_stride: int = 64) -> Schedule:
+    """Schedules run side by side, step i of each in one combined step (e.g. one ring per shard).
+
+    Flow keys of schedule j are offset by ``j * key_stride`` so that ECMP spreads the schedules apart;
+    a combined step waits for the slowest part and pays the largest part's latency.
+    """
+    import itertools
+
+    schedules = list(schedules)
+
+    def steps():
+        for parts in itertools.zip_longest(*(s.steps for s in schedules)):
+            live = [(j, st) for j, st in enumerate(parts) if st is not None]
+
+            def traffic(live=live):
+                pieces = [st.traffic() for _, st in live]
+                keys = [k + j * key_stride for (j, _), (_, _, _, k) in zip(live, pieces)]
+                return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
+                        np.concatenate([np.asarray(p[2], dtype=float) for p in pieces]), np.concatenate(keys))
+
+            def apply(data, live=live):
+                for j, st in live:
+                    if st.apply is not None:
+                        sched = schedules[j]
+                        st.apply(sched.view(data) if sched.view is not None else data)
+
+            yield Step(tuple((j, st.pattern) for j, st in live), traffic,
+                       "net" if any(st.latency_class == "net" for _, st in live) else "nvlink", apply, name,
+                       extra_latency=max(schedules[j].step_latency(st) for j, st in live),
+                       pipelined=all(st.pipelined for _, st in live))
+
+    proto = schedules[0].protocol if schedules else None
+    return Schedule(name, steps(), proto, schedules[0].latency_algorithm if schedules else "ring", launch_latency=0.0)
+
+
+def sequence(schedules: Sequence[Schedule], name: str) -> Schedule:
+    """Schedules one after another (phases), each keeping its own latency rules."""
+    def steps():
+        for sched in schedules:
+            for st in sched.steps:
+                if st.extra_latency is None:
+                    st.extra_latency = sched.step_latency(st)
+                if sched.view is not None and st.apply is not None:
+                    st.apply = (lambda f, v: (lambda data: f(v(data))))(st.apply, sched.view)
+                yield st
+    return Schedule(name, steps(), schedules[0].protocol, schedules[0].latency_algorithm)
+
+
+@dataclass(frozen=True)
+class CollectiveResult:
+    """One collective's outcome, reported as nccl-tests does (C090, C091)."""
+
+    algorithm: str
+    protocol: str
+    ranks: int
+    nbytes: int
+    time: float
+    steps: int = 0
+
+    @property
+    def algbw(self) -> float:
+        return self.nbytes / self.time if self.time > 0 else float("inf")
+
+    @property
+    def busbw(self) -> float:
+        return self.algbw * busbw_factor(self.ranks)
+
+
+@dataclass
+class GroupLayout:
+    """The ranks of a group split by NVLink domain, in rank order: what schedules are built from."""
+
+    ranks: list[int]
+    domains: list[list[int]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, fabric: Fabric, ranks: Sequence[int] | None) -> "GroupLayout":
+        topo = fabric.topology
+        p_all = topo.num_gpus
+        ranks = list(range(p_all)) if ranks is None else [int(r) for r in ranks]
+        if len(ranks) < 1:
+            raise ConfigError("a collective needs at least one rank")
+        if len(set(ranks)) != len(ranks):
+            raise ConfigError("a collective's group lists a rank twice")
+        bad = [r for r in ranks if not 0 <= r < p_all]
+        if bad:
+            raise InfeasibleError(f"rank {bad[0]} is not in the topology, which has {p_all} GPUs")
+        ranks = sorted(ranks)
+        by_domain: dict[int, list[int]] = {}
+        for r in ranks:
+            by_domain.setdefault(topo.domain_of(topo.gpus[r]), []).append(r)
+        return cls(ranks, [by_domain[d] for d in sorted(by_domain)])
+
+    @property
+    def p(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def ident(self) -> bytes:
+        """A digest of the group's ranks and domains: step patterns of different groups never collide."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=12)
+        for dom in self.domains:
+            h.update(np.asarray(dom, dtype=np.int64).tobytes())
+            h.update(b"|")
+        return h.digest()
+
+    @property
+    def multi_domain(self) -> bool:
+        return len(self.domains) > 1
+
+
+def run_schedule(sim, schedule: Schedule, *, data: dict | None = None, groups: dict | None = None):
+    """SimPy process body: run ``schedule`` on ``sim`` (a Simulation); returns the number of steps.
+
+    ``groups`` caches FlowGroups by step pattern across runs of equal schedules (pass the same dict to
+    reuse routes and round-cache keys).
+    """
+    fabric: Fabric = sim.fabric
+    env = sim.env
+    groups = {} if groups is None else groups
+    proto = schedule.protocol
+    launch = schedule.launch_latency
+    if launch is None:
+        launch = proto.launch_latency.get(schedule.latency_algorithm, 0.0)
+    if launch > 0:
+        yield env.timeout(launch)
+    n = 0
+    for step in schedule.steps:
+        n += 1
+        if data is not None and step.apply is not None:
+            step.apply(data)
+        cached = groups.get((proto.name, step.pattern))
+        if cached is None:
+            src, dst, nbytes, key = step.traffic()
+            group = FlowGroup(src, dst, np.asarray(nbytes, dtype=float) / proto.wire_efficiency, key,
+                              label=step.label or schedule.name, charge_latency=not step.pipelined)
+            wire = fabric.path_latency(group) if len(group) and not step.pipelined else 0.0
+            cached = groups[(proto.name, step.pattern)] = (group, wire)
+        group, wire_latency = cached
+        extra = schedule.step_latency(step) - wire_latency
+        if extra > 0:
+            yield env.timeout(extra)
+        if len(group):
+            yield fabric.transfer_group(group)
+    return n

@@ -1,0 +1,84 @@
+"""In-switch reduction (NVLink SHARP, "NVLS") inside one switch island.
+
+With NVLS the NVLink switch chips add up what the GPUs send and multicast the result: for an all-reduce of
+N bytes over p GPUs each GPU sends N (its whole buffer, reduced in the switch, as a reduce-scatter) plus
+N/p (its reduced shard, multicast back, as an all-gather) and receives the same, so
+
+    T = a + N (1 + 1/p) / B
+
+against 2 (p-1)/p N / B for the best algorithm without in-network reduction. A GPU spreads this traffic
+over its switch chips in proportion to its links to each (all 18 planes of an NVL72, 5/4/4/5 on a DGX
+H100). An *island* is a set of GPUs attached to the same switch chips: a DGX node, an NVL72 rack, one rack
+of an NVL576 (whose second tier carries no reduction in this model).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fabricsim.collectives.base import GroupLayout, Schedule, Step
+from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
+from fabricsim.errors import InfeasibleError
+
+__all__ = ["switch_islands", "nvls_phase", "nvls_allreduce"]
+
+
+def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
+    """The NVLink switch chips a GPU is wired to, with the bandwidth of its links to each."""
+    lt = fabric.links
+    node = int(fabric.gpu_index[rank])
+    out = []
+    for v in fabric.router._succ_nvl[node]:
+        if fabric.topology.graph.nodes[lt.nodes[v]].get("kind") == "nvswitch":
+            out.append((v, float(lt.bandwidth[lt.edge_index[(node, v)]])))
+    return tuple(out)
+
+
+def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
+    """The group's ranks split by the set of switch chips they attach to, in rank order."""
+    islands: dict[tuple, list[int]] = {}
+    for r in layout.ranks:
+        chips = tuple(sorted(v for v, _ in _attachment(fabric, r)))
+        if not chips:
+            raise InfeasibleError(f"NVLS needs NVLink switch chips: GPU {fabric.topology.gpus[r]!r} has none")
+        islands.setdefault(chips, []).append(r)
+    return list(islands.values())
+
+
+def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: Calibration):
+    """Arrays of the flows by which every GPU of ``island`` sends ``up`` bytes into its switch chips and
+    receives ``down`` bytes from them, spread over the chips by link bandwidth."""
+    src, dst, nbytes = [], [], []
+    for r in island:
+        chips = _attachment(fabric, r)
+        total = sum(bw for _, bw in chips)
+        node = int(fabric.gpu_index[r])
+        for chip, bw in chips:
+            kind = fabric.links.kind[fabric.links.edge_index[(node, chip)]]
+            factor = calibration.nvls_factor(kind) * bw / total
+            src += [node, chip]
+            dst += [chip, node]
+            nbytes += [up * factor, down * factor]
+    return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.array(nbytes), np.zeros(len(src), dtype=np.int64)
+
+
+def nvls_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
+                   calibration: Calibration) -> Schedule:
+    """All-reduce inside one switch island by in-switch reduction (one pipelined step)."""
+    islands = switch_islands(fabric, layout)
+    if len(islands) > 1:
+        raise InfeasibleError(f"NVLS alone covers one switch island; this group spans {len(islands)} "
+                              "(use hierarchical or nvls with an inter-island tree/ring)")
+    p = layout.p
+    volume = nbytes * (1 + 1 / p)
+
+    def apply(data: dict) -> None:
+        total = sum(data[r] for r in layout.ranks)
+        for r in layout.ranks:
+            data[r][:] = total
+
+    def steps():
+        if p > 1:
+            yield Step(("nvls", layout.ident, nbytes), lambda: nvls_phase(fabric, layout.ranks, volume, volume, calibration),
+                       "nvlink", apply, "nvls", extra_latency=NVLS_LATENCY["nvlink"])
+    return Schedule("nvls", steps(), protocol, "nvls", launch_latency=0.0)

@@ -1,0 +1,139 @@
+"""Ring all-reduce, reduce-scatter and all-gather, over several channels, as NCCL runs them.
+
+Ring all-reduce is a reduce-scatter (p-1 steps) then an all-gather (p-1 steps); in every step each rank
+sends one segment of N/(C p) bytes per channel to its ring successor. Without contention and with per-step
+latency a and per-rank bandwidth B (row C093):
+
+    T = 2 (p-1) a + 2 (p-1)/p * N/B
+
+Ring order follows the topology: the GPUs of one NVLink domain are adjacent. Across domains each channel
+enters and leaves a domain through GPUs of the same local index on both sides, alternating direction
+from one domain to the next, so that every inter-domain hop stays on one rail (NIC j to NIC j through
+rail switch j) as NCCL's ring search arranges it; channels use different local indices, so C channels use
+C NICs per domain. With an odd number of domains the closing hop cannot be rail-aligned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fabricsim.collectives.base import GroupLayout, Schedule, Step
+from fabricsim.collectives.protocol import Protocol
+
+__all__ = ["ring_orders", "default_channels", "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
+
+MAX_CHANNELS = 16
+
+
+def default_channels(layout: GroupLayout) -> int:
+    """One ring inside a domain (it already spreads over every NVLink plane); across domains one channel
+    per GPU of the largest domain part, up to MAX_CHANNELS, so that inter-domain traffic uses that many
+    NICs per domain."""
+    if not layout.multi_domain:
+        return 1
+    return max(1, min(MAX_CHANNELS, max(len(d) for d in layout.domains)))
+
+
+def ring_orders(layout: GroupLayout, channels: int) -> list[list[int]]:
+    """The ring (a list of ranks) of every channel; see the module docstring for the rail rule."""
+    if not layout.multi_domain:
+        return [list(layout.ranks) for _ in range(channels)]
+    orders = []
+    for c in range(channels):
+        order: list[int] = []
+        for k, dom in enumerate(layout.domains):
+            m = len(dom)
+            a, b = c % m, (c + 1) % m
+            if k % 2 == 0:  # enter at local a, leave at local b
+                order += [dom[(a - i) % m] for i in range(m)]
+            else:  # enter at local b, leave at local a
+                order += [dom[(b + i) % m] for i in range(m)]
+        orders.append(order)
+    return orders
+
+
+def _segments(n: int, channels: int, p: int) -> list[list[tuple[int, int]]]:
+    """Element bounds of segment j of channel c: ``seg[c][j] = (start, stop)``."""
+    out = []
+    chan = np.linspace(0, n, channels + 1).astype(int)
+    for c in range(channels):
+        b = np.linspace(chan[c], chan[c + 1], p + 1).astype(int)
+        out.append([(int(b[j]), int(b[j + 1])) for j in range(p)])
+    return out
+
+
+class _RingPlan:
+    """Node arrays and segment bounds shared by the ring schedules of one group."""
+
+    def __init__(self, fabric, layout: GroupLayout, nbytes: int, channels: int | None):
+        self.p = layout.p
+        self.channels = channels or default_channels(layout)
+        if self.channels < 1:
+            raise ValueError("channels must be positive")
+        self.orders = ring_orders(layout, self.channels)
+        self.nbytes = nbytes
+        order = np.array(self.orders, dtype=np.int64)  # (C, p) ranks
+        nodes = fabric.gpu_index[order]
+        self.src = nodes.ravel()
+        self.dst = np.roll(nodes, -1, axis=1).ravel()
+        self.key = np.repeat(np.arange(self.channels, dtype=np.int64), self.p)
+        self.seg_bytes = nbytes / (self.channels * self.p)
+        self.latency_class = "net" if layout.multi_domain else "nvlink"
+        self.ident = layout.ident
+
+    def traffic(self):
+        return self.src, self.dst, np.full(self.src.shape, self.seg_bytes), self.key
+
+    def step(self, segment_of, reduce: bool, label: str) -> Step:
+        """A ring step: position i of every channel sends segment ``segment_of(i)`` to position i+1."""
+        def apply(data: dict) -> None:
+            n = next(iter(data.values())).shape[0]
+            segs = _segments(n, self.channels, self.p)
+            moves = []
+            for c, order in enumerate(self.orders):
+                for i in range(self.p):
+                    lo, hi = segs[c][segment_of(i) % self.p]
+                    moves.append((order[(i + 1) % self.p], lo, hi, data[order[i]][lo:hi].copy()))
+            for dst, lo, hi, payload in moves:
+                if reduce:
+                    data[dst][lo:hi] += payload
+                else:
+                    data[dst][lo:hi] = payload
+        return Step(("ring", self.ident, self.channels, self.seg_bytes), self.traffic, self.latency_class, apply, label)
+
+
+def _reduce_scatter_steps(plan: _RingPlan):
+    # step s: position i sends its partial sum of segment (i - s); after p-1 steps position i owns (i + 1)
+    for s in range(plan.p - 1):
+        yield plan.step(lambda i, s=s: i - s, True, "ring reduce-scatter")
+
+
+def _allgather_steps(plan: _RingPlan, first_owned: int):
+    # step t: position i forwards segment (i + first_owned - t), which it received (or owned) last step
+    for t in range(plan.p - 1):
+        yield plan.step(lambda i, t=t: i + first_owned - t, False, "ring all-gather")
+
+
+def ring_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
+                   channels: int | None = None) -> Schedule:
+    """Ring all-reduce of ``nbytes`` over ``layout``: reduce-scatter then all-gather (2(p-1) steps)."""
+    plan = _RingPlan(fabric, layout, nbytes, channels)
+
+    def steps():
+        yield from _reduce_scatter_steps(plan)
+        yield from _allgather_steps(plan, 1)
+    return Schedule("ring", steps(), protocol, "ring")
+
+
+def ring_reduce_scatter(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
+                        channels: int | None = None) -> Schedule:
+    """Ring reduce-scatter: afterwards position i of each channel's ring holds segment (i + 1) reduced."""
+    plan = _RingPlan(fabric, layout, nbytes, channels)
+    return Schedule("ring-reduce-scatter", _reduce_scatter_steps(plan), protocol, "ring")
+
+
+def ring_allgather(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
+                   channels: int | None = None) -> Schedule:
+    """Ring all-gather of segments where position i starts owning segment i (``nbytes`` is the total)."""
+    plan = _RingPlan(fabric, layout, nbytes, channels)
+    return Schedule("ring-allgather", _allgather_steps(plan, 0), protocol, "ring")

@@ -1,0 +1,265 @@
+"""Double-binary-tree all-reduce (NCCL's "tree") and pipelined broadcast.
+
+NCCL builds, per tree, a chain through the GPUs of each NVLink domain and a binary tree across domains
+(the chain's head joins the inter-domain tree). Two trees are used at once, each carrying half the data:
+the second inter-domain tree is the first shifted by one position, which makes every domain interior in
+at most one of them, so leaves of one tree carry the other's forwarding load. The two chains run in
+opposite directions, so their heads sit on different rails.
+
+Each half is cut into K chunks that flow up (reduce) and then down (broadcast), pipelined: a node of height
+h (leaves 0) sends chunk c up in round c + h; a node at depth d sends chunk c down in round c + H + d. A
+round is one step on the fabric; only the first H + D rounds, where the pipeline fills, pay per-hop
+latency, since afterwards each chunk's latency hides behind the chunks ahead of it. Contention-free, with
+per-hop latency a, per-rank bandwidth B and every rank sending at most s chunks per round:
+
+    T ~= (H + D) a + (K + H + D - 1) * s * (N / 2K) / B
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fabricsim.collectives.base import GroupLayout, Schedule, Step
+from fabricsim.collectives.protocol import Protocol
+
+__all__ = ["binary_tree", "double_binary_tree", "tree_allreduce", "tree_broadcast", "default_chunks"]
+
+CHUNK_TARGET = 1 * 2**20  # bytes per tree chunk we aim for: many chunks for large messages
+MAX_CHUNKS = 256
+
+
+def binary_tree(n: int) -> list[int]:
+    """Parent (or -1 for the root) of items 0..n-1 in a balanced binary tree.
+
+    Item i sits at position q = i + 1; a position's level is its number of trailing zero bits, so odd
+    positions (even items) are leaves and the root is the largest power of two not above n.
+
+    >>> binary_tree(7)
+    [1, 3, 1, -1, 5, 3, 5]
+    """
+    parent = [-1] * n
+    root = 1 << (n.bit_length() - 1) if n else 0
+    for q in range(1, n + 1):
+        if q == root:
+            continue
+        low, a = q & -q, q
+        while True:
+            up = a + low if (a // low) % 4 == 1 else a - low  # the neighbour one level up
+            low *= 2
+            if up <= n:
+                break
+            a = up  # that ancestor is missing at this n: climb on
+        parent[q - 1] = up - 1
+    return parent
+
+
+def double_binary_tree(n: int) -> tuple[list[int], list[int]]:
+    """Two trees over n items; the second is the first with every item shifted by one position.
+
+    Every item is interior in at most one of the two trees.
+    """
+    first = binary_tree(n)
+    second = [-1] * n
+    for q, par in enumerate(first):
+        second[(q + 1) % n] = -1 if par == -1 else (par + 1) % n
+    return first, second
+
+
+def default_chunks(nbytes: int) -> int:
+    return max(1, min(MAX_CHUNKS, math.ceil(nbytes / 2 / CHUNK_TARGET)))
+
+
+class _Tree:
+    """One tree over ranks: parent, children, heights, depths, and fabric node arrays for its edges."""
+
+    def __init__(self, parent: dict[int, int]):
+        self.parent = parent
+        self.children: dict[int, list[int]] = {r: [] for r in parent}
+        for r, par in parent.items():
+            if par != -1:
+                self.children[par].append(r)
+        self.root = next(r for r, par in parent.items() if par == -1)
+        self.depth = {self.root: 0}
+        order = [self.root]
+        for r in order:
+            for c in self.children[r]:
+                self.depth[c] = self.depth[r] + 1
+                order.append(c)
+        self.height = {}
+        for r in reversed(order):
+            self.height[r] = 1 + max((self.height[c] for c in self.children[r]), default=-1)
+        self.H = self.height[self.root]
+        self.up_edges = [(r, par) for r, par in parent.items() if par != -1]
+        self.down_edges = [(r, c) for r in order for c in self.children[r]]
+
+    def rounds(self, chunks: int) -> int:
+        last_up = max((self.height[u] for u, _ in self.up_edges), default=-1) + chunks - 1
+        last_down = self.H + max((self.depth[u] for u, _ in self.down_edges), default=-1) + chunks - 1
+        return max(last_up, last_down) + 1
+
+
+def _trees(layout: GroupLayout) -> list[_Tree]:
+    """NCCL-style trees: chains inside domains, a double binary tree over the domains."""
+    doms = layout.domains
+    inter = double_binary_tree(len(doms))
+    trees = []
+    for t in range(2):
+        chains = [d if t == 0 else d[::-1] for d in doms]
+        parent = {}
+        for k, chain in enumerate(chains):
+            for i, r in enumerate(chain):
+                parent[r] = chain[i - 1] if i else (-1 if inter[t][k] == -1 else chains[inter[t][k]][0])
+        trees.append(_Tree(parent))
+    return trees
+
+
+def _bounds(n: int, half: int, chunks: int) -> np.ndarray:
+    h = np.linspace(0, n, 3).astype(int)
+    return np.linspace(h[half], h[half + 1], chunks + 1).astype(int)
+
+
+def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
+                   chunks: int | None = None) -> Schedule:
+    """Double-binary-tree all-reduce; see the module docstring for the round structure."""
+    trees = _trees(layout)
+    K = chunks or default_chunks(nbytes)
+    chunk_bytes = nbytes / 2 / K
+    rounds = max(t.rounds(K) for t in trees)
+    fill = max(t.H + max((t.depth[u] for u, _ in t.down_edges), default=-1) + 1 for t in trees)
+    gi = fabric.gpu_index
+    net = layout.multi_domain
+    # NCCL's tree latency (C103): 2 ((m-1) intra + log2(domains) inter) hops along the pipeline
+    m = max(len(d) for d in layout.domains)
+    hops = {"nvlink": 2 * (m - 1), "net": 2 * math.ceil(math.log2(len(layout.domains))) if net else 0}
+    lat = {c: protocol.step_latency.get(("tree", c), 0.0) for c in hops}
+    fill_latency = sum(hops[c] * lat[c] for c in hops)
+    per_fill_round = fill_latency / fill if fill else 0.0
+    state: dict = {}
+
+    def active(t: int):
+        ups, downs = [], []
+        for ti, tree in enumerate(trees):
+            ups.append([(u, v, ti) for u, v in tree.up_edges if 0 <= t - tree.height[u] < K])
+            downs.append([(u, v, ti) for u, v in tree.down_edges if 0 <= t - tree.H - tree.depth[u] < K])
+        return sum(ups, []), sum(downs, [])
+
+    def pattern(t: int):
+        key = []
+        for tree in trees:
+            key.append((max(0, t - K + 1), min(t, tree.H), max(0, t - tree.H - K + 1), t - tree.H))
+        return ("tree", layout.ident, K, chunk_bytes, t < fill, tuple(key) if t < fill or t >= K else "steady")
+
+    def make_step(t: int) -> Step:
+        def traffic():
+            ups, downs = active(t)
+            edges = ups + downs
+            src = gi[np.array([e[0] for e in edges], dtype=np.int64)]
+            dst = gi[np.array([e[1] for e in edges], dtype=np.int64)]
+            key = np.array([e[2] for e in edges], dtype=np.int64)
+            return src, dst, np.full(len(edges), chunk_bytes), key
+
+        def apply(data: dict) -> None:
+            n = next(iter(data.values())).shape[0]
+            if "acc" not in state:
+                state["acc"] = {r: data[r].copy() for r in layout.ranks}
+            acc = state["acc"]
+            ups, downs = active(t)
+            moves = []
+            for u, v, ti in ups:
+                b = _bounds(n, ti, K)
+                c = t - trees[ti].height[u]
+                moves.append(("up", v, b[c], b[c + 1], acc[u][b[c]:b[c + 1]].copy()))
+            for u, v, ti in downs:
+                b = _bounds(n, ti, K)
+                tree = trees[ti]
+                c = t - tree.H - tree.depth[u]
+                if u == tree.root:
+                    data[u][b[c]:b[c + 1]] = acc[u][b[c]:b[c + 1]]
+                moves.append(("down", v, b[c], b[c + 1], data[u][b[c]:b[c + 1]].copy()))
+            for kind, v, lo, hi, payload in moves:
+                if kind == "up":
+                    acc[v][lo:hi] += payload
+                else:
+                    data[v][lo:hi] = payload
+
+        if t < fill:
+            return Step(pattern(t), traffic, "net" if net else "nvlink", apply, "tree",
+                        extra_latency=per_fill_round)
+        return Step(pattern(t), traffic, "net" if net else "nvlink", apply, "tree", extra_latency=0.0,
+                    pipelined=True)
+
+    def steps():
+        if layout.p == 1:
+            return
+        for t in range(rounds):
+            yield make_step(t)
+    return Schedule("tree", steps(), protocol, "tree")
+
+
+def tree_broadcast(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *, root: int | None = None,
+                   chunks: int | None = None) -> Schedule:
+    """Pipelined broadcast of ``nbytes`` from ``root`` (default: the group's first rank) down a chain
+    inside domains and a binary tree across them; every rank ends with the root's buffer."""
+    root = layout.ranks[0] if root is None else root
+    if root not in layout.ranks:
+        raise ValueError(f"root {root} is not in the group")
+    doms = [d if root not in d else [root] + [r for r in d if r != root] for d in layout.domains]
+    doms.sort(key=lambda d: root not in d)
+    inter = binary_tree(len(doms))  # re-rooted below at item 0, the root's domain
+    parent = {}
+    for k, chain in enumerate(doms):
+        for i, r in enumerate(chain):
+            if i:
+                parent[r] = chain[i - 1]
+            else:
+                up = _rerooted(inter, k)
+                parent[r] = -1 if up == -1 else doms[up][0]
+    tree = _Tree(parent)
+    K = chunks or default_chunks(2 * nbytes)
+    chunk_bytes = nbytes / K
+    gi = fabric.gpu_index
+    D = max(tree.depth[u] for u, _ in tree.down_edges) if tree.down_edges else -1
+    rounds = D + K if tree.down_edges else 0
+    net = layout.multi_domain
+
+    def make_step(t: int) -> Step:
+        def live():
+            return [(u, v) for u, v in tree.down_edges if 0 <= t - tree.depth[u] < K]
+
+        def traffic():
+            edges = live()
+            return (gi[np.array([e[0] for e in edges], dtype=np.int64)],
+                    gi[np.array([e[1] for e in edges], dtype=np.int64)],
+                    np.full(len(edges), chunk_bytes), np.zeros(len(edges), dtype=np.int64))
+
+        def apply(data: dict) -> None:
+            n = next(iter(data.values())).shape[0]
+            b = np.linspace(0, n, K + 1).astype(int)
+            moves = []
+            for u, v in live():
+                c = t - tree.depth[u]
+                moves.append((v, b[c], b[c + 1], data[u][b[c]:b[c + 1]].copy()))
+            for v, lo, hi, payload in moves:
+                data[v][lo:hi] = payload
+
+        key = ("bcast", layout.ident, root, K, chunk_bytes)
+        if t <= D or t >= K:
+            key += (max(0, t - K + 1), min(t, D))
+        return Step(key, traffic, "net" if net else "nvlink", apply, "broadcast", pipelined=t > D)
+
+    return Schedule("broadcast", (make_step(t) for t in range(rounds)), protocol, "tree")
+
+
+def _rerooted(parent: list[int], node: int) -> int:
+    """Parent of ``node`` once the tree is re-rooted at position 0 (edges kept, directions flipped)."""
+    path = [0]
+    while parent[path[-1]] != -1:
+        path.append(parent[path[-1]])
+    flipped = {path[i + 1]: path[i] for i in range(len(path) - 1)}
+    if node == 0:
+        return -1
+    if node in flipped:
+        return flipped[node]
+    return parent[node]
