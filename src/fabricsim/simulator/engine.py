@@ -74,15 +74,18 @@ class Simulation:
         Record a timeline for :meth:`write_trace` (per-flow slices and link counters; slower, small runs).
     efficiency : dict, optional
         Usable share of line rate per link kind (see ``Fabric``).
+    router : Router, optional
+        Reuse the routes of an earlier simulation of the same topology.
     """
 
     def __init__(self, topology: Topology, *, cache: bool = True, record: str | None = "groups",
-                 trace: bool = False, efficiency: dict | None = None):
+                 trace: bool = False, efficiency: dict | None = None, router=None):
         self.env = simpy.Environment()
         self.topology = topology
         self.tracer = TraceRecorder() if trace else None
         self.fabric = Fabric(self.env, topology, cache=cache, record="flows" if trace else record,
-                             on_rates=self.tracer.on_rates if trace else None, efficiency=efficiency)
+                             on_rates=self.tracer.on_rates if trace else None, efficiency=efficiency,
+                             router=router)
         if trace:
             self.fabric.on_group_done = self._trace_group
 

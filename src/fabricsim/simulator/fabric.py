@@ -149,15 +149,18 @@ class Fabric:
         launch has no re-solves to report.
     efficiency : dict, optional
         Usable share of line rate per link kind (e.g. protocol overheads); other kinds get 1.0.
+    router : Router, optional
+        A router of the same topology to reuse (its route cache survives across simulations).
     """
 
     def __init__(self, env: simpy.Environment, topology: Topology, *, cache: bool = True,
-                 record: str | None = "groups", on_rates=None, efficiency: dict | None = None):
+                 record: str | None = "groups", on_rates=None, efficiency: dict | None = None,
+                 router: Router | None = None):
         if record not in ("groups", "flows", None):
             raise ConfigError(f"record must be 'groups', 'flows' or None, not {record!r}")
         self.env = env
         self.topology = topology
-        self.router = Router(topology)
+        self.router = router if router is not None and router.topology is topology else Router(topology)
         self.links = self.router.links
         self.cache_enabled = cache and on_rates is None
         self.record = record
