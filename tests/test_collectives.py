@@ -181,3 +181,11 @@ def test_dgx_h100_large_message_busbw_matches_published():
     nvls = runner.run(8 * 2**30, "nvls")
     assert ring.busbw == pytest.approx(370e9, rel=0.05)  # B053
     assert nvls.busbw == pytest.approx(480e9, rel=0.05)  # B054
+
+
+@pytest.mark.parametrize("name, gpus", [("gb200-nvl72", 72), ("gb200-nvl72-ib", 200), ("nvl576", 150)])
+@pytest.mark.parametrize("algorithm", ["ring", "nvls"])
+def test_per_chip_and_aggregated_planes_give_the_same_answer(name, gpus, algorithm):
+    times = [AllreduceRunner(build(name, gpus=gpus, planes=planes)).run(2**28, algorithm).time
+             for planes in ("per-chip", "aggregate")]
+    assert times[0] == pytest.approx(times[1], rel=1e-9)

@@ -8,8 +8,9 @@ Rules, in order:
 3. Among shortest paths (in hops), the source spreads its traffic over all its first-hop links that start
    a shortest path, in proportion to their bandwidth: a GPU with one link to each of 18 NVLink switch chips
    sends 1/18 through each plane, as NCCL channels do. Every later hop picks one next hop by a stable hash
-   of (source, destination, flow key, node): ECMP as switches do it, identical in every run (Python's
-   ``hash()`` of strings is salted per process, so a splitmix64 mix of integers is used instead).
+   of (source, destination, flow key, node) names: ECMP as switches do it, identical in every run (Python's
+   ``hash()`` of strings is salted per process, so names are digested with blake2b and mixed with
+   splitmix64 steps instead).
 
 Distances come from a bidirectional breadth-first search over the forwarding nodes, which touches only
 the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is built, so 8,192-GPU fabrics
@@ -18,6 +19,7 @@ route in about a second. Routes are cached per (source, destination, flow key).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Hashable
 
@@ -128,6 +130,10 @@ class Router:
         for lists in (self._succ_all, self._pred_all, self._succ_nvl, self._pred_nvl):
             for lst in lists:
                 lst.sort()
+        # ECMP hashes node names, not indices: equivalent fabrics built in another order (or with NVLink
+        # planes aggregated) make the same choices in their shared scale-out network
+        self._name_hash = [int.from_bytes(hashlib.blake2b(str(node).encode(), digest_size=8).digest(), "little")
+                           for node in lt.nodes]
         self._cache: dict[tuple[int, int, int], Route] = {}
 
     def node(self, name: Hashable) -> int:
@@ -219,7 +225,11 @@ class Router:
             while u != d:
                 r = h[u]
                 options = [w for w in succ[u] if h.get(w) == r - 1 and (fwd[w] or w == d)]
-                w = options[0] if len(options) == 1 else options[stable_hash(s, d, key, u) % len(options)]
+                if len(options) == 1:
+                    w = options[0]
+                else:
+                    nh = self._name_hash
+                    w = options[stable_hash(nh[s], nh[d], key, nh[u]) % len(options)]
                 hops.append(lt.edge_index[(u, w)])
                 u = w
             paths.append(np.asarray(hops, dtype=np.int64))
