@@ -31,6 +31,8 @@ def _register() -> None:
     from fabricsim.cli import topology
 
     cli.add_command(topology.topology)
+    from fabricsim.cli import validate
+    cli.add_command(validate.validate)
 
 
 _register()

@@ -1,0 +1,465 @@
+"""Published figures vs simulation: run every reference row, measure the error, keep calibration honest.
+
+The reference set (``data/reference.csv``) holds one published figure a row with its source and the
+simulator configuration that reproduces it: topology preset, GPUs, algorithm, message size and metric
+(``busbw`` in GB/s, ``time`` in us, or a training-step metric). Each row carries its error bound in
+percent (issue 6): 10% for single-node large-message busbw, 15% for multi-node busbw and for the DGX H100
+curve from 1 MiB to 16 GiB, 25% for small-message time (8 B to 64 KiB, and the 128-512 KiB points of the
+curve that no band of the issue covers).
+
+Summaries use the geometric-mean absolute error, ``exp(mean |ln(simulated / published)|) - 1``: a
+symmetric relative error (2x too fast and 2x too slow both count +100%) that stays defined when one row
+is exact.
+
+Calibration stays honest: a row counts as *fitted* when any calibrated parameter names it, directly or
+through the row it repeats (``same_as``); parameters are read at run time from every module that defines
+``FITTED_ROWS`` (today ``fabricsim.collectives.protocol``), so a new fit moves its rows to the fitted side
+of the summary without an edit here. Entries may be row ids (``"B053"``), ranges (``"B042-B052"``) or a
+dataset file name (``"allreduce_curves.csv"``: every row taken from that file).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from fabricsim.errors import ConfigError, FabricsimError
+
+__all__ = ["ReferenceRow", "RowResult", "GroupSummary", "ValidationReport", "REFERENCE_PATH", "GROUPS",
+           "load_reference", "fitted_parameters", "validate", "geomean_abs_error", "training_step_function"]
+
+REFERENCE_PATH = Path(__file__).with_name("data") / "reference.csv"
+GROUPS = ("single-node", "multi-node", "training-step")
+COLLECTIVE_METRICS = ("busbw", "time")
+TRAINING_METRICS = ("mfu", "tflops_per_gpu", "mfu_ratio", "tflops_ratio")
+FITTED_SOURCES = ("fabricsim.collectives.protocol", "fabricsim.hardware", "fabricsim.training",
+                  "fabricsim.training.step", "fabricsim.training.models")
+_COLUMNS = ("id", "refs", "same_as", "group", "system", "topology", "gpus", "algorithm", "nbytes", "metric",
+            "published", "unit", "bound_pct", "quick", "dataset", "source", "note", "config")
+
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    """One published figure and the simulation that should reproduce it.
+
+    ``refs`` are the ids of ``shared/reference`` rows this row reproduces; ``same_as`` names another
+    reference row whose figure this one repeats (so it is fitted whenever that one is). ``gpus`` is an int,
+    or ``(a, b)`` for a ratio between two cluster sizes. ``config`` holds training-step settings.
+    """
+
+    id: str
+    refs: tuple[str, ...]
+    same_as: str
+    group: str
+    system: str
+    topology: str
+    gpus: int | tuple[int, int]
+    algorithm: str
+    nbytes: int | None
+    metric: str
+    published: float
+    unit: str
+    bound_pct: float
+    quick: bool
+    dataset: str
+    source: str
+    note: str = ""
+    config: dict = field(default_factory=dict)
+
+    @property
+    def keys(self) -> set[str]:
+        """Every id by which calibration may name this row."""
+        return {self.id, *self.refs, *([self.same_as] if self.same_as else [])}
+
+
+@dataclass
+class RowResult:
+    """A row's outcome: ``status`` is ``ok``, ``out-of-bound``, ``pending`` (not yet modelled) or ``error``."""
+
+    row: ReferenceRow
+    simulated: float | None
+    status: str
+    detail: str = ""
+    fitted_by: tuple[str, ...] = ()
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.fitted_by)
+
+    @property
+    def error_pct(self) -> float | None:
+        """Signed error of simulated against published, in percent."""
+        if self.simulated is None:
+            return None
+        return (self.simulated / self.row.published - 1.0) * 100.0
+
+    @property
+    def within_bound(self) -> bool | None:
+        err = self.error_pct
+        return None if err is None else abs(err) <= self.row.bound_pct
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """Rows of one group, fitted or not: how many, their geometric-mean and worst error, how many fail."""
+
+    group: str
+    fitted: bool
+    rows: int
+    compared: int
+    gmae_pct: float | None
+    worst_pct: float | None
+    worst_id: str
+    out_of_bound: int
+    pending: int
+
+
+@dataclass
+class ValidationReport:
+    """Every row's result plus the fitted parameters that were in force."""
+
+    results: list[RowResult]
+    parameters: dict[str, list[str]]
+
+    def summaries(self) -> list[GroupSummary]:
+        """One summary per group and fitted/not-fitted split that has rows, in GROUPS order."""
+        out = []
+        for group in GROUPS:
+            for fitted in (False, True):
+                rs = [r for r in self.results if r.row.group == group and r.fitted == fitted]
+                if not rs:
+                    continue
+                done = [r for r in rs if r.simulated is not None]
+                worst = max(done, key=lambda r: abs(r.error_pct), default=None)
+                out.append(GroupSummary(
+                    group, fitted, len(rs), len(done),
+                    geomean_abs_error([(r.simulated, r.row.published) for r in done]) if done else None,
+                    worst.error_pct if worst else None, worst.row.id if worst else "",
+                    sum(r.status in ("out-of-bound", "error") for r in rs), sum(r.status == "pending" for r in rs)))
+        return out
+
+    @property
+    def failures(self) -> list[RowResult]:
+        """Rows outside their bound or that could not run (pending rows are not failures)."""
+        return [r for r in self.results if r.status in ("out-of-bound", "error")]
+
+
+def geomean_abs_error(pairs: Iterable[tuple[float, float]]) -> float:
+    """Geometric-mean absolute error in percent of ``(simulated, published)`` pairs.
+
+    >>> round(geomean_abs_error([(110, 100), (100, 110)]), 6)
+    10.0
+    >>> geomean_abs_error([(5, 5)])
+    0.0
+    """
+    logs = [abs(math.log(s / p)) for s, p in pairs]
+    if not logs:
+        raise ConfigError("no rows to summarise")
+    return (math.exp(sum(logs) / len(logs)) - 1.0) * 100.0
+
+
+def _parse_config(text: str) -> dict:
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"config item {item!r} is not key=value")
+        value = value.strip()
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _parse_row(rec: dict, where: str) -> ReferenceRow:
+    try:
+        gpus_text = rec["gpus"].strip()
+        gpus = tuple(int(g) for g in gpus_text.split(">")) if ">" in gpus_text else int(gpus_text)
+        row = ReferenceRow(
+            id=rec["id"].strip(), refs=tuple(rec["refs"].split()), same_as=rec["same_as"].strip(),
+            group=rec["group"].strip(), system=rec["system"].strip(), topology=rec["topology"].strip(), gpus=gpus,
+            algorithm=rec["algorithm"].strip(), nbytes=int(rec["nbytes"]) if rec["nbytes"].strip() else None,
+            metric=rec["metric"].strip(), published=float(rec["published"]), unit=rec["unit"].strip(),
+            bound_pct=float(rec["bound_pct"]), quick=rec["quick"].strip() == "1", dataset=rec["dataset"].strip(),
+            source=rec["source"].strip(), note=rec["note"].strip(), config=_parse_config(rec["config"]))
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{where}: malformed reference row {rec.get('id', '?')!r}: {exc}") from None
+    if row.group not in GROUPS:
+        raise ConfigError(f"{where}: row {row.id}: group {row.group!r} is not one of {', '.join(GROUPS)}")
+    if row.metric not in COLLECTIVE_METRICS + TRAINING_METRICS:
+        raise ConfigError(f"{where}: row {row.id}: unknown metric {row.metric!r}")
+    if row.metric in COLLECTIVE_METRICS and (row.nbytes is None or not isinstance(row.gpus, int)):
+        raise ConfigError(f"{where}: row {row.id}: a collective row needs a message size and a GPU count")
+    if row.published <= 0 or row.bound_pct <= 0:
+        raise ConfigError(f"{where}: row {row.id}: published value and bound must be positive")
+    return row
+
+
+def load_reference(path: str | Path | None = None) -> list[ReferenceRow]:
+    """The reference rows (default: the set shipped with fabricsim), checked and in file order.
+
+    >>> rows = load_reference()
+    >>> {r.group for r in rows} == set(GROUPS)
+    True
+    """
+    path = Path(path) if path is not None else REFERENCE_PATH
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(_COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                raise ConfigError(f"{path}: missing columns {', '.join(sorted(missing))}")
+            rows = [_parse_row(rec, str(path)) for rec in reader]
+    except OSError as exc:
+        raise ConfigError(f"cannot read reference figures {path}: {exc.strerror}") from None
+    seen = set()
+    for r in rows:
+        if r.id in seen:
+            raise ConfigError(f"{path}: row id {r.id} appears twice")
+        seen.add(r.id)
+    return rows
+
+
+def fitted_parameters(extra: dict[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
+    """``{parameter: [row ids, ranges or dataset names]}`` from every module that defines FITTED_ROWS.
+
+    Read at call time, so that a calibration landing later is reported without editing this module.
+    ``extra`` adds entries (e.g. from a calibration object's own ``fitted_rows``).
+    """
+    params: dict[str, list[str]] = {}
+    for name in FITTED_SOURCES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for param, rows in (getattr(module, "FITTED_ROWS", None) or {}).items():
+            params.setdefault(str(param), [])
+            params[str(param)] += [r for r in ([rows] if isinstance(rows, str) else rows) if r not in params[str(param)]]
+    for module_name, names in _CALIBRATION_CONSTANTS.items():
+        for name, rows in _constants_naming_rows(module_name, names).items():
+            params.setdefault(name, [])
+            params[name] += [r for r in rows if r not in params[name]]
+    for param, rows in (extra or {}).items():
+        params.setdefault(param, []).extend([rows] if isinstance(rows, str) else rows)
+    return params
+
+
+# Calibrated constants declared outside FITTED_ROWS: the reference rows named in the comment of their
+# assignment line are the rows they were chosen from (e.g. ``DEFAULT_MFU = 0.45  # D149 ..., D151 ...``).
+_CALIBRATION_CONSTANTS = {"fabricsim.training.step": ("DEFAULT_MFU",)}
+_ROW_ID = re.compile(r"\b([A-D]\d{3})\b")
+
+
+def _constants_naming_rows(module_name: str, names: Sequence[str]) -> dict[str, list[str]]:
+    try:
+        module = importlib.import_module(module_name)
+        source = inspect.getsource(module)
+    except (ImportError, OSError, TypeError):
+        return {}
+    found = {}
+    for name in names:
+        m = re.search(rf"^{name}\s*(?::[^=]*)?=[^#\n]*#([^\n]*)$", source, re.MULTILINE)
+        if m and _ROW_ID.search(m.group(1)):
+            found[f"{module_name.rsplit('.', 1)[-1]}.{name}"] = list(dict.fromkeys(_ROW_ID.findall(m.group(1))))
+    return found
+
+
+_RANGE = re.compile(r"^([A-Z])(\d+)\s*-\s*(?:[A-Z])?(\d+)$")
+
+
+def _matches(entry: str, row: ReferenceRow) -> bool:
+    entry = entry.strip()
+    if entry in row.keys:
+        return True
+    if entry.endswith(".csv") or entry.endswith(".toml"):
+        return Path(entry).name == row.dataset
+    m = _RANGE.match(entry)
+    if m:
+        letter, lo, hi = m.group(1), int(m.group(2)), int(m.group(3))
+        for key in row.keys:
+            km = re.match(r"^([A-Z])(\d+)$", key)
+            if km and km.group(1) == letter and lo <= int(km.group(2)) <= hi:
+                return True
+    return False
+
+
+def fitted_by(row: ReferenceRow, parameters: dict[str, list[str]]) -> tuple[str, ...]:
+    """Names of the parameters fitted on this row (empty: the row is out-of-sample evidence)."""
+    return tuple(p for p, entries in parameters.items() if any(_matches(e, row) for e in entries))
+
+
+# --------------------------------------------------------------------------------------------- running
+
+class _Collectives:
+    """Topologies and runners shared by the rows (built once per preset and size)."""
+
+    def __init__(self, calibration=None):
+        self.calibration = calibration
+        self._runners: dict = {}
+
+    def runner(self, name: str, gpus: int):
+        from fabricsim.collectives import CALIBRATED, AllreduceRunner
+        from fabricsim.topologies.io import build
+
+        key = (name, gpus)
+        if key not in self._runners:
+            self._runners[key] = AllreduceRunner(build(name, gpus=gpus),
+                                                 calibration=self.calibration or CALIBRATED)
+        return self._runners[key]
+
+    def run(self, row: ReferenceRow) -> tuple[float, str]:
+        runner = self.runner(row.topology, row.gpus)
+        candidates = row.algorithm.split("|")
+        results = [runner.run(row.nbytes, algo) for algo in candidates]
+        best = min(results, key=lambda r: r.time)
+        value = best.busbw / 1e9 if row.metric == "busbw" else best.time * 1e6
+        detail = f"{best.algorithm}/{best.protocol}"
+        if len(candidates) > 1:
+            detail += " (best of " + ", ".join(candidates) + ")"
+        return value, detail
+
+
+_STEP_NAMES = ("simulate_step", "training_step", "step_time", "run_step")
+
+
+def training_step_function() -> Callable | None:
+    """The training-step entry point of ``fabricsim.training``, or None while it is not there yet.
+
+    The training rows call ``simulate_step(topology, StepConfig(model=..., **options))`` when
+    ``fabricsim.training`` exposes both (options: the row's ``config`` minus ``model``, restricted to the
+    StepConfig fields), else a function named one of ``simulate_step``, ``training_step``, ``step_time`` or
+    ``run_step`` with those options as keywords. The result must have ``mfu`` (a fraction).
+    """
+    try:
+        module = importlib.import_module("fabricsim.training")
+    except ImportError:
+        return None
+    for name in _STEP_NAMES:
+        fn = getattr(module, name, None)
+        if callable(fn) and not inspect.ismodule(fn):
+            return fn
+    return None
+
+
+def _call_step(fn: Callable, topology, options: dict):
+    import dataclasses
+
+    training = importlib.import_module("fabricsim.training")
+    config_cls = getattr(training, "StepConfig", None)
+    resolve = getattr(training, "resolve_model", None) or getattr(training, "model_preset", None)
+    if config_cls is not None and resolve is not None and dataclasses.is_dataclass(config_cls):
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = set(options) - names
+        if unknown:
+            raise ConfigError(f"StepConfig has no {', '.join(sorted(unknown))}")
+        options = dict(options, model=resolve(options["model"]))
+        return fn(topology, config_cls(**options))
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return fn(topology, **{k: v for k, v in options.items() if takes_any or k in params})
+
+
+def _peak_flops(precision: str) -> float:
+    """H100 dense peak (every training row today is an H100 cluster; A033, A034 via hardware.H100)."""
+    from fabricsim.hardware import H100
+
+    return H100.peak_flops(precision)
+
+
+class _Training:
+    """Training-step rows through ``fabricsim.training`` (see training_step_function)."""
+
+    def __init__(self):
+        self.fn = training_step_function()
+        self._mfu: dict = {}
+
+    def mfu(self, row: ReferenceRow, gpus: int) -> float:
+        from fabricsim.topologies.io import build
+
+        key = (row.topology, gpus, tuple(sorted(row.config.items())), row.algorithm)
+        if key not in self._mfu:
+            result = _call_step(self.fn, build(row.topology, gpus=gpus), dict(row.config, algorithm=row.algorithm))
+            mfu = getattr(result, "mfu", None)
+            if mfu is None:
+                raise ConfigError("the training step result has no mfu")
+            self._mfu[key] = float(mfu)
+        return self._mfu[key]
+
+    def run(self, row: ReferenceRow) -> tuple[float, str]:
+        if isinstance(row.gpus, tuple):
+            a, b = (self.mfu(row, g) for g in row.gpus)
+            return b / a, f"mfu {a:.1%} -> {b:.1%}"
+        mfu = self.mfu(row, row.gpus)
+        if row.metric == "mfu":
+            return mfu * 100.0, ""
+        return mfu * _peak_flops(str(row.config.get("precision", "bf16"))) / 1e12, f"mfu {mfu:.1%}"
+
+
+def validate(rows: Sequence[ReferenceRow] | None = None, *, quick: bool = False, ids: Iterable[str] | None = None,
+             calibration=None, on_result: Callable[[RowResult], None] | None = None) -> ValidationReport:
+    """Run the reference rows and compare each with its published figure.
+
+    Parameters
+    ----------
+    rows : sequence of ReferenceRow, optional
+        Default: the shipped reference set.
+    quick : bool
+        Only the rows marked quick (every collective row; training steps at thousands of GPUs are not).
+    ids : iterable of str, optional
+        Only these row ids.
+    calibration : fabricsim.collectives.Calibration, optional
+        Default: the calibrated parameters. A ``fitted_rows`` attribute on it is honoured.
+    on_result : callable, optional
+        Called with each RowResult as soon as it is known (for progress output).
+
+    Returns
+    -------
+    ValidationReport
+    """
+    rows = list(load_reference() if rows is None else rows)
+    if quick:
+        rows = [r for r in rows if r.quick]
+    if ids is not None:
+        wanted = set(ids)
+        unknown = wanted - {r.id for r in rows}
+        if unknown:
+            raise ConfigError(f"unknown reference rows: {', '.join(sorted(unknown))}")
+        rows = [r for r in rows if r.id in wanted]
+    params = fitted_parameters(getattr(calibration, "fitted_rows", None))
+    collectives = _Collectives(calibration)
+    training = None
+    results = []
+    for row in rows:
+        fit = fitted_by(row, params)
+        if row.metric in TRAINING_METRICS:
+            training = training or _Training()
+            if training.fn is None:
+                res = RowResult(row, None, "pending", "not yet modelled: fabricsim.training has no step function",
+                                fit)
+                results.append(res)
+                if on_result:
+                    on_result(res)
+                continue
+        try:
+            value, detail = (training.run(row) if row.metric in TRAINING_METRICS else collectives.run(row))
+        except FabricsimError as exc:
+            res = RowResult(row, None, "error", f"{type(exc).__name__}: {exc}", fit)
+        except (TypeError, AttributeError) as exc:  # a training API that does not meet the contract yet
+            if row.metric not in TRAINING_METRICS:
+                raise
+            res = RowResult(row, None, "error", f"training step call failed: {exc}", fit)
+        else:
+            res = RowResult(row, value, "ok", detail, fit)
+            if not res.within_bound:
+                res.status = "out-of-bound"
+        results.append(res)
+        if on_result:
+            on_result(res)
+    return ValidationReport(results, params)
