@@ -133,7 +133,7 @@ def write_markdown(report: ValidationReport, path: str | Path, *, command: str =
 
 
 _PANELS = (("busbw", "all-reduce bus bandwidth (GB/s)"), ("time", "all-reduce time (us)"),
-           ("training", "training step (MFU %, TFLOPS/GPU)"))
+           ("training", "training step (MFU %, TFLOPS/GPU, scaling ratio)"))
 
 
 def _panel(metric: str) -> str:
