@@ -105,7 +105,7 @@ def test_tree_rounds_take_exactly_their_busiest_link_on_a_full_mesh(p):
     # closed form from the round structure: a round lasts (flows on its busiest link) x chunk / B
     expected = 0.0
     for step in tree_allreduce(sim.fabric, layout, nbytes, FLAT, chunks=K).steps:
-        src, dst, _, _ = step.traffic()
+        src, dst, _, _ = step.arrays()
         expected += max(Counter(zip(src.tolist(), dst.tolist())).values()) * nbytes / 2 / K / 50e9
     assert sim.env.now == pytest.approx(expected, rel=1e-9)
 

@@ -47,6 +47,14 @@ class Step:
     label: str = ""
     extra_latency: float | None = None  # overrides the protocol's step latency when set
     pipelined: bool = False  # steady pipeline stage: wire latency hidden behind earlier chunks
+    base: tuple | None = None  # (pattern, traffic) of a superset; traffic() then returns indices into it
+
+    def arrays(self):
+        """The step's (src, dst, nbytes, key) arrays, resolving a subset of a base."""
+        if self.base is None:
+            return self.traffic()
+        idx = self.traffic()
+        return tuple(np.asarray(a)[idx] for a in self.base[1]())
 
 
 @dataclass
@@ -81,11 +89,26 @@ def parallel(schedules: Sequence[Schedule], name: str, *, key_stride: int = 64) 
         for parts in itertools.zip_longest(*(s.steps for s in schedules)):
             live = [(j, st) for j, st in enumerate(parts) if st is not None]
 
-            def traffic(live=live):
-                pieces = [st.traffic() for _, st in live]
+            based = all(st.base is not None for _, st in live)
+
+            def traffic(live=live, based=based):
+                pieces = [st.traffic() if based else st.arrays() for _, st in live]
+                if based:
+                    sizes = [len(st.base[1]()[0]) for _, st in live]
+                    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+                    return np.concatenate([np.asarray(p, dtype=np.int64) + o for p, o in zip(pieces, offsets)])
                 keys = [k + j * key_stride for (j, _), (_, _, _, k) in zip(live, pieces)]
                 return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
                         np.concatenate([np.asarray(p[2], dtype=float) for p in pieces]), np.concatenate(keys))
+
+            base = None
+            if based:
+                def base_traffic(live=live):
+                    pieces = [st.base[1]() for _, st in live]
+                    keys = [np.asarray(k) + j * key_stride for (j, _), (_, _, _, k) in zip(live, pieces)]
+                    return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
+                            np.concatenate([np.asarray(p[2], dtype=float) for p in pieces]), np.concatenate(keys))
+                base = (tuple((j, st.base[0]) for j, st in live), _memo(base_traffic))
 
             def apply(data, live=live):
                 for j, st in live:
@@ -96,10 +119,21 @@ def parallel(schedules: Sequence[Schedule], name: str, *, key_stride: int = 64) 
             yield Step(tuple((j, st.pattern) for j, st in live), traffic,
                        "net" if any(st.latency_class == "net" for _, st in live) else "nvlink", apply, name,
                        extra_latency=max(schedules[j].step_latency(st) for j, st in live),
-                       pipelined=all(st.pipelined for _, st in live))
+                       pipelined=all(st.pipelined for _, st in live), base=base)
 
     proto = schedules[0].protocol if schedules else None
     return Schedule(name, steps(), proto, schedules[0].latency_algorithm if schedules else "ring", launch_latency=0.0)
+
+
+def _memo(fn):
+    """A zero-argument function computed once."""
+    box = []
+
+    def once():
+        if not box:
+            box.append(fn())
+        return box[0]
+    return once
 
 
 def sequence(schedules: Sequence[Schedule], name: str) -> Schedule:
@@ -202,9 +236,18 @@ def run_schedule(sim, schedule: Schedule, *, data: dict | None = None, groups: d
             step.apply(data)
         cached = groups.get((proto.name, step.pattern))
         if cached is None:
-            src, dst, nbytes, key = step.traffic()
-            group = FlowGroup(src, dst, np.asarray(nbytes, dtype=float) / proto.wire_efficiency, key,
-                              label=step.label or schedule.name, charge_latency=not step.pipelined)
+            if step.base is not None:
+                base = groups.get((proto.name, "base", step.base[0]))
+                if base is None:
+                    src, dst, nbytes, key = step.base[1]()
+                    base = groups[(proto.name, "base", step.base[0])] = FlowGroup(
+                        src, dst, np.asarray(nbytes, dtype=float) / proto.wire_efficiency, key,
+                        label=step.label or schedule.name, charge_latency=not step.pipelined)
+                group = base.select(step.traffic(), charge_latency=not step.pipelined)
+            else:
+                src, dst, nbytes, key = step.traffic()
+                group = FlowGroup(src, dst, np.asarray(nbytes, dtype=float) / proto.wire_efficiency, key,
+                                  label=step.label or schedule.name, charge_latency=not step.pipelined)
             wire = fabric.path_latency(group) if len(group) and not step.pipelined else 0.0
             cached = groups[(proto.name, step.pattern)] = (group, wire)
         group, wire_latency = cached

@@ -100,95 +100,102 @@ class _Tree:
         return max(last_up, last_down) + 1
 
 
-def _trees(layout: GroupLayout) -> list[_Tree]:
-    """NCCL-style trees: chains inside domains, a double binary tree over the domains."""
+def _trees(layout: GroupLayout, channels: int) -> list[_Tree]:
+    """NCCL-style trees, two per channel: chains inside domains, a double binary tree over the domains.
+
+    Channel c's first tree enters every domain at local GPU c and chains upwards; its second enters at
+    local GPU c + m/2 and chains downwards, so inter-domain edges stay on one rail and channels use
+    different NICs.
+    """
     doms = layout.domains
     inter = double_binary_tree(len(doms))
     trees = []
-    for t in range(2):
-        chains = [d if t == 0 else d[::-1] for d in doms]
-        parent = {}
-        for k, chain in enumerate(chains):
-            for i, r in enumerate(chain):
-                parent[r] = chain[i - 1] if i else (-1 if inter[t][k] == -1 else chains[inter[t][k]][0])
-        trees.append(_Tree(parent))
+    for c in range(channels):
+        for t in range(2):
+            chains = []
+            for d in doms:
+                m = len(d)
+                head = (c + t * (m // 2)) % m
+                chains.append([d[(head + i) % m] for i in range(m)] if t == 0 else
+                              [d[(head - i) % m] for i in range(m)])
+            parent = {}
+            for k, chain in enumerate(chains):
+                for i, r in enumerate(chain):
+                    parent[r] = chain[i - 1] if i else (-1 if inter[t][k] == -1 else chains[inter[t][k]][0])
+            trees.append(_Tree(parent))
     return trees
 
 
-def _bounds(n: int, half: int, chunks: int) -> np.ndarray:
-    h = np.linspace(0, n, 3).astype(int)
-    return np.linspace(h[half], h[half + 1], chunks + 1).astype(int)
+def _bounds(n: int, part: int, parts: int, chunks: int) -> np.ndarray:
+    h = np.linspace(0, n, parts + 1).astype(int)
+    return np.linspace(h[part], h[part + 1], chunks + 1).astype(int)
 
 
 def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
-                   chunks: int | None = None) -> Schedule:
+                   chunks: int | None = None, channels: int | None = None) -> Schedule:
     """Double-binary-tree all-reduce; see the module docstring for the round structure."""
-    trees = _trees(layout)
-    K = chunks or default_chunks(nbytes)
-    chunk_bytes = nbytes / 2 / K
+    from fabricsim.collectives.ring import default_channels
+
+    C = channels or default_channels(layout)
+    trees = _trees(layout, C)
+    K = chunks or default_chunks(nbytes / C)
+    parts = len(trees)
+    chunk_bytes = nbytes / parts / K
     rounds = max(t.rounds(K) for t in trees)
     fill = max(t.H + max((t.depth[u] for u, _ in t.down_edges), default=-1) + 1 for t in trees)
-    gi = fabric.gpu_index
     net = layout.multi_domain
     # NCCL's tree latency (C103): 2 ((m-1) intra + log2(domains) inter) hops along the pipeline
     m = max(len(d) for d in layout.domains)
     hops = {"nvlink": 2 * (m - 1), "net": 2 * math.ceil(math.log2(len(layout.domains))) if net else 0}
-    lat = {c: protocol.step_latency.get(("tree", c), 0.0) for c in hops}
-    fill_latency = sum(hops[c] * lat[c] for c in hops)
+    fill_latency = sum(n * protocol.step_latency.get(("tree", c), 0.0) for c, n in hops.items())
     per_fill_round = fill_latency / fill if fill else 0.0
+    # every edge of every tree, once: rounds are subsets of this set
+    e_src, e_dst, e_tree, e_up, e_level = [], [], [], [], []
+    for ti, tree in enumerate(trees):
+        for u, v in tree.up_edges:
+            e_src.append(u), e_dst.append(v), e_tree.append(ti), e_up.append(True), e_level.append(tree.height[u])
+        for u, v in tree.down_edges:
+            e_src.append(u), e_dst.append(v), e_tree.append(ti), e_up.append(False)
+            e_level.append(tree.H + tree.depth[u])
+    e_src, e_dst = np.array(e_src, dtype=np.int64), np.array(e_dst, dtype=np.int64)
+    e_tree, e_up, e_level = np.array(e_tree, dtype=np.int64), np.array(e_up), np.array(e_level, dtype=np.int64)
+    gi = fabric.gpu_index
+    base_traffic = (gi[e_src], gi[e_dst], np.full(e_src.shape, chunk_bytes), e_tree)
+    base = (("tree-edges", layout.ident, C, chunk_bytes), lambda: base_traffic)
     state: dict = {}
 
-    def active(t: int):
-        ups, downs = [], []
-        for ti, tree in enumerate(trees):
-            ups.append([(u, v, ti) for u, v in tree.up_edges if 0 <= t - tree.height[u] < K])
-            downs.append([(u, v, ti) for u, v in tree.down_edges if 0 <= t - tree.H - tree.depth[u] < K])
-        return sum(ups, []), sum(downs, [])
-
-    def pattern(t: int):
-        key = []
-        for tree in trees:
-            key.append((max(0, t - K + 1), min(t, tree.H), max(0, t - tree.H - K + 1), t - tree.H))
-        return ("tree", layout.ident, K, chunk_bytes, t < fill, tuple(key) if t < fill or t >= K else "steady")
+    def active(t: int) -> np.ndarray:
+        return np.flatnonzero((t - e_level >= 0) & (t - e_level < K))
 
     def make_step(t: int) -> Step:
-        def traffic():
-            ups, downs = active(t)
-            edges = ups + downs
-            src = gi[np.array([e[0] for e in edges], dtype=np.int64)]
-            dst = gi[np.array([e[1] for e in edges], dtype=np.int64)]
-            key = np.array([e[2] for e in edges], dtype=np.int64)
-            return src, dst, np.full(len(edges), chunk_bytes), key
+        steady = fill <= t < K
 
         def apply(data: dict) -> None:
             n = next(iter(data.values())).shape[0]
             if "acc" not in state:
                 state["acc"] = {r: data[r].copy() for r in layout.ranks}
             acc = state["acc"]
-            ups, downs = active(t)
             moves = []
-            for u, v, ti in ups:
-                b = _bounds(n, ti, K)
-                c = t - trees[ti].height[u]
-                moves.append(("up", v, b[c], b[c + 1], acc[u][b[c]:b[c + 1]].copy()))
-            for u, v, ti in downs:
-                b = _bounds(n, ti, K)
-                tree = trees[ti]
-                c = t - tree.H - tree.depth[u]
-                if u == tree.root:
-                    data[u][b[c]:b[c + 1]] = acc[u][b[c]:b[c + 1]]
-                moves.append(("down", v, b[c], b[c + 1], data[u][b[c]:b[c + 1]].copy()))
-            for kind, v, lo, hi, payload in moves:
-                if kind == "up":
+            for e in active(t).tolist():
+                u, v, ti = int(e_src[e]), int(e_dst[e]), int(e_tree[e])
+                b = _bounds(n, ti, parts, K)
+                c = t - int(e_level[e])
+                lo, hi = b[c], b[c + 1]
+                if e_up[e]:
+                    moves.append((True, v, lo, hi, acc[u][lo:hi].copy()))
+                else:
+                    if u == trees[ti].root:
+                        data[u][lo:hi] = acc[u][lo:hi]
+                    moves.append((False, v, lo, hi, data[u][lo:hi].copy()))
+            for up, v, lo, hi, payload in moves:
+                if up:
                     acc[v][lo:hi] += payload
                 else:
                     data[v][lo:hi] = payload
 
-        if t < fill:
-            return Step(pattern(t), traffic, "net" if net else "nvlink", apply, "tree",
-                        extra_latency=per_fill_round)
-        return Step(pattern(t), traffic, "net" if net else "nvlink", apply, "tree", extra_latency=0.0,
-                    pipelined=True)
+        pattern = ("tree", layout.ident, C, K, chunk_bytes, "steady" if steady else t)
+        return Step(pattern, lambda: active(t), "net" if net else "nvlink", apply, "tree",
+                    extra_latency=per_fill_round if t < fill else 0.0, pipelined=t >= fill, base=base)
 
     def steps():
         if layout.p == 1:

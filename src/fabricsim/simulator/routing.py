@@ -97,6 +97,7 @@ class Route:
     ptr: np.ndarray
     fractions: np.ndarray
     latencies: np.ndarray
+    lengths: np.ndarray  # links per path
 
     @property
     def paths(self) -> list[np.ndarray]:
@@ -145,7 +146,7 @@ class Router:
     # --- public ------------------------------------------------------------------------------------------
     def route(self, src: int, dst: int, key: int = 0) -> Route:
         """The route from node index ``src`` to ``dst`` for flow key ``key`` (cached)."""
-        cached = self._cache.get((src, dst, key))
+        cached = self._cache.get((src, dst, key)) or self._cache.get((src, dst, None))
         if cached is not None:
             return cached
         if src == dst:
@@ -159,8 +160,9 @@ class Router:
             h = self._distances(src, dst, succ, self._pred_all)
         if h is None:
             raise TopologyError(f"no route from {self.links.nodes[src]!r} to {self.links.nodes[dst]!r}")
-        route = self._build(src, dst, key, h, succ)
-        self._cache[(src, dst, key)] = route
+        route, hashed = self._build(src, dst, key, h, succ)
+        # a route that made no ECMP choice is the same for every key
+        self._cache[(src, dst, key if hashed else None)] = route
         return route
 
     # --- internals ---------------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ class Router:
                     h[u] = best + 1
         return h if h.get(s) == length else None
 
-    def _build(self, s: int, d: int, key: int, h: dict, succ: list) -> Route:
+    def _build(self, s: int, d: int, key: int, h: dict, succ: list) -> tuple[Route, bool]:
         lt = self.links
         fwd = self._forwarding
         length = h[s]
@@ -219,6 +221,7 @@ class Router:
         weights = np.array([lt.bandwidth[lt.edge_index[(s, v)]] for v in first], dtype=float)
         fractions = weights / weights.sum()
         paths = []
+        hashed = False
         for v in first:
             hops = [lt.edge_index[(s, v)]]
             u = v
@@ -228,6 +231,7 @@ class Router:
                 if len(options) == 1:
                     w = options[0]
                 else:
+                    hashed = True
                     nh = self._name_hash
                     w = options[stable_hash(nh[s], nh[d], key, nh[u]) % len(options)]
                 hops.append(lt.edge_index[(u, w)])
@@ -236,4 +240,4 @@ class Router:
         latencies = np.array([lt.latency[p].sum() for p in paths])
         ptr = np.zeros(len(paths) + 1, dtype=np.int64)
         ptr[1:] = np.cumsum([len(p) for p in paths])
-        return Route(np.concatenate(paths), ptr, fractions, latencies)
+        return Route(np.concatenate(paths), ptr, fractions, latencies, np.diff(ptr)), hashed

@@ -2,8 +2,13 @@
 
 Pure functions, no SimPy: the fluid model (``fluid.py``) calls them whenever the set of draining flows
 changes. A flow crosses a set of links; all unfrozen flows grow at the same rate until some link fills;
-the flows crossing the fullest links freeze at that level; repeat. The result is the unique max-min fair
+the flows crossing that link freeze at that level; repeat. The result is the unique max-min fair
 allocation: no flow can gain without taking from a flow that has no more than it.
+
+Filling one level at a time costs one pass per distinct rate. Instead every pass freezes *all* links
+whose fair share is no larger than the share of any other link their flows cross: a link's share only
+grows as flows elsewhere freeze below it, so those flows can end at no other rate. The global minimum is
+always among them, so this is exact progressive filling in a few passes.
 """
 
 from __future__ import annotations
@@ -57,14 +62,18 @@ def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.n
         used = count > 0
         share = np.full(n_links, np.inf)
         share[used] = np.maximum(cap_left[used], 0.0) / count[used]
-        level = share.min()
-        bottleneck = share <= level * (1 + _LEVEL_RTOL)
+        flow_min = np.full(n_flows, np.inf)
+        np.minimum.at(flow_min, ef, share[el])
+        link_min = np.full(n_links, np.inf)
+        np.minimum.at(link_min, el, flow_min[ef])
+        # bottleneck links: no flow through them has a tighter link elsewhere
+        bottleneck = used & (link_min >= share * (1 - _LEVEL_RTOL))
         frozen_flow = np.zeros(n_flows, dtype=bool)
         frozen_flow[ef[bottleneck[el]]] = True
-        rate[frozen_flow] = level
+        rate[frozen_flow] = flow_min[frozen_flow]
         hit = frozen_flow[ef]
         # frozen flows keep their share of every link they cross
-        cap_left -= np.bincount(el[hit], weights=ew[hit] * level, minlength=n_links)
+        cap_left -= np.bincount(el[hit], weights=ew[hit] * rate[ef[hit]], minlength=n_links)
         keep = ~hit
         ef, el, ew = ef[keep], el[keep], ew[keep]
     return rate
