@@ -1,0 +1,399 @@
+"""One training step: compute, bucketed data-parallel all-reduce overlapping backward, tensor parallelism.
+
+The model (DESIGN.md, "Training step"):
+
+- **Compute.** ``compute = flops_per_token x tokens / (gpus x peak_flops(precision) x mfu)``, forward 1/3,
+  backward 2/3. ``mfu`` is the share of dense peak that the GEMMs reach; the default, 0.45, is the middle of
+  Megatron-LM's measured 47% -> 42% MFU for GPT-3 175B on 96 -> 4,608 H100 (row D149) and close to Llama 3
+  405B's 430 BF16 TFLOPS per H100 at 8,192 GPUs, 430 / 989 = 43% (rows D151, A033). Those published figures
+  are end to end, exposed communication included, so using them as the compute-only efficiency makes
+  compute slightly slow: a conservative choice for the question "how much communication is exposed".
+- **Data parallel.** Every GPU holds ``params / tp`` gradients of ``bytes_per_grad`` bytes (bf16: 2). The
+  backward pass produces them at a constant rate, last layers first, and they are grouped into buckets of
+  ``bucket_bytes`` (PyTorch DDP's default 25 MiB); the last bucket holds the remainder. A bucket is
+  all-reduced over its data-parallel group as soon as it is full; a group reduces one bucket at a time,
+  in order (NCCL serialises the collectives of one stream). All ``tp`` data-parallel groups reduce their
+  bucket at the same instant, so they contend on the fabric: each bucket size is simulated with every
+  group running at once.
+- **Tensor parallel.** ``tp`` consecutive ranks of one NVLink domain form a TP group (every domain, the
+  partial last one included, must hold a multiple of ``tp`` GPUs); data-parallel group ``t`` takes position
+  ``t`` of every TP group, so it is strided across TP groups and domains. Megatron-LM's tensor parallelism
+  all-reduces the activations twice per layer forward and twice backward (Shoeybi et al., arXiv:1909.08053,
+  section 3, the f and g operators), each of ``seq_len x hidden x activation_bytes`` bytes per sequence, on
+  the critical path. TP groups are symmetric and each stays inside its NVLink domain, so one TP group's
+  all-reduce is simulated alone (algorithm "auto": the fastest on NVLink) and its time added to forward and
+  backward; it is fully exposed. TP traffic does not contend with the data-parallel buckets in this model.
+- **The step.** ``step = forward + max(backward, end of the overlapped bucket chain)``: bucket ``i`` starts at
+  ``max(ready_i, end_{i-1})``. Exposed communication is ``step - compute`` (TP time plus the tail of the
+  chain after backward), never negative and never above the total.
+
+Speed: the chain is composed from one simulated duration per distinct bucket size (at most two: the full
+bucket and the remainder). That is exact here, not an approximation: the buckets of a group run one at a
+time, every group starts its bucket at the same instant, and nothing else uses the fabric, so each bucket
+all-reduce starts on an idle fabric and lasts as long as the first one of its size. ``engine="events"``
+runs the same step as SimPy processes, one simulated all-reduce per bucket, and the tests check that both
+agree; it is the slow reference (and what ``trace`` records), the default engine is the fast one.
+
+Weak scaling fixes the sequences per data-parallel replica (``batch``); strong scaling fixes the global
+batch (``global_batch`` sequences; default 1,152 as in row D149), which must give every replica at least one
+sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from fabricsim.collectives import CALIBRATED, AllreduceRunner, CollectiveResult, allreduce, busbw_factor
+from fabricsim.errors import ConfigError, InfeasibleError
+from fabricsim.training.models import Model
+
+__all__ = ["DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
+           "simulate_step", "write_step_trace"]
+
+DEFAULT_MFU = 0.45  # D149 (47% -> 42%), D151 (430 / 989 = 43%): see the module docstring
+DEFAULT_BUCKET = 25 * 2**20  # PyTorch DistributedDataParallel bucket_cap_mb default (25 MiB)
+DEFAULT_GLOBAL_BATCH = 1152  # sequences, D149 (Megatron-LM GPT-3 175B strong scaling)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What is trained and how (independent of the fabric).
+
+    Parameters
+    ----------
+    model : Model
+    algorithm : str
+        Data-parallel all-reduce: "ring", "tree", "hierarchical", "nvls" or "auto".
+    precision : str
+        GPU tensor-core precision for the compute ("bf16", "fp8", "fp4").
+    mfu : float
+        Share of dense peak reached by the compute, in (0, 1].
+    tp : int
+        Tensor-parallel width, inside one NVLink domain.
+    scaling : {"weak", "strong"}
+    batch : int
+        Weak scaling: sequences per data-parallel replica per step.
+    global_batch : int
+        Strong scaling: sequences per step in all.
+    bucket_bytes, bytes_per_grad, activation_bytes : int
+    attention_flops : bool
+        Count attention FLOPs (see ``Model.flops_per_token``).
+    peak_flops : float, optional
+        Per-GPU dense peak (FLOP/s) instead of the topology's GPU preset; ``inf`` gives zero compute.
+    """
+
+    model: Model
+    algorithm: str = "ring"
+    precision: str = "bf16"
+    mfu: float = DEFAULT_MFU
+    tp: int = 1
+    scaling: str = "weak"
+    batch: int = 4
+    global_batch: int = DEFAULT_GLOBAL_BATCH
+    bucket_bytes: int = DEFAULT_BUCKET
+    bytes_per_grad: int = 2
+    activation_bytes: int = 2
+    attention_flops: bool = False
+    peak_flops: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.mfu, (int, float)) and 0 < self.mfu <= 1):
+            raise ConfigError(f"mfu must be in (0, 1], got {self.mfu!r}")
+        if self.scaling not in ("weak", "strong"):
+            raise ConfigError(f"scaling must be 'weak' or 'strong', got {self.scaling!r}")
+        for name in ("tp", "batch", "global_batch", "bucket_bytes", "bytes_per_grad", "activation_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            raise ConfigError(f"peak FLOP/s must be positive, got {self.peak_flops!r}")
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """How the ranks split into tensor-parallel and data-parallel groups."""
+
+    tp_groups: list
+    dp_groups: list
+
+    @property
+    def tp(self) -> int:
+        return len(self.tp_groups[0])
+
+    @property
+    def dp(self) -> int:
+        return len(self.dp_groups[0])
+
+
+def step_layout(topology, tp: int) -> StepLayout:
+    """TP groups of ``tp`` consecutive ranks inside each NVLink domain; DP group t = position t of each.
+
+    Raises InfeasibleError when ``tp`` is wider than a domain or does not divide every domain's GPUs.
+    """
+    rank = {g: r for r, g in enumerate(topology.gpus)}
+    domains = [sorted(rank[g] for g in dom) for dom in topology.domains if dom]
+    widest = max(len(d) for d in domains)
+    if tp > widest:
+        raise InfeasibleError(f"--tp {tp} is larger than the NVLink domain ({widest} GPUs in "
+                              f"{topology.name or 'this topology'}): tensor parallelism stays inside a domain")
+    for dom in domains:
+        if len(dom) % tp:
+            which = "the last, partial domain" if dom is domains[-1] and len(domains) > 1 else "a domain"
+            raise InfeasibleError(f"--tp {tp} does not divide {which} of {len(dom)} GPUs "
+                                  f"({topology.num_gpus} GPUs in all)")
+    tp_groups = [dom[i:i + tp] for dom in domains for i in range(0, len(dom), tp)]
+    dp_groups = [[g[t] for g in tp_groups] for t in range(tp)]
+    return StepLayout(tp_groups, dp_groups)
+
+
+@dataclass
+class StepResult:
+    """One simulated step. Times in seconds, sizes in bytes, bandwidth in B/s (per direction)."""
+
+    gpus: int
+    tp: int
+    dp: int
+    algorithm: str
+    tokens: float
+    compute_time: float
+    forward_time: float  # forward wall time, TP all-reduces included
+    backward_time: float  # backward wall time, TP all-reduces included
+    tp_comm_time: float
+    dp_comm_time: float  # sum of the bucket all-reduces
+    step_time: float
+    grad_bytes: int
+    model_flops: float  # FLOPs of the step, all GPUs
+    peak_flops: float  # per GPU
+    busbw: float  # data-parallel, nccl-tests convention, over the whole chain
+    tp_allreduce: CollectiveResult | None = None
+    bucket_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    bucket_ready: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    bucket_start: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    bucket_end: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    bucket_results: dict = field(default_factory=dict, repr=False)  # size -> CollectiveResult (one group)
+
+    @property
+    def comm_time(self) -> float:
+        return self.tp_comm_time + self.dp_comm_time
+
+    @property
+    def exposed_comm(self) -> float:
+        return max(0.0, self.step_time - self.compute_time)
+
+    @property
+    def exposed_share(self) -> float:
+        return self.exposed_comm / self.step_time if self.step_time > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.step_time if self.step_time > 0 else math.inf
+
+    @property
+    def mfu(self) -> float:
+        """Achieved model FLOPs utilisation: step FLOPs / (GPUs x peak x step time)."""
+        if self.step_time <= 0 or math.isinf(self.peak_flops):
+            return 0.0
+        return self.model_flops / (self.gpus * self.peak_flops * self.step_time)
+
+    @property
+    def buckets(self) -> int:
+        return len(self.bucket_sizes)
+
+    def row(self) -> dict:
+        """Flat dict of the headline figures (for tables, CSV and JSON)."""
+        return {
+            "gpus": self.gpus, "tp": self.tp, "dp": self.dp, "algorithm": self.algorithm,
+            "step_time_s": self.step_time, "compute_time_s": self.compute_time,
+            "comm_time_s": self.comm_time, "exposed_comm_s": self.exposed_comm,
+            "exposed_share": self.exposed_share, "tp_comm_s": self.tp_comm_time, "dp_comm_s": self.dp_comm_time,
+            "busbw_GBps": self.busbw / 1e9, "mfu": self.mfu, "tokens_per_s": self.tokens_per_s,
+            "tokens": self.tokens, "buckets": self.buckets, "grad_bytes": self.grad_bytes,
+        }
+
+
+def _peak(topology, config: StepConfig) -> float:
+    if config.peak_flops is not None:
+        return float(config.peak_flops)
+    gpu = getattr(topology, "hardware", {}).get("gpu")
+    if gpu is None or not hasattr(gpu, "peak_flops"):
+        raise ConfigError(f"topology {topology.name or ''} names no GPU preset: give the peak FLOP/s explicitly")
+    return gpu.peak_flops(config.precision)
+
+
+def _sequences(config: StepConfig, dp: int) -> float:
+    if config.scaling == "weak":
+        return float(config.batch * dp)
+    if config.global_batch < dp:
+        raise InfeasibleError(f"strong scaling: a global batch of {config.global_batch} sequences cannot feed "
+                              f"{dp} data-parallel replicas (raise --global-batch or --tp, or use fewer GPUs)")
+    return float(config.global_batch)
+
+
+def _bucket_sizes(grad_bytes: int, bucket: int) -> np.ndarray:
+    full, rest = divmod(grad_bytes, bucket)
+    sizes = [bucket] * full + ([rest] if rest else [])
+    return np.asarray(sizes, dtype=np.int64)
+
+
+def _concurrent_allreduce(runner: AllreduceRunner, groups: list, nbytes: int, algorithm: str):
+    """Every group all-reduces ``nbytes`` at the same instant on an idle fabric; the slowest group's result."""
+    sim = runner.simulation(record=None)
+    procs = [allreduce(sim, int(nbytes), ranks=g, algorithm=algorithm, protocol=runner.protocol,
+                       calibration=runner.calibration) for g in groups]
+    sim.run()
+    return max((p.value for p in procs), key=lambda r: r.time)
+
+
+def _resolve_algorithm(runner: AllreduceRunner, algorithm: str, nbytes: int, ranks) -> str:
+    return runner.choose(int(nbytes), ranks) if algorithm == "auto" else algorithm
+
+
+def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | None = None,
+                  engine: str = "fast", trace: str | None = None) -> StepResult:
+    """Simulate one training step of ``config`` on ``topology``.
+
+    Parameters
+    ----------
+    topology : Topology
+    config : StepConfig
+    runner : AllreduceRunner, optional
+        Reused across calls on one topology to keep its routes (sweeps pass one).
+    engine : {"fast", "events"}
+        "fast" composes the chain from one simulated all-reduce per bucket size; "events" simulates every
+        bucket as SimPy processes (slow; the reference the tests compare against).
+    trace : str, optional
+        With ``engine="events"``: write the fabric's Perfetto trace of the whole step to this path.
+
+    Raises
+    ------
+    InfeasibleError
+        ``tp`` wider than a domain or not dividing it; a strong-scaling batch smaller than the replicas.
+    ConfigError
+        A precision the GPU lacks, an unknown algorithm, an algorithm the fabric lacks.
+    """
+    if engine not in ("fast", "events"):
+        raise ConfigError(f"engine must be 'fast' or 'events', got {engine!r}")
+    runner = runner or AllreduceRunner(topology, calibration=CALIBRATED)
+    layout = step_layout(topology, config.tp)
+    gpus, model = topology.num_gpus, config.model
+    peak = _peak(topology, config)
+    sequences = _sequences(config, layout.dp)
+    tokens = sequences * model.seq_len
+    flops = model.flops_per_token(attention=config.attention_flops) * tokens
+    compute = flops / (gpus * peak * config.mfu)
+
+    # tensor parallel: 2 all-reduces per layer forward, 2 backward, per sequence of each replica
+    tp_result = None
+    tp_fwd = tp_bwd = 0.0
+    if layout.tp > 1:
+        tp_bytes = model.seq_len * model.hidden * config.activation_bytes
+        ranks = layout.tp_groups[0]
+        tp_result = runner.run(tp_bytes, _resolve_algorithm(runner, "auto", tp_bytes, ranks), ranks=ranks)
+        per_pass = 2 * model.layers * (sequences / layout.dp) * tp_result.time
+        tp_fwd = tp_bwd = per_pass
+
+    forward = compute / 3 + tp_fwd
+    backward = 2 * compute / 3 + tp_bwd
+    grad_bytes = math.ceil(model.params / layout.tp) * config.bytes_per_grad
+    sizes = _bucket_sizes(grad_bytes, config.bucket_bytes) if layout.dp > 1 else np.zeros(0, dtype=np.int64)
+    ready = forward + backward * np.cumsum(sizes) / grad_bytes if len(sizes) else np.zeros(0)
+
+    results: dict[int, CollectiveResult] = {}
+    algorithm = config.algorithm
+    if len(sizes):
+        algorithm = _resolve_algorithm(runner, config.algorithm, int(sizes[0]), layout.dp_groups[0])
+    if engine == "fast" or not len(sizes):
+        for size in np.unique(sizes).tolist():
+            results[size] = _concurrent_allreduce(runner, layout.dp_groups, size, algorithm)
+        durations = np.array([results[s].time for s in sizes.tolist()], dtype=float)
+        # end_i = max_j<=i (ready_j + sum_{k=j..i} d_k): a running maximum over a prefix sum
+        csum = np.cumsum(durations)
+        if len(sizes):
+            end = csum + np.maximum.accumulate(ready - (csum - durations))
+            start = end - durations
+        else:
+            end = start = np.zeros(0)
+    else:
+        start, end, results = _events_chain(runner, layout, sizes, ready, algorithm, trace, forward, backward)
+
+    step = max(forward + backward, float(end[-1]) if len(end) else 0.0)
+    dp_comm = float(np.sum(end - start)) if len(end) else 0.0
+    busbw = (grad_bytes * busbw_factor(layout.dp) / dp_comm) if dp_comm > 0 else 0.0
+    return StepResult(gpus=gpus, tp=layout.tp, dp=layout.dp, algorithm=algorithm if len(sizes) else "-",
+                      tokens=tokens, compute_time=compute, forward_time=forward, backward_time=backward,
+                      tp_comm_time=tp_fwd + tp_bwd, dp_comm_time=dp_comm, step_time=step, grad_bytes=grad_bytes,
+                      model_flops=flops, peak_flops=peak, busbw=busbw, tp_allreduce=tp_result, bucket_sizes=sizes,
+                      bucket_ready=ready, bucket_start=start, bucket_end=end, bucket_results=results)
+
+
+def _events_chain(runner, layout: StepLayout, sizes, ready, algorithm, trace, forward, backward):
+    """The bucket chain as SimPy processes: a backward process releases buckets, a stream reduces them."""
+    import simpy
+
+    sim = runner.simulation(record="groups", trace=trace is not None)
+    env = sim.env
+    released = simpy.Store(env)
+    n = len(sizes)
+    start, end = np.zeros(n), np.zeros(n)
+    results: dict[int, CollectiveResult] = {}
+
+    def compute():
+        yield sim.compute(0, forward, "forward")
+        t = forward
+        for i in range(n):
+            yield sim.compute(0, float(ready[i]) - t, f"backward to bucket {i}")
+            t = float(ready[i])
+            yield released.put(i)
+
+    def stream():
+        for _ in range(n):
+            i = yield released.get()
+            start[i] = env.now
+            procs = [allreduce(sim, int(sizes[i]), ranks=g, algorithm=algorithm, protocol=runner.protocol,
+                               calibration=runner.calibration) for g in layout.dp_groups]
+            yield env.all_of(procs)
+            end[i] = env.now
+            results.setdefault(int(sizes[i]), max((p.value for p in procs), key=lambda r: r.time))
+
+    sim.process(compute())
+    sim.process(stream())
+    sim.run()
+    if trace is not None:
+        sim.write_trace(trace)
+    return start, end, results
+
+
+def write_step_trace(result: StepResult, path) -> None:
+    """A Perfetto / Chrome trace-event JSON of the step: compute, TP time and every bucket's all-reduce.
+
+    One track for the GPUs' compute (all ranks do the same work), one for the data-parallel stream.
+    Times in microseconds, as the format expects.
+    """
+    import json
+
+    us = 1e6
+    events = [{"ph": "M", "name": "process_name", "pid": 0, "args": {"name": f"training step ({result.gpus} GPUs)"}},
+              {"ph": "M", "name": "thread_name", "pid": 0, "tid": 0, "args": {"name": "compute (every GPU)"}},
+              {"ph": "M", "name": "thread_name", "pid": 0, "tid": 1,
+               "args": {"name": f"data-parallel all-reduce ({result.algorithm}, {result.dp} ranks)"}}]
+
+    def slice_(tid, name, t0, t1, **args):
+        events.append({"ph": "X", "pid": 0, "tid": tid, "name": name, "ts": t0 * us, "dur": (t1 - t0) * us,
+                       "args": args})
+
+    slice_(0, "forward", 0.0, result.forward_time, tp_allreduce_s=result.tp_comm_time / 2)
+    slice_(0, "backward", result.forward_time, result.forward_time + result.backward_time,
+           tp_allreduce_s=result.tp_comm_time / 2)
+    for i in range(result.buckets):
+        slice_(1, f"bucket {i}", float(result.bucket_start[i]), float(result.bucket_end[i]),
+               bytes=int(result.bucket_sizes[i]), ready_us=float(result.bucket_ready[i]) * us)
+    with open(path, "w") as fh:
+        json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, fh)
+
+
+def with_options(config: StepConfig, **changes) -> StepConfig:
+    """A copy of ``config`` with some fields changed (validated again)."""
+    return replace(config, **changes)
