@@ -72,7 +72,7 @@ def test_toml_is_readable_and_edits_disable_the_closed_form(tmp_path):
     path = tmp_path / "h100.toml"
     save(build("dgx-h100"), str(path))
     text = path.read_text()
-    assert 'bandwidth = "125 GB/s"' in text and 'latency = "500 ns"' in text and "lanes = 5" in text
+    assert 'bandwidth = "125 GB/s"' in text and 'latency = "300 ns"' in text and "lanes = 5" in text
     path.write_text(text.replace('bandwidth = "125 GB/s"', 'bandwidth = "100 GB/s"', 1))
     edited = load(str(path))
     assert not edited._closed_form_valid()

@@ -16,24 +16,8 @@ from fabricsim.validation import geomean_abs_error, load_reference, validate
 
 QUICK = [r for r in load_reference() if r.quick]
 
-# Measured with `fabricsim validate` at commit time (calibration in progress, see docs/validation.md).
+# Measured with `fabricsim validate` at commit time (see docs/validation.md).
 OUT_OF_BOUND = {
-    "H100-8B": "+50.7% vs 25%: simulated 20.6 us, LL launch + 14 ring steps too slow at 8 B",
-    "H100-16B": "+58.5% vs 25%: simulated 20.6 us vs 13.0 us",
-    "H100-32B": "+52.4% vs 25%: simulated 20.6 us vs 13.52 us",
-    "H100-64B": "+38.1% vs 25%: simulated 20.6 us vs 14.92 us",
-    "H100-128B": "+29.8% vs 25%: simulated 20.6 us vs 15.87 us",
-    "H100-256B": "+28.0% vs 25%: simulated 20.6 us vs 16.1 us",
-    "H100-4KiB": "+25.4% vs 25%: simulated 20.64 us vs 16.46 us",
-    "H100-128KiB": "+28.3% vs 25%: simulated 25.5 us vs 19.89 us (NVLS/LL128 latency)",
-    "H100-256KiB": "+27.4% vs 25%: simulated 26.0 us vs 20.43 us",
-    "H100-512KiB": "+30.9% vs 25%: simulated 27.0 us vs 20.66 us",
-    "H100-2MiB": "+27.3% vs 15%: simulated busbw 110.7 vs 86.94 GB/s",
-    "H100-4MiB": "+31.2% vs 15%: simulated busbw 177.7 vs 135.4 GB/s",
-    "H100-8MiB": "+49.4% vs 15%: simulated busbw 264.1 vs 176.8 GB/s",
-    "H100-16MiB": "+43.6% vs 15%: simulated busbw 340.7 vs 237.2 GB/s",
-    "H100-32MiB": "+35.2% vs 15%: simulated busbw 398.6 vs 294.7 GB/s",
-    "H100-64MiB": "+20.4% vs 15%: simulated busbw 435.5 vs 361.7 GB/s",
     "B055-nvls-2": "-44.1% vs 10%: NVLS on 2 GPUs simulated 205.5 vs 367.5 GB/s",
     "B055-nvls-3": "-16.1% vs 10%: NVLS on 3 GPUs simulated 308.2 vs 367.5 GB/s",
     "B070": "-53.1% vs 15%: IB SHARP not modelled; best of nvls/hierarchical 225.2 vs 480 GB/s",

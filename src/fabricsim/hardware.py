@@ -86,10 +86,10 @@ class SwitchSpec:
 
 
 # --- links -----------------------------------------------------------------------------------------------
-# Assumed hop latencies. No vendor publishes them (A032); these are of the order NCCL's own tuning model
-# charges per NVLink step (hwLatencies NVLINK Simple 3.4-4 us per ring step include software, C099), split
-# so that a GPU -> switch -> GPU hop costs about 1 us of wire and switch time. Calibrated in collectives.
-NVLINK_HOP_LATENCY = 0.5e-6
+# Assumed hop latencies. No vendor publishes them (A032). A GPU -> NVSwitch -> GPU path of two NVLink hops
+# is set to NCCL's smallest per-step NVLink latency, the LL protocol's 0.6 us (C099), which includes the
+# wire, the switch and the flag handshake: so 0.3 us per hop.
+NVLINK_HOP_LATENCY = 0.3e-6
 NIC_LATENCY = 1.0e-6  # GPU <-> NIC through PCIe and the NIC pipeline: assumption
 IB_SWITCH_LATENCY = 0.6e-6  # HDR port-to-port latency, A031 (NDR assumed the same)
 

@@ -28,11 +28,16 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from fabricsim.cli import topology
+    from fabricsim.cli import allreduce, topology
 
     cli.add_command(topology.topology)
+    cli.add_command(allreduce.allreduce)
     from fabricsim.cli import validate
     cli.add_command(validate.validate)
+    from fabricsim.cli import plot, step, sweep
+    cli.add_command(sweep.sweep)
+    cli.add_command(step.step)
+    cli.add_command(plot.plot)
 
 
 _register()

@@ -6,7 +6,7 @@ N/p (its reduced shard, multicast back, as an all-gather) and receives the same,
 
     T = a + N (1 + 1/p) / B
 
-against 2 (p-1)/p N / B for the best algorithm without in-network reduction. A GPU spreads this traffic
+(plus the fill of a chunked pipeline, see ``nvls_allreduce``) against 2 (p-1)/p N / B for the best algorithm without in-network reduction. A GPU spreads this traffic
 over its switch chips in proportion to its links to each (all 18 planes of an NVL72, 5/4/4/5 on a DGX
 H100). An *island* is a set of GPUs attached to the same switch chips: a DGX node, an NVL72 rack, one rack
 of an NVL576 (whose second tier carries no reduction in this model).
@@ -14,10 +14,12 @@ of an NVL576 (whose second tier carries no reduction in this model).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
+from fabricsim.collectives.protocol import NVLS_CHUNK, NVLS_LATENCY, Calibration, Protocol
 from fabricsim.errors import InfeasibleError
 
 __all__ = ["switch_islands", "nvls_phase", "nvls_allreduce"]
@@ -64,21 +66,35 @@ def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: C
 
 def nvls_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
                    calibration: Calibration) -> Schedule:
-    """All-reduce inside one switch island by in-switch reduction (one pipelined step)."""
+    """All-reduce inside one switch island by in-switch reduction, pipelined in NVLS_CHUNK chunks.
+
+    Stage r reduce-scatters chunk r while all-gathering chunk r-1, so K chunks take K + 1 stages:
+    T = a + N (1 + 1/p) / B + c (1 - 1/p) / B for chunk size c (one chunk: both phases in turn).
+    """
     islands = switch_islands(fabric, layout)
     if len(islands) > 1:
         raise InfeasibleError(f"NVLS alone covers one switch island; this group spans {len(islands)} "
                               "(use hierarchical or nvls with an inter-island tree/ring)")
     p = layout.p
-    volume = nbytes * (1 + 1 / p)
+    K = max(1, math.ceil(nbytes / NVLS_CHUNK))
+    c = nbytes / K
 
     def apply(data: dict) -> None:
         total = sum(data[r] for r in layout.ranks)
         for r in layout.ranks:
             data[r][:] = total
 
+    def stage(r: int) -> Step:
+        rs, ag = r < K, r >= 1
+        up = (c if rs else 0.0) + (c / p if ag else 0.0)
+        down = (c / p if rs else 0.0) + (c if ag else 0.0)
+        kind = "first" if r == 0 else ("last" if r == K else "steady")
+        return Step(("nvls", layout.ident, c, kind), lambda: nvls_phase(fabric, layout.ranks, up, down, calibration),
+                    "nvlink", apply if r == K else None, "nvls",
+                    extra_latency=NVLS_LATENCY["nvlink"] if r == 0 else 0.0, pipelined=r > 0)
+
     def steps():
         if p > 1:
-            yield Step(("nvls", layout.ident, nbytes), lambda: nvls_phase(fabric, layout.ranks, volume, volume, calibration),
-                       "nvlink", apply, "nvls", extra_latency=NVLS_LATENCY["nvlink"])
+            for r in range(K + 1):
+                yield stage(r)
     return Schedule("nvls", steps(), protocol, "nvls", launch_latency=0.0)

@@ -4,8 +4,9 @@ A collective step pays a protocol latency (synchronisation, flag polling, kernel
 over links whose usable bandwidth is below line rate. Three families of parameters, each with its source:
 
 - ``PROTOCOLS``: NCCL's LL, LL128 and Simple. ``wire_efficiency`` is the payload share of the bytes each
-  protocol puts on the wire (LL: 8-byte flag per 8 bytes of data; LL128: 8 bytes of flag per 128-byte
-  line). Per-step and launch latencies are NCCL's own tuning-model constants (rows C098, C099, C101).
+  protocol puts on the wire (LL128: 8 bytes of flag per 128-byte line). LL carries 8 bytes of data per 16,
+  and NCCL's model caps LL bus bandwidth at 141 GB/s on Hopper and 282 GB/s on Blackwell (C106): 0.31 of
+  NVLink line rate, which is 0.38 of what Simple moves at NVLink 4's efficiency (0.82, below). Per-step and launch latencies are NCCL's own tuning-model constants (rows C098, C099, C101).
   A step's protocol latency already includes the wire: the fabric's path latency is counted once, and
   only the protocol latency beyond it is added.
 - ``LINK_EFFICIENCY``: application-level share of line rate per link kind. Fitted: NVLink 4 on row B053
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from fabricsim.errors import ConfigError
 
-__all__ = ["Protocol", "PROTOCOLS", "LINK_EFFICIENCY", "NVLS_EFFICIENCY", "NVLS_LATENCY", "choose_protocol",
+__all__ = ["Protocol", "PROTOCOLS", "LINK_EFFICIENCY", "NVLS_EFFICIENCY", "NVLS_LATENCY", "NVLS_CHUNK", "choose_protocol",
            "FITTED_ROWS", "Calibration", "CALIBRATED", "IDEAL"]
 
 US = 1e-6
@@ -40,7 +41,7 @@ class Protocol:
 
 
 PROTOCOLS = {
-    "ll": Protocol("ll", 0.5,
+    "ll": Protocol("ll", 141 / 450 / (370 / 450),
                    {"ring": 6.6 * US, "tree": 6.8 * US},
                    {("ring", "nvlink"): 0.6 * US, ("ring", "net"): 2.7 * US,
                     ("tree", "nvlink"): 0.6 * US, ("tree", "net"): 5.0 * US}),
@@ -74,22 +75,26 @@ NVLS_EFFICIENCY = {
     "nvlink5": 850 / 1.75 * 1.125 / 900,  # B067
 }
 
-FITTED_ROWS = {"LINK_EFFICIENCY": ["B053", "B066", "A029"], "NVLS_EFFICIENCY": ["B054", "B067"]}
+# In-switch reduction runs chunk by chunk: the reduce-scatter of one chunk overlaps the all-gather of the
+# one before, so a message of K chunks takes K + 1 stages and a message of one chunk pays both phases in
+# turn. Fitted on the DGX H100 curve (allreduce_curves.csv, 2 MiB to 1 GiB), where time minus N/B levels
+# off near 50-100 us: the fill cost of one 16 MiB chunk at NVLS bandwidth.
+NVLS_CHUNK = 16 * 2**20
 
-# NCCL picks LL below about 64 KiB per rank-step and LL128 up to a few MiB on NVLink; these thresholds
-# are on the per-GPU message size (assumption to calibrate on the DGX H100 curve).
-_LL_MAX = 64 * 1024
-_LL128_MAX = 4 * 2**20
+FITTED_ROWS = {"LINK_EFFICIENCY": ["B053", "B066", "A029"], "NVLS_EFFICIENCY": ["B054", "B067"],
+               "NVLS_CHUNK": ["allreduce_curves.csv"]}
 
+def choose_protocol(nbytes: int, protocol: str = "auto", *, cost=None) -> Protocol:
+    """The protocol for a message of ``nbytes``.
 
-def choose_protocol(nbytes: int, protocol: str = "auto") -> Protocol:
-    """The protocol for a message of ``nbytes``: ``"auto"`` picks by size as NCCL's tuner does."""
+    ``"auto"`` does what NCCL's tuner does: estimate each protocol's time and take the smallest.
+    ``cost(protocol) -> seconds`` is that estimate (the algorithm supplies it, knowing its steps and
+    bandwidth); without one, Simple is used.
+    """
     if protocol == "auto":
-        if nbytes <= _LL_MAX:
-            return PROTOCOLS["ll"]
-        if nbytes <= _LL128_MAX:
-            return PROTOCOLS["ll128"]
-        return PROTOCOLS["simple"]
+        if cost is None:
+            return PROTOCOLS["simple"]
+        return min(PROTOCOLS.values(), key=cost)
     try:
         return PROTOCOLS[protocol.lower()]
     except KeyError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from fabricsim.collectives.base import CollectiveResult, GroupLayout, Schedule, run_schedule
+from fabricsim.collectives.protocol import Protocol
 from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.nvls import nvls_allreduce, switch_islands
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
@@ -17,7 +18,7 @@ from fabricsim.collectives.ring import ring_allreduce
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 
-__all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner"]
+__all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner", "estimate_allreduce"]
 
 ALGORITHMS = ("ring", "tree", "hierarchical", "nvls", "auto")
 
@@ -41,25 +42,74 @@ def available_algorithms(fabric, layout: GroupLayout) -> list[str]:
     return algos
 
 
+def _rank_bandwidths(fabric, layout: GroupLayout) -> tuple[float, float]:
+    """Usable one-way bandwidth of a rank's NVLink ports and of its NIC (B/s, after efficiencies)."""
+    lt = fabric.links
+    node = int(fabric.gpu_index[layout.ranks[0]])
+    nvl = nic = 0.0
+    kinds = fabric.topology.graph.nodes
+    for v in fabric.router._succ_all[node]:
+        e = lt.edge_index[(node, v)]
+        if lt.kind[e].startswith("nvlink"):
+            nvl += fabric.capacity[e]
+        elif kinds[lt.nodes[v]].get("kind") == "nic":
+            nic += min([fabric.capacity[lt.edge_index[(v, w)]] for w in fabric.router._succ_all[v]
+                        if w != node] or [0.0])
+    return nvl, nic
+
+
+def protocol_cost(fabric, layout: GroupLayout, nbytes: int, algorithm: str):
+    """``cost(protocol) -> s``: an alpha-beta estimate of one algorithm under each protocol, for "auto"."""
+    import math
+
+    from fabricsim.collectives.ring import default_channels
+
+    p, nd = layout.p, len(layout.domains)
+    m = max(len(d) for d in layout.domains)
+    nvl, nic = _rank_bandwidths(fabric, layout)
+    channels = default_channels(layout)
+    bw = (nvl or nic * channels) if nd == 1 else min(nvl or math.inf, channels * nic or math.inf)
+    alg = "tree" if algorithm == "tree" else "ring"
+    if algorithm == "tree":
+        intra, inter = 2 * (m - 1), 2 * math.ceil(math.log2(nd)) if nd > 1 else 0
+    else:
+        inter = 2 * (nd - 1) if nd > 1 else 0
+        intra = 2 * (p - 1) - inter
+    volume = 2 * (p - 1) / p * nbytes
+
+    def cost(proto: Protocol) -> float:
+        lat = proto.step_latency
+        return (proto.launch_latency[alg] + intra * lat[(alg, "nvlink")] + inter * lat[(alg, "net")]
+                + volume / (bw * proto.wire_efficiency))
+    return cost
+
+
 def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *, protocol: str = "auto",
                     calibration: Calibration = CALIBRATED, channels: int | None = None) -> Schedule:
-    """The schedule of one all-reduce (not ``"auto"``: see AllreduceRunner)."""
-    proto = choose_protocol(nbytes, protocol)
+    """The schedule of one all-reduce (not ``"auto"``: see AllreduceRunner).
+
+    ``protocol="auto"`` picks, per algorithm, the protocol with the smallest alpha-beta estimate; NVLS
+    runs on Simple only, as in NCCL.
+    """
+    if algorithm not in ALGORITHMS or algorithm == "auto":
+        raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    if algorithm == "nvls":
+        proto = choose_protocol(nbytes, "simple")
+    else:
+        proto = choose_protocol(nbytes, protocol, cost=protocol_cost(fabric, layout, nbytes, algorithm))
     if algorithm == "ring":
         return ring_allreduce(fabric, layout, nbytes, proto, channels=channels)
     if algorithm == "tree":
-        return tree_allreduce(fabric, layout, nbytes, proto)
+        return tree_allreduce(fabric, layout, nbytes, proto, channels=channels)
     if algorithm == "hierarchical":
         return hierarchical_allreduce(fabric, layout, nbytes, proto, intra="ring", inter="ring",
                                       calibration=calibration)
-    if algorithm == "nvls":
-        if not _has_nvls(fabric, layout):
-            raise InfeasibleError("nvls needs GPUs attached to NVLink switch chips (this fabric has none)")
-        if len(switch_islands(fabric, layout)) == 1:
-            return nvls_allreduce(fabric, layout, nbytes, proto, calibration)
-        return hierarchical_allreduce(fabric, layout, nbytes, proto, intra="nvls", inter="tree",
-                                      calibration=calibration)
-    raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    if not _has_nvls(fabric, layout):
+        raise InfeasibleError("nvls needs GPUs attached to NVLink switch chips (this fabric has none)")
+    if len(switch_islands(fabric, layout)) == 1:
+        return nvls_allreduce(fabric, layout, nbytes, proto, calibration)
+    return hierarchical_allreduce(fabric, layout, nbytes, proto, intra="nvls", inter="tree",
+                                  calibration=calibration)
 
 
 def allreduce(sim, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm: str = "ring",
@@ -124,3 +174,64 @@ class AllreduceRunner:
             times = {a: self.run(nbytes, a, ranks=ranks).time for a in available_algorithms(sim.fabric, layout)}
             self._choice[key] = min(times, key=times.get)
         return self._choice[key]
+
+
+def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Calibration = CALIBRATED,
+                       protocol: str = "auto") -> CollectiveResult:
+    """A closed-form estimate (``--model analytic``): alpha-beta costs from analytic.py with the fabric's
+    per-GPU NVLink and NIC bandwidths, the calibrated efficiencies and NCCL's latency rows. No contention
+    beyond the per-GPU bottleneck; all GPUs of the topology take part."""
+    import math
+
+    from fabricsim.collectives import analytic
+    from fabricsim.collectives.protocol import NVLS_LATENCY
+
+    p = topology.num_gpus
+    domains = len(topology.domains)
+    m = max(len(d) for d in topology.domains)
+    gpu = topology.gpus[0]
+    nvl_kind = next((d.get("kind") for _, _, d in topology.graph.out_edges(gpu, data=True)
+                     if str(d.get("kind", "")).startswith("nvlink")), None)
+    b_nvl = topology.injection_bandwidth(gpu) * calibration.link_efficiency.get(nvl_kind, 1.0)
+    nic = topology.nic_bandwidth(gpu) if hasattr(topology, "nic_bandwidth") else 0.0
+    b_nic = nic * max([v for k, v in calibration.link_efficiency.items() if not k.startswith("nvlink")] or [1.0])
+    proto = choose_protocol(nbytes, "simple" if protocol == "auto" else protocol)
+    channels = min(m, 16)
+    if algorithm == "auto":
+        options = ["ring", "tree"] + (["hierarchical"] if domains > 1 else []) + (["nvls"] if nvl_kind else [])
+        results = [estimate_allreduce(topology, nbytes, a, calibration=calibration, protocol=protocol) for a in options]
+        return min(results, key=lambda r: r.time)
+    if p == 1 or nbytes == 0:
+        return CollectiveResult(algorithm, proto.name, p, nbytes, 0.0)
+    if domains > 1 and b_nic <= 0:
+        raise InfeasibleError("the topology has several NVLink domains but no NICs between them")
+    b_nvl = b_nvl if b_nvl > 0 else b_nic
+    wire = proto.wire_efficiency
+    lat = proto.step_latency
+    if algorithm == "ring":
+        inter = 2 * (domains - 1) if domains > 1 else 0
+        steps = 2 * (p - 1)
+        latency = proto.launch_latency["ring"] + (steps - inter) * lat[("ring", "nvlink")] + inter * lat[("ring", "net")]
+        bw = b_nvl if domains == 1 else min(b_nvl, channels * b_nic)
+        t = latency + analytic.ring_allreduce_time(p, nbytes / wire, bw)
+    elif algorithm == "tree":
+        depth_net = math.ceil(math.log2(domains)) if domains > 1 else 0
+        latency = proto.launch_latency["tree"] + 2 * ((m - 1) * lat[("tree", "nvlink")] + depth_net * lat[("tree", "net")])
+        bw = b_nvl if domains == 1 else min(b_nvl, channels * b_nic)
+        t = latency + analytic.allreduce_lower_bound(p, nbytes / wire, bw)
+    elif algorithm == "hierarchical":
+        if domains == 1:
+            return estimate_allreduce(topology, nbytes, "ring", calibration=calibration, protocol=protocol)
+        intra = 2 * analytic.ring_allreduce_time(m, nbytes / wire, b_nvl, lat[("ring", "nvlink")]) / 2
+        inter = analytic.ring_allreduce_time(domains, nbytes / wire / m, b_nic, lat[("ring", "net")])
+        t = proto.launch_latency["ring"] + intra + inter
+    elif algorithm == "nvls":
+        if not nvl_kind:
+            raise InfeasibleError("nvls needs NVLink switch chips")
+        b = topology.injection_bandwidth(gpu) * calibration.nvls_efficiency.get(nvl_kind, 1.0)
+        t = analytic.nvls_allreduce_time(m if domains > 1 else p, nbytes, b, NVLS_LATENCY["nvlink"])
+        if domains > 1:
+            t += analytic.tree_allreduce_time(domains, nbytes / m, b_nic, NVLS_LATENCY["net"])
+    else:
+        raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    return CollectiveResult(algorithm, proto.name, p, nbytes, t)
