@@ -34,6 +34,10 @@ def _register() -> None:
     cli.add_command(allreduce.allreduce)
     from fabricsim.cli import validate
     cli.add_command(validate.validate)
+    from fabricsim.cli import plot, step, sweep
+    cli.add_command(sweep.sweep)
+    cli.add_command(step.step)
+    cli.add_command(plot.plot)
 
 
 _register()

@@ -91,7 +91,7 @@ class StepConfig:
     mfu: float = DEFAULT_MFU
     tp: int = 1
     scaling: str = "weak"
-    batch: int = 4
+    batch: int = 2
     global_batch: int = DEFAULT_GLOBAL_BATCH
     bucket_bytes: int = DEFAULT_BUCKET
     bytes_per_grad: int = 2

@@ -1,0 +1,77 @@
+"""``fabricsim step``: one training step in detail: the compute, TP time and every bucket's all-reduce."""
+
+from __future__ import annotations
+
+import click
+
+from fabricsim.cli.sweep import make_step_config, step_options
+
+
+@click.command()
+@click.option("--topology", "-t", default="gb200-nvl72-ib", show_default=True, help="Topology preset or file.")
+@click.option("--gpus", "-n", type=int, default=576, show_default=True, help="GPUs (presets only).")
+@click.option("--algorithm", "-a", default="ring", show_default=True,
+              help="Data-parallel all-reduce: ring, tree, hierarchical, nvls or auto.")
+@step_options
+@click.option("--network", type=click.Choice(["rail", "fat-tree"]), default=None, help="Scale-out network.")
+@click.option("--oversubscription", type=float, default=None, help="Scale-out leaf down:up ratio.")
+@click.option("--buckets", "show", type=int, default=12, show_default=True,
+              help="Bucket rows to print (first and last halves); 0 for all.")
+@click.option("--trace", type=click.Path(dir_okay=False), default=None,
+              help="Write the step's Perfetto/Chrome timeline (compute and every bucket) to this JSON file.")
+def step(topology, gpus, algorithm, model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes,
+         attention_flops, network, oversubscription, show, trace) -> None:
+    """Simulate one training step and print its timeline, bucket by bucket."""
+    from fabricsim.topologies.io import PRESETS, resolve
+    from fabricsim.training import simulate_step, write_step_trace
+    from fabricsim.units import format_size, format_time
+
+    config = make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes,
+                              attention_flops, algorithm=algorithm)
+    options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
+    topo = resolve(topology, gpus=gpus if topology in PRESETS else None, **options)
+    res = simulate_step(topo, config)
+    m = config.model
+    click.echo(m.describe())
+    click.echo(f"{topo.num_gpus} GPUs on {topo.name or topology}: TP {res.tp} x DP {res.dp}, {config.precision} "
+               f"peak {res.peak_flops / 1e12:.0f} TFLOPS/GPU at MFU {config.mfu:.2f}, {res.tokens:,.0f} tokens per step")
+    click.echo(f"gradients {format_size(res.grad_bytes)} per GPU in {res.buckets} buckets of "
+               f"{format_size(config.bucket_bytes)}, all-reduced with {res.algorithm} over {res.dp} ranks "
+               f"({res.tp} group{'s' if res.tp > 1 else ''} at once)")
+    if res.tp_allreduce is not None:
+        t = res.tp_allreduce
+        click.echo(f"TP all-reduce {format_size(t.nbytes)} on {t.ranks} GPUs ({t.algorithm}): {format_time(t.time)}, "
+                   f"x {4 * m.layers} per sequence x {res.tokens / m.seq_len / res.dp:g} sequences -> "
+                   f"{format_time(res.tp_comm_time)} per step, exposed")
+    click.echo("")
+    rows = [("forward", 0.0, res.forward_time), ("backward", res.forward_time, res.forward_time + res.backward_time)]
+    for name, a, b in rows:
+        click.echo(f"  {name:<10}{format_time(a):>11} -> {format_time(b):>11}")
+    if res.buckets:
+        click.echo(f"\n  {'bucket':>6}{'size':>11}{'ready':>11}{'start':>11}{'end':>11}{'all-reduce':>12}{'busbw GB/s':>12}")
+        idx = list(range(res.buckets))
+        if show and res.buckets > show:
+            idx = idx[:show // 2] + [None] + idx[-(show - show // 2):]
+        from fabricsim.collectives import busbw_factor
+
+        for i in idx:
+            if i is None:
+                click.echo(f"  {'...':>6}")
+                continue
+            d = float(res.bucket_end[i] - res.bucket_start[i])
+            size = int(res.bucket_sizes[i])
+            click.echo(f"  {i:>6}{format_size(size):>11}{format_time(float(res.bucket_ready[i])):>11}"
+                       f"{format_time(float(res.bucket_start[i])):>11}{format_time(float(res.bucket_end[i])):>11}"
+                       f"{format_time(d):>12}{size / d * busbw_factor(res.dp) / 1e9:>12.1f}")
+    click.echo("")
+    click.echo(f"step time        {format_time(res.step_time)}")
+    click.echo(f"compute          {format_time(res.compute_time)}")
+    click.echo(f"communication    {format_time(res.comm_time)} (TP {format_time(res.tp_comm_time)}, "
+               f"DP {format_time(res.dp_comm_time)})")
+    click.echo(f"exposed          {format_time(res.exposed_comm)} ({100 * res.exposed_share:.1f}% of the step)")
+    click.echo(f"DP busbw         {res.busbw / 1e9:.1f} GB/s")
+    click.echo(f"MFU              {100 * res.mfu:.1f}%")
+    click.echo(f"throughput       {res.tokens_per_s:,.0f} tokens/s")
+    if trace:
+        write_step_trace(res, trace)
+        click.echo(f"wrote {trace}")

@@ -1,0 +1,176 @@
+"""``fabricsim sweep``: training steps (or all-reduces) from one node to thousands of GPUs, in parallel."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from fabricsim.errors import ConfigError
+from fabricsim.units import format_size, parse_size
+
+DEFAULT_OUT = "./fabricsim-out"
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def step_options(command):
+    """Options that describe the training step (shared by ``sweep`` and ``step``)."""
+    from fabricsim.training.step import DEFAULT_GLOBAL_BATCH, DEFAULT_MFU
+
+    options = [
+        click.option("--model", "-m", default="llama3-8b", show_default=True,
+                     help="Model preset (llama3-8b, llama3-70b, llama3-405b, gpt3-175b) or a TOML model file."),
+        click.option("--precision", default="bf16", show_default=True, help="Tensor-core precision of the compute."),
+        click.option("--mfu", type=float, default=DEFAULT_MFU, show_default=True,
+                     help="Share of dense peak the compute reaches (default from Megatron-LM/Llama 3 figures)."),
+        click.option("--tp", type=int, default=1, show_default=True,
+                     help="Tensor-parallel width inside an NVLink domain."),
+        click.option("--scaling", type=click.Choice(["weak", "strong"]), default="weak", show_default=True,
+                     help="weak: fixed sequences per data-parallel replica; strong: fixed global batch."),
+        click.option("--batch", type=int, default=2, show_default=True,
+                     help="Weak scaling: sequences per data-parallel replica per step."),
+        click.option("--global-batch", type=int, default=DEFAULT_GLOBAL_BATCH, show_default=True,
+                     help="Strong scaling: sequences per step in all."),
+        click.option("--bucket", default="25MiB", show_default=True, help="Gradient bucket size."),
+        click.option("--grad-bytes", type=int, default=2, show_default=True, help="Bytes per gradient (bf16: 2)."),
+        click.option("--attention-flops/--no-attention-flops", default=False, show_default=True,
+                     help="Count attention FLOPs (12 L h s per token) on top of 6 x parameters."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes, attention_flops,
+                     algorithm="ring"):
+    from fabricsim.training import StepConfig, resolve_model
+
+    return StepConfig(resolve_model(model), algorithm=algorithm, precision=precision, mfu=mfu, tp=tp,
+                      scaling=scaling, batch=batch, global_batch=global_batch, bucket_bytes=parse_size(bucket),
+                      bytes_per_grad=grad_bytes, attention_flops=attention_flops)
+
+
+@click.command()
+@click.option("--topology", "-t", default="gb200-nvl72-ib", show_default=True,
+              help="Topology preset family (sized to each point) or a topology file (one size).")
+@click.option("--sizes", default=None, help="Comma-separated GPU counts [default: 8 to --max-gpus doubling, "
+                                            "plus 72, 576, 4608].")
+@click.option("--max-gpus", type=int, default=8192, show_default=True, help="Largest default size.")
+@click.option("--algorithms", "-a", default="ring,tree,hierarchical,nvls", show_default=True,
+              help="All-reduce algorithms; each runs where the fabric has it ('auto' picks per size).")
+@step_options
+@click.option("--mode", type=click.Choice(["step", "message"]), default="step", show_default=True,
+              help="step: one training step per point; message: all-reduces of --bytes.")
+@click.option("--bytes", "message_bytes", default="1M,16M,256M,1G", show_default=True,
+              help="Message mode: comma-separated all-reduce sizes.")
+@click.option("--curve-gpus", type=int, default=None,
+              help="Step mode: GPUs of the busbw-vs-message-size curve [default: 576 if swept]; 0 for none.")
+@click.option("--network", type=click.Choice(["rail", "fat-tree"]), default=None, help="Scale-out network.")
+@click.option("--oversubscription", type=float, default=None, help="Scale-out leaf down:up ratio.")
+@click.option("--out", "-o", "out_dir", default=DEFAULT_OUT, show_default=True, help="Directory for CSV, JSON, plots.")
+@click.option("--jobs", "-j", type=int, default=None, help="Worker processes [default: all cores].")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNG and SVG plots.")
+def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scaling, batch, global_batch, bucket,
+          grad_bytes, attention_flops, mode, message_bytes, curve_gpus, network, oversubscription, out_dir, jobs,
+          plots) -> None:
+    """Simulate a training step (or all-reduces) at every cluster size and algorithm.
+
+    With no arguments: Llama 3 8B, data parallel, on GB200 NVL72 racks joined by 400G InfiniBand, from 8
+    to 8,192 GPUs, ring, tree, hierarchical and NVLS all-reduce; writes step.csv, step.json, busbw.csv and
+    the plots into ./fabricsim-out.
+    """
+    from fabricsim.sweep import SweepSpec, default_sizes, run_and_write
+    from fabricsim.topologies.io import PRESETS
+
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be positive, got {jobs}")
+    if sizes:
+        size_list = _int_list(sizes, "--sizes")
+    else:
+        cap = PRESETS[topology].max_gpus if topology in PRESETS else None
+        size_list = tuple(s for s in default_sizes(max_gpus) if cap is None or s <= cap)
+        if not size_list:
+            raise ConfigError(f"no default size fits {topology}; give --sizes")
+        if topology not in PRESETS:
+            from fabricsim.topologies.io import resolve
+
+            size_list = (resolve(topology).num_gpus,)
+    algos = tuple(a for a in algorithms.replace(" ", "").split(",") if a)
+    config = make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes,
+                              attention_flops) if mode == "step" else None
+    if curve_gpus is None:
+        curve_gpus = 576 if 576 in size_list else None
+    curve_gpus = curve_gpus or None
+    msg_sizes = tuple(parse_size(s) for s in message_bytes.replace(" ", "").split(",") if s)
+    options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
+    spec = SweepSpec(topology=topology, sizes=size_list, algorithms=algos, mode=mode, step=config,
+                     message_sizes=msg_sizes, curve_gpus=curve_gpus if mode == "step" else None,
+                     topology_options=options)
+    from fabricsim.sweep import plan_sweep
+
+    planned = plan_sweep(spec)  # every size checked before the first one runs
+    what = (f"{config.model.name}, {config.scaling} scaling, TP {config.tp}" if mode == "step"
+            else f"all-reduce of {', '.join(format_size(s) for s in msg_sizes)}")
+    click.echo(f"sweep: {topology}, {len(planned)} sizes {planned[0]}..{planned[-1]} GPUs, {', '.join(algos)}; "
+               f"{what}", err=True)
+    with click.progressbar(length=len(planned), label="simulating", file=sys.stderr,
+                           item_show_func=lambda g: f"{g} GPUs done" if g else "") as bar:
+        def progress(point):
+            bar.update(1, point["gpus"])
+        writer = run_and_write(spec, out_dir, jobs=jobs, progress=progress)
+    for line in format_table(writer.rows, mode):
+        click.echo(line)
+    skipped: dict[str, list[int]] = {}
+    for g, algs in writer.skipped.items():
+        for a in algs:
+            skipped.setdefault(a, []).append(g)
+    for a, gs in skipped.items():
+        click.echo(f"note: {a} not available at {_ranges(gs)} GPUs (needs several NVLink domains or NVLink "
+                   "switches)" if a in ("hierarchical", "nvls") else f"note: {a} skipped at {_ranges(gs)} GPUs",
+                   err=True)
+    if not writer.rows:
+        raise ConfigError("no point could run: none of the algorithms is available on this fabric")
+    written = list(writer.paths.values())
+    if plots:
+        from fabricsim.plots import read_rows, write_plots
+
+        curve = read_rows(writer.paths["curve"]) if "curve" in writer.paths and writer.curve else None
+        written += write_plots(read_rows(writer.paths["rows"]), out_dir, curve_rows=curve)
+    click.echo(f"wrote {', '.join(written)}", err=True)
+
+
+def _ranges(values) -> str:
+    values = sorted(values)
+    return f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def format_table(rows, mode: str) -> list[str]:
+    """The summary table printed at the end of a sweep."""
+    from fabricsim.units import format_time
+
+    if mode == "step":
+        head = (f"{'GPUs':>6} {'TP':>3} {'algorithm':<13}{'step':>10}{'compute':>10}{'comm':>10}{'exposed':>10}"
+                f"{'exp %':>7}{'busbw GB/s':>11}{'MFU %':>7}{'Mtok/s':>9}{'scal %':>7}")
+        lines = [head, "-" * len(head)]
+        for r in rows:
+            lines.append(f"{r['gpus']:>6} {r['tp']:>3} {r['algorithm']:<13}{format_time(r['step_time_s']):>10}"
+                         f"{format_time(r['compute_time_s']):>10}{format_time(r['comm_time_s']):>10}"
+                         f"{format_time(r['exposed_comm_s']):>10}{100 * r['exposed_share']:>7.1f}"
+                         f"{r['busbw_GBps']:>11.1f}{100 * r['mfu']:>7.1f}{r['tokens_per_s'] / 1e6:>9.2f}"
+                         f"{100 * r['scaling_eff']:>7.1f}")
+        return lines
+    head = f"{'GPUs':>6} {'algorithm':<13}{'size':>10}{'time':>11}{'algbw GB/s':>12}{'busbw GB/s':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['gpus']:>6} {r['algorithm']:<13}{format_size(r['bytes']):>10}{format_time(r['time_s']):>11}"
+                     f"{r['algbw_GBps']:>12.1f}{r['busbw_GBps']:>12.1f}")
+    return lines

@@ -1,0 +1,252 @@
+"""Figures of sweep results: step time, exposed communication, scaling efficiency, busbw.
+
+This module imports nothing from the rest of fabricsim above ``errors`` and reads the sweep's CSV columns
+itself (see ``fabricsim.sweep.STEP_COLUMNS`` and ``MESSAGE_COLUMNS``). matplotlib is imported inside each
+function, with the Agg backend, and every plot function takes ``ax=None`` (a new figure when None) and
+returns the axes.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from fabricsim.errors import ConfigError
+
+__all__ = ["read_rows", "plot_step_time", "plot_exposed_share", "plot_scaling_efficiency", "plot_busbw_vs_size",
+           "plot_busbw_vs_gpus", "write_plots"]
+
+_STYLE = {"ring": ("tab:blue", "o"), "tree": ("tab:orange", "s"), "hierarchical": ("tab:green", "^"),
+          "nvls": ("tab:red", "D")}
+_INTS = {"gpus", "tp", "dp", "buckets", "bucket_bytes", "grad_bytes", "bytes"}
+_TEXT = {"topology", "model", "precision", "scaling", "algorithm", "protocol"}
+
+
+def read_rows(path) -> list[dict]:
+    """Rows of a sweep CSV with numbers converted; ConfigError if the file is missing or not a sweep's."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise ConfigError(f"results file {os.fspath(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"cannot read results file {os.fspath(path)!r}: {exc}") from None
+    if not rows or "gpus" not in rows[0] or "algorithm" not in rows[0]:
+        raise ConfigError(f"{os.fspath(path)!r} holds no sweep rows (expected columns gpus, algorithm, ...)")
+    out = []
+    for i, row in enumerate(rows, start=2):
+        conv = {}
+        for key, value in row.items():
+            if key in _TEXT or value in (None, ""):
+                conv[key] = value
+                continue
+            try:
+                conv[key] = int(value) if key in _INTS else float(value)
+            except ValueError:
+                raise ConfigError(f"{os.fspath(path)!r} line {i}: {key} = {value!r} is not a number") from None
+        out.append(conv)
+    return out
+
+
+def _kind(rows) -> str:
+    if "step_time_s" in rows[0]:
+        return "step"
+    if "busbw_GBps" in rows[0] and "bytes" in rows[0]:
+        return "message"
+    raise ConfigError("rows are neither step rows (step_time_s) nor message rows (bytes, busbw_GBps)")
+
+
+def _axes(ax, size=(7.5, 4.6)):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=size, layout="constrained")
+    return ax
+
+
+def _by_algorithm(rows):
+    lines: dict[str, list] = {}
+    for row in rows:
+        lines.setdefault(row["algorithm"], []).append(row)
+    for key in lines:
+        lines[key].sort(key=lambda r: (r["gpus"], r.get("bytes", 0)))
+    known = list(_STYLE)
+    return dict(sorted(lines.items(), key=lambda kv: (known.index(kv[0].split(":")[-1])
+                                                      if kv[0].split(":")[-1] in known else len(known), kv[0])))
+
+
+def _style(algorithm: str):
+    return _STYLE.get(algorithm.split(":")[-1], ("tab:gray", "x"))
+
+
+def _gpu_axis(ax, rows) -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    sizes = sorted({r["gpus"] for r in rows})
+    ax.set_xscale("log", base=2)
+    lo, hi = sizes[0], sizes[-1]
+    ticks = [2**k for k in range(0, 20) if lo <= 2**k <= hi]
+    if len(ticks) < 2:
+        ticks = sizes
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:,}" for t in ticks])
+    ax.set_xlim(lo / 1.25, hi * 1.25)
+    ax.set_xlabel("GPUs (log2 scale; markers at every simulated size)")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _subtitle(rows) -> str:
+    r = rows[0]
+    if "model" in r:
+        tp = f", TP {r['tp']}" if r.get("tp", 1) > 1 else ""
+        return (f"{r['model']} on {r['topology']}, {r['precision']}, {r['scaling']} scaling{tp}, "
+                f"{_size(r['bucket_bytes'])} buckets")
+    return f"{r['topology']}"
+
+
+def _size(nbytes: float) -> str:
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= factor:
+            value = nbytes / factor
+            return f"{value:g} {unit}" if value == int(value) else f"{value:.3g} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def plot_step_time(rows, ax=None):
+    """Step time vs GPUs, one line per algorithm, the compute-only floor dashed (log-log)."""
+    ax = _axes(ax)
+    for algorithm, line in _by_algorithm(rows).items():
+        color, marker = _style(algorithm)
+        ax.plot([r["gpus"] for r in line], [r["step_time_s"] for r in line], marker=marker, color=color,
+                label=algorithm, ms=5)
+    floor = {}
+    for r in rows:
+        floor[r["gpus"]] = r["compute_time_s"]
+    xs = sorted(floor)
+    ax.plot(xs, [floor[x] for x in xs], "k--", lw=1.4, zorder=5, label="compute only (no communication)")
+    _gpu_axis(ax, rows)
+    ax.set_yscale("log")
+    ax.set_ylabel("step time (s, log scale)")
+    ax.set_title(f"Training step time vs cluster size\n{_subtitle(rows)}", fontsize=10)
+    ax.legend(title="data-parallel all-reduce", fontsize=8, title_fontsize=8, loc="upper left")
+    return ax
+
+
+def plot_exposed_share(rows, ax=None):
+    """Exposed communication as a share of the step (%), one line per algorithm."""
+    ax = _axes(ax)
+    for algorithm, line in _by_algorithm(rows).items():
+        color, marker = _style(algorithm)
+        ax.plot([r["gpus"] for r in line], [100 * r["exposed_share"] for r in line], marker=marker, color=color,
+                label=algorithm, ms=5)
+    _gpu_axis(ax, rows)
+    ax.set_ylim(-3, 103)
+    ax.set_ylabel("exposed communication (% of step time)")
+    ax.set_title(f"Communication not hidden behind backward\n{_subtitle(rows)}", fontsize=10)
+    ax.legend(title="data-parallel all-reduce", fontsize=8, title_fontsize=8, loc="upper left")
+    return ax
+
+
+def plot_scaling_efficiency(rows, ax=None):
+    """Per-GPU throughput relative to the best algorithm at the smallest size (%)."""
+    ax = _axes(ax)
+    for algorithm, line in _by_algorithm(rows).items():
+        color, marker = _style(algorithm)
+        ax.plot([r["gpus"] for r in line], [100 * r["scaling_eff"] for r in line], marker=marker, color=color,
+                label=algorithm, ms=5)
+    _gpu_axis(ax, rows)
+    ax.axhline(100, color="k", lw=0.8, ls=":")
+    ax.set_ylim(-3, 108)
+    ax.set_ylabel("scaling efficiency (%)\ntokens/s per GPU vs the smallest size")
+    ax.set_title(f"Scaling efficiency\n{_subtitle(rows)}", fontsize=10)
+    ax.legend(title="data-parallel all-reduce", fontsize=8, title_fontsize=8, loc="lower left")
+    return ax
+
+
+def plot_busbw_vs_size(rows, ax=None, *, gpus: int | None = None):
+    """All-reduce busbw (GB/s, nccl-tests convention) vs message size at one cluster size (default: largest)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax = _axes(ax)
+    gpus = gpus or max(r["gpus"] for r in rows)
+    rows = [r for r in rows if r["gpus"] == gpus]
+    if not rows:
+        raise ConfigError(f"no message rows at {gpus} GPUs")
+    for algorithm, line in _by_algorithm(rows).items():
+        color, marker = _style(algorithm)
+        ax.plot([r["bytes"] for r in line], [r["busbw_GBps"] for r in line], marker=marker, color=color,
+                label=algorithm, ms=5)
+    sizes = sorted({r["bytes"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([_size(s) for s in sizes], rotation=30 if len(sizes) > 8 else 0)
+    ax.set_xlabel("message size per GPU (log2 scale)")
+    ax.set_ylabel("busbw (GB/s per GPU, one direction)")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"All-reduce bus bandwidth vs message size\n{rows[0]['topology']}, {gpus:,} GPUs "
+                 "(busbw = size/time x 2(n-1)/n)", fontsize=10)
+    ax.legend(title="algorithm", fontsize=8, title_fontsize=8, loc="upper left")
+    return ax
+
+
+def plot_busbw_vs_gpus(rows, ax=None):
+    """All-reduce busbw vs GPUs, one line per algorithm and message size."""
+    ax = _axes(ax)
+    sizes = sorted({r["bytes"] for r in rows})
+    styles = ["-", "--", ":", "-."]
+    for algorithm, line in _by_algorithm(rows).items():
+        color, marker = _style(algorithm)
+        for k, size in enumerate(sizes):
+            pts = [r for r in line if r["bytes"] == size]
+            label = algorithm if len(sizes) == 1 else f"{algorithm}, {_size(size)}"
+            ax.plot([r["gpus"] for r in pts], [r["busbw_GBps"] for r in pts], marker=marker, color=color,
+                    ls=styles[k % len(styles)], label=label, ms=5)
+    _gpu_axis(ax, rows)
+    ax.set_yscale("log")
+    ax.set_ylabel("busbw (GB/s per GPU, one direction; log scale)")
+    what = _size(sizes[0]) if len(sizes) == 1 else "several sizes"
+    ax.set_title(f"All-reduce bus bandwidth vs cluster size\n{rows[0]['topology']}, message {what}", fontsize=10)
+    ax.legend(title="algorithm", fontsize=8, title_fontsize=8, loc="lower left")
+    return ax
+
+
+def _save(ax, out_dir: str, stem: str) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    fig = ax.figure
+    paths = []
+    for ext in ("png", "svg"):
+        path = os.path.join(out_dir, f"{stem}.{ext}")
+        fig.savefig(path, dpi=130)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def write_plots(rows, out_dir: str, *, curve_rows=None) -> list[str]:
+    """Every plot the rows support, as PNG and SVG in ``out_dir``; returns the paths written.
+
+    Step rows give step_time, exposed_share and scaling_efficiency; message rows (or ``curve_rows``) give
+    busbw_vs_size (and busbw_vs_gpus when there are several cluster sizes).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths: list[str] = []
+    messages = curve_rows
+    if rows:
+        if _kind(rows) == "step":
+            paths += _save(plot_step_time(rows), out_dir, "step_time")
+            paths += _save(plot_exposed_share(rows), out_dir, "exposed_share")
+            if all(r.get("scaling_eff") not in (None, "") for r in rows):
+                paths += _save(plot_scaling_efficiency(rows), out_dir, "scaling_efficiency")
+        else:
+            messages = rows
+            if len({r["gpus"] for r in rows}) > 1:
+                paths += _save(plot_busbw_vs_gpus(rows), out_dir, "busbw_vs_gpus")
+    if messages and len({r["bytes"] for r in messages}) > 1:
+        paths += _save(plot_busbw_vs_size(messages), out_dir, "busbw_vs_size")
+    return paths
