@@ -11,6 +11,11 @@ enters and leaves a domain through GPUs of the same local index on both sides, a
 from one domain to the next, so that every inter-domain hop stays on one rail (NIC j to NIC j through
 rail switch j) as NCCL's ring search arranges it; channels use different local indices, so C channels use
 C NICs per domain. With an odd number of domains the closing hop cannot be rail-aligned.
+
+Steps are timed as a pipeline, not in lock-step: a chunk's latency accumulates along the ring, so the
+run pays NCCL's ring latency (row C102) once, (2(p-1) - 2(d-1)) intra-domain hops at the NVLink step
+latency and 2(d-1) hops at the network one for d domains (each no less than the wire latency of such a
+hop), spread evenly over the steps; the steps' flows then drain without paying path latency again.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def _segments(n: int, channels: int, p: int) -> list[list[tuple[int, int]]]:
 class _RingPlan:
     """Node arrays and segment bounds shared by the ring schedules of one group."""
 
-    def __init__(self, fabric, layout: GroupLayout, nbytes: int, channels: int | None):
+    def __init__(self, fabric, layout: GroupLayout, nbytes: int, channels: int | None, protocol: Protocol):
         self.p = layout.p
         self.channels = channels or default_channels(layout)
         if self.channels < 1:
@@ -80,6 +85,29 @@ class _RingPlan:
         self.seg_bytes = nbytes / (self.channels * self.p)
         self.latency_class = "net" if layout.multi_domain else "nvlink"
         self.ident = layout.ident
+        self.step_latency = self._pipeline_latency(fabric, layout, protocol)
+
+    def _pipeline_latency(self, fabric, layout: GroupLayout, protocol: Protocol) -> float:
+        """Ring latency (C102) per step: hop latencies summed along the ring, spread over its steps."""
+        if self.p < 2:
+            return 0.0
+        route = fabric.router.route
+        dom = {r: k for k, d in enumerate(layout.domains) for r in d}
+        wire = {"nvlink": 0.0, "net": 0.0}
+        seen = set()
+        for c, order in enumerate(self.orders):
+            for i, r in enumerate(order):
+                nxt = order[(i + 1) % self.p]
+                cls = "nvlink" if dom[r] == dom[nxt] else "net"
+                if cls == "nvlink" and ("nvlink", c) in seen:
+                    continue  # one intra-domain hop per channel is enough: they are alike
+                seen.add((cls, c))
+                lat = route(int(fabric.gpu_index[r]), int(fabric.gpu_index[nxt]), c).latencies.max()
+                wire[cls] = max(wire[cls], float(lat))
+        a = {cls: max(protocol.step_latency.get(("ring", cls), 0.0), wire[cls]) for cls in wire}
+        steps = 2 * (self.p - 1)
+        inter = 2 * (len(layout.domains) - 1)
+        return ((steps - inter) * a["nvlink"] + inter * a["net"]) / steps
 
     def traffic(self):
         return self.src, self.dst, np.full(self.src.shape, self.seg_bytes), self.key
@@ -99,7 +127,8 @@ class _RingPlan:
                     data[dst][lo:hi] += payload
                 else:
                     data[dst][lo:hi] = payload
-        return Step(("ring", self.ident, self.channels, self.seg_bytes), self.traffic, self.latency_class, apply, label)
+        return Step(("ring", self.ident, self.channels, self.seg_bytes), self.traffic, self.latency_class, apply, label,
+                    extra_latency=self.step_latency, pipelined=True)
 
 
 def _reduce_scatter_steps(plan: _RingPlan):
@@ -117,7 +146,7 @@ def _allgather_steps(plan: _RingPlan, first_owned: int):
 def ring_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
                    channels: int | None = None) -> Schedule:
     """Ring all-reduce of ``nbytes`` over ``layout``: reduce-scatter then all-gather (2(p-1) steps)."""
-    plan = _RingPlan(fabric, layout, nbytes, channels)
+    plan = _RingPlan(fabric, layout, nbytes, channels, protocol)
 
     def steps():
         yield from _reduce_scatter_steps(plan)
@@ -128,12 +157,12 @@ def ring_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
 def ring_reduce_scatter(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
                         channels: int | None = None) -> Schedule:
     """Ring reduce-scatter: afterwards position i of each channel's ring holds segment (i + 1) reduced."""
-    plan = _RingPlan(fabric, layout, nbytes, channels)
+    plan = _RingPlan(fabric, layout, nbytes, channels, protocol)
     return Schedule("ring-reduce-scatter", _reduce_scatter_steps(plan), protocol, "ring")
 
 
 def ring_allgather(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
                    channels: int | None = None) -> Schedule:
     """Ring all-gather of segments where position i starts owning segment i (``nbytes`` is the total)."""
-    plan = _RingPlan(fabric, layout, nbytes, channels)
+    plan = _RingPlan(fabric, layout, nbytes, channels, protocol)
     return Schedule("ring-allgather", _allgather_steps(plan, 0), protocol, "ring")
