@@ -151,3 +151,15 @@ def test_invariants_on_random_fabrics(case):
     assert np.allclose(result.link_bytes, expected_bytes, rtol=1e-12)
     # no link ever carried more than its bandwidth allows over the time it was busy
     assert np.all(result.link_bytes <= result.link_bandwidth * result.link_busy * (1 + 1e-9) + 1e-6)
+
+
+def test_identical_flows_merge_without_changing_the_answer():
+    # four equal flows g0 -> g3 (keys differ, routes do not) share the 1 GB/s downlink: 4 s each
+    topo = star(4, bandwidth=1e9, latency=0.0)
+    sim = Simulation(topo, record="flows")
+    group = sim.fabric.group(["g0"] * 4 + ["g1"], ["g3"] * 4 + ["g2"], [10**9] * 4 + [10**9], key=[0, 1, 2, 3, 0])
+    ev = sim.fabric.transfer_group(group)
+    sim.run()
+    rep, weight, *_ = sim.fabric._merged(group)
+    assert sorted(weight.tolist()) == [1.0, 4.0]  # the four g0 -> g3 flows are one fluid flow
+    assert ev.value.flow_finish.tolist() == pytest.approx([4.0] * 4 + [1.0])

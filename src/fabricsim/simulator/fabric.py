@@ -53,6 +53,7 @@ class FlowGroup:
     charge_latency: bool = True
     _digest: bytes | None = field(default=None, repr=False, compare=False)
     _expanded: tuple | None = field(default=None, repr=False, compare=False)
+    _merged: tuple | None = field(default=None, repr=False, compare=False)
     _parent: "FlowGroup | None" = field(default=None, repr=False, compare=False)
     _index: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -283,6 +284,38 @@ class Fabric:
             group._expanded = (flow, sub_bytes, lat, ptr, links, used, link_bytes[used], frac)
         return group._expanded
 
+    def _merged(self, group: FlowGroup) -> tuple:
+        """Identical subflows (same links, bytes and latency) as one weighted fluid flow.
+
+        Returns (representative subflow of each merged flow, weights, path ptr, path links, inverse:
+        merged flow of every subflow). Channels of a collective often send equal chunks between the same
+        GPUs: one flow of weight w drains exactly like w flows, at a w-th of the cost.
+        """
+        if group._merged is None:
+            flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
+            sub_len = np.diff(ptr)
+            n = sub_len.shape[0]
+            width = int(sub_len.max()) if n else 0
+            table = np.full((n, width + 2), -1, dtype=np.int64)
+            cols = np.arange(width)
+            inside = cols[None, :] < sub_len[:, None]
+            table[:, :width][inside] = links
+            table[:, width] = np.ascontiguousarray(sub_bytes).view(np.int64)
+            table[:, width + 1] = np.ascontiguousarray(lat).view(np.int64)
+            _, rep, inverse, weight = np.unique(table, axis=0, return_index=True, return_inverse=True,
+                                                return_counts=True)
+            rep_len = sub_len[rep]
+            rep_ptr = np.zeros(rep.shape[0] + 1, dtype=np.int64)
+            np.cumsum(rep_len, out=rep_ptr[1:])
+            keep = np.zeros(n, dtype=bool)
+            keep[rep] = True
+            # links of the representatives, in representative order
+            starts = ptr[:-1][rep]
+            rep_links = links[(starts[:, None] + cols[None, :int(rep_len.max()) if rep.size else 0])[
+                cols[None, :int(rep_len.max()) if rep.size else 0] < rep_len[:, None]]]
+            group._merged = (rep, weight.astype(float), rep_ptr, rep_links, inverse.reshape(-1))
+        return group._merged
+
     @staticmethod
     def _select(parent: tuple, index: np.ndarray, n_parent: int) -> tuple:
         """Subflows of the parent's flows ``index`` (vectorised: no routing, no Python loop per flow)."""
@@ -328,13 +361,14 @@ class Fabric:
 
     def _add_to_fluid(self, run: _Run, start: float) -> None:
         flow, sub_bytes, lat, ptr, links, used, used_bytes, _ = self._expand(run.group)
+        rep, weight, rep_ptr, rep_links, _ = self._merged(run.group)
         run.left = sub_bytes.shape[0]
         if self.record == "flows" or run.launch.solo:
             run.sub_finish = np.full(run.left, np.nan)
         self._runs[run.gid] = run
-        tags = (run.gid << _TAG_BITS) | np.arange(run.left, dtype=np.int64)
-        self.fluid.add(sub_bytes, start + lat if run.group.charge_latency else np.full(lat.shape, start),
-                       ptr, links, tags)
+        tags = (run.gid << _TAG_BITS) | np.arange(rep.shape[0], dtype=np.int64)
+        drain = start + lat[rep] if run.group.charge_latency else np.full(rep.shape, start)
+        self.fluid.add(sub_bytes[rep], drain, rep_ptr, rep_links, tags, weight)
         self.link_bytes[used] += used_bytes
 
     def _schedule(self) -> None:
@@ -365,11 +399,14 @@ class Fabric:
         order = np.argsort(gids, kind="stable")
         gids, subs = gids[order], (tags & _TAG_MASK)[order]
         bounds = np.flatnonzero(np.diff(gids)) + 1
-        for g_subs, gid in zip(np.split(subs, bounds), gids[np.r_[0, bounds]].tolist()):
+        for g_reps, gid in zip(np.split(subs, bounds), gids[np.r_[0, bounds]].tolist()):
             run = self._runs[gid]
-            run.left -= g_subs.shape[0]
+            _, weight, _, _, inverse = self._merged(run.group)
+            run.left -= int(weight[g_reps].sum())
             if run.sub_finish is not None:
-                run.sub_finish[g_subs] = t
+                done = np.zeros(weight.shape[0], dtype=bool)
+                done[g_reps] = True
+                run.sub_finish[done[inverse]] = t
             if run.left == 0:
                 del self._runs[gid]
                 if run.completed:

@@ -38,6 +38,7 @@ class FluidNetwork:
         self._drain_at = np.zeros(0)
         self._rate = np.zeros(0)
         self._tag = np.zeros(0, dtype=np.int64)
+        self._weight = np.zeros(0)
         self._entry_flow = np.zeros(0, dtype=np.int64)
         self._entry_link = np.zeros(0, dtype=np.int64)
         self._loaded = np.zeros(0, dtype=np.int64)  # links with positive load under the current rates
@@ -51,14 +52,19 @@ class FluidNetwork:
         return self._remaining.shape[0]
 
     def add(self, nbytes: np.ndarray, drain_at: np.ndarray, path_ptr: np.ndarray, path_links: np.ndarray,
-            tags: np.ndarray) -> None:
-        """Start flows: flow ``i`` crosses ``path_links[path_ptr[i]:path_ptr[i+1]]`` from time ``drain_at[i]``."""
+            tags: np.ndarray, weight: np.ndarray | None = None) -> None:
+        """Start flows: flow ``i`` crosses ``path_links[path_ptr[i]:path_ptr[i+1]]`` from time ``drain_at[i]``.
+
+        ``weight[i]`` > 1 stands for that many identical flows (each drains ``nbytes[i]`` at the rate
+        reported for flow ``i``)."""
         n0 = self.active
         counts = np.diff(path_ptr)
         self._remaining = np.concatenate([self._remaining, np.asarray(nbytes, dtype=float)])
         self._drain_at = np.concatenate([self._drain_at, np.asarray(drain_at, dtype=float)])
         self._rate = np.concatenate([self._rate, np.zeros(len(counts))])
         self._tag = np.concatenate([self._tag, np.asarray(tags, dtype=np.int64)])
+        self._weight = np.concatenate([self._weight, np.ones(len(counts)) if weight is None
+                                       else np.asarray(weight, dtype=float)])
         self._entry_flow = np.concatenate([self._entry_flow, n0 + np.repeat(np.arange(len(counts)), counts)])
         self._entry_link = np.concatenate([self._entry_link, np.asarray(path_links, dtype=np.int64)])
         if np.any(self._drain_at[n0:] <= self.now):
@@ -133,6 +139,7 @@ class FluidNetwork:
         self._drain_at = self._drain_at[keep]
         self._rate = self._rate[keep]
         self._tag = self._tag[keep]
+        self._weight = self._weight[keep]
 
     def _solve(self) -> None:
         self._stale = False
@@ -147,9 +154,10 @@ class FluidNetwork:
             e_ok = draining[self._entry_flow]
             ef = remap[self._entry_flow[e_ok]]
             el = self._entry_link[e_ok]
-            r = max_min_rates(ef, el, self.capacity, sub.size)
+            w = self._weight[sub]
+            r = max_min_rates(ef, el, self.capacity, sub.size, weight=w)
             rate[sub] = r
-            loads = np.bincount(el, weights=r[ef], minlength=self.n_links)
+            loads = np.bincount(el, weights=r[ef] * w[ef], minlength=self.n_links)
             self._loaded = np.flatnonzero(loads > 0)
             if self.on_rates is not None:
                 self.on_rates(self.now, self._loaded, loads[self._loaded])
