@@ -33,6 +33,16 @@ _TAG_BITS = 26  # subflow index bits in a fluid tag; the group id sits above the
 _TAG_MASK = (1 << _TAG_BITS) - 1
 
 
+def _path_rows(ptr: np.ndarray, links: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The paths ``rows`` of a CSR path table (``links[ptr[i]:ptr[i+1]]`` is path i), as a new table."""
+    lengths = np.diff(ptr)[rows]
+    new_ptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_ptr[1:])
+    # position of every kept link: its path's start plus its offset within the path
+    offset = np.arange(new_ptr[-1]) - np.repeat(new_ptr[:-1], lengths)
+    return new_ptr, links[np.repeat(ptr[:-1][rows], lengths) + offset]
+
+
 @dataclass
 class FlowGroup:
     """Transfers that start together: flow ``i`` moves ``nbytes[i]`` from node ``src[i]`` to ``dst[i]``.
@@ -297,22 +307,13 @@ class Fabric:
             n = sub_len.shape[0]
             width = int(sub_len.max()) if n else 0
             table = np.full((n, width + 2), -1, dtype=np.int64)
-            cols = np.arange(width)
-            inside = cols[None, :] < sub_len[:, None]
+            inside = np.arange(width)[None, :] < sub_len[:, None]
             table[:, :width][inside] = links
             table[:, width] = np.ascontiguousarray(sub_bytes).view(np.int64)
             table[:, width + 1] = np.ascontiguousarray(lat).view(np.int64)
             _, rep, inverse, weight = np.unique(table, axis=0, return_index=True, return_inverse=True,
                                                 return_counts=True)
-            rep_len = sub_len[rep]
-            rep_ptr = np.zeros(rep.shape[0] + 1, dtype=np.int64)
-            np.cumsum(rep_len, out=rep_ptr[1:])
-            keep = np.zeros(n, dtype=bool)
-            keep[rep] = True
-            # links of the representatives, in representative order
-            starts = ptr[:-1][rep]
-            rep_links = links[(starts[:, None] + cols[None, :int(rep_len.max()) if rep.size else 0])[
-                cols[None, :int(rep_len.max()) if rep.size else 0] < rep_len[:, None]]]
+            rep_ptr, rep_links = _path_rows(ptr, links, rep)
             group._merged = (rep, weight.astype(float), rep_ptr, rep_links, inverse.reshape(-1))
         return group._merged
 
@@ -322,12 +323,9 @@ class Fabric:
         flow, _, lat, ptr, links, _, _, frac = parent
         new_id = np.full(n_parent, -1, dtype=np.int64)
         new_id[index] = np.arange(index.shape[0])
-        keep = new_id[flow] >= 0
-        sub_len = np.diff(ptr)
-        kept_len = sub_len[keep]
-        new_ptr = np.zeros(kept_len.shape[0] + 1, dtype=np.int64)
-        np.cumsum(kept_len, out=new_ptr[1:])
-        return new_id[flow[keep]], frac[keep], lat[keep], new_ptr, links[np.repeat(keep, sub_len)]
+        keep = np.flatnonzero(new_id[flow] >= 0)
+        new_ptr, new_links = _path_rows(ptr, links, keep)
+        return new_id[flow[keep]], frac[keep], lat[keep], new_ptr, new_links
 
     def _flush(self, _event) -> None:
         runs, self._pending = self._pending, []
