@@ -116,6 +116,21 @@ def _size(nbytes: float) -> str:
     return f"{int(nbytes)} B"
 
 
+def _log_y(ax) -> None:
+    """Log y axis labelled with plain numbers (0.7, 2, 10), minor ticks labelled only within one decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda y, _: f"{y:g}")
+    ax.yaxis.set_major_formatter(plain)
+    lo, hi = ax.get_ylim()
+    if hi / lo < 30:
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5, 7)))
+        ax.yaxis.set_minor_formatter(plain)
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_step_time(rows, ax=None):
     """Step time vs GPUs, one line per algorithm, the compute-only floor dashed (log-log)."""
     ax = _axes(ax)
@@ -129,7 +144,7 @@ def plot_step_time(rows, ax=None):
     xs = sorted(floor)
     ax.plot(xs, [floor[x] for x in xs], "k--", lw=1.4, zorder=5, label="compute only (no communication)")
     _gpu_axis(ax, rows)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_ylabel("step time (s, log scale)")
     ax.set_title(f"Training step time vs cluster size\n{_subtitle(rows)}", fontsize=10)
     ax.legend(title="data-parallel all-reduce", fontsize=8, title_fontsize=8, loc="upper left")
@@ -207,7 +222,7 @@ def plot_busbw_vs_gpus(rows, ax=None):
             ax.plot([r["gpus"] for r in pts], [r["busbw_GBps"] for r in pts], marker=marker, color=color,
                     ls=styles[k % len(styles)], label=label, ms=5)
     _gpu_axis(ax, rows)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_ylabel("busbw (GB/s per GPU, one direction; log scale)")
     what = _size(sizes[0]) if len(sizes) == 1 else "several sizes"
     ax.set_title(f"All-reduce bus bandwidth vs cluster size\n{rows[0]['topology']}, message {what}", fontsize=10)
