@@ -189,3 +189,14 @@ def test_per_chip_and_aggregated_planes_give_the_same_answer(name, gpus, algorit
     times = [AllreduceRunner(build(name, gpus=gpus, planes=planes)).run(2**28, algorithm).time
              for planes in ("per-chip", "aggregate")]
     assert times[0] == pytest.approx(times[1], rel=1e-9)
+
+
+def test_concurrent_groups_all_finish():
+    # regression: flows finishing within float tolerance of a new launch were dropped, leaving
+    # eight concurrent data-parallel rings waiting forever
+    topo = build("gb200-nvl72-ib", gpus=576)
+    sim = AllreduceRunner(topo).simulation(record=None)
+    procs = [allreduce(sim, 22349824, ranks=list(range(t, 576, 8)), algorithm="ring") for t in range(8)]
+    sim.run()
+    assert not any(p.is_alive for p in procs)
+    assert len(sim.fabric._runs) == 0 and sim.fabric.fluid.active == 0

@@ -137,6 +137,7 @@ def test_invariants_on_random_fabrics(case):
     topo, flows = case
     launches = [(start, [(s, d, n)]) for s, d, n, start in flows]
     finishes, result = run_groups(topo, launches)
+    assert all(f is not None for f in finishes)  # every transfer completed
     sim = Simulation(topo)
     router = sim.fabric.router
     expected_bytes = np.zeros(len(sim.fabric.links))

@@ -352,7 +352,9 @@ class Fabric:
             self._solo = launch
             self.fluid.reset_clock(now)
             launch.busy0 = self.fluid.busy.copy()
-        self.fluid.advance(now)
+        tags, t = self.fluid.advance(now)  # flows due within float tolerance of now finish here
+        if tags.size:
+            self._finish_subflows(tags, t)
         for r in runs:
             self._add_to_fluid(r, now)
         self._schedule()
