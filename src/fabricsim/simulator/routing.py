@@ -182,24 +182,11 @@ class Router:
             if not f_front or not b_front:
                 return None
             if len(f_front) <= len(b_front):
-                depth, nxt = len(f_levels), []
-                for u in f_front:
-                    for v in succ[u]:
-                        if fwd[v] and v not in df:
-                            df[v] = depth
-                            nxt.append(v)
-                f_front = nxt
-                f_levels.append(nxt)
+                f_front = self._next_level(f_front, succ, df)
+                f_levels.append(f_front)
                 meet = [v for v in f_front if v in db]
             else:
-                depth = db[b_front[0]] + 1
-                nxt = []
-                for u in b_front:
-                    for v in pred[u]:
-                        if fwd[v] and v not in db:
-                            db[v] = depth
-                            nxt.append(v)
-                b_front = nxt
+                b_front = self._next_level(b_front, pred, db)
                 meet = [v for v in b_front if v in df]
         length = min(df[v] + db[v] for v in meet)
         # nodes found backwards have exact distances; prune the forward side back from them
@@ -212,6 +199,18 @@ class Router:
                 if best is not None and df[u] + best + 1 == length:
                     h[u] = best + 1
         return h if h.get(s) == length else None
+
+    def _next_level(self, front: list, adjacency: list, dist: dict) -> list:
+        """One breadth-first level: forwarding neighbours of ``front`` not yet in ``dist`` (recorded there)."""
+        fwd = self._forwarding
+        depth = dist[front[0]] + 1
+        nxt = []
+        for u in front:
+            for v in adjacency[u]:
+                if fwd[v] and v not in dist:
+                    dist[v] = depth
+                    nxt.append(v)
+        return nxt
 
     def _build(self, s: int, d: int, key: int, h: dict, succ: list) -> tuple[Route, bool]:
         lt = self.links
