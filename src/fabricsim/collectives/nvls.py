@@ -30,7 +30,7 @@ def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
     lt = fabric.links
     node = int(fabric.gpu_index[rank])
     out = []
-    for v in fabric.router._succ_nvl[node]:
+    for v in fabric.router.successors(node, nvlink_only=True):
         if fabric.topology.graph.nodes[lt.nodes[v]].get("kind") == "nvswitch":
             out.append((v, float(lt.bandwidth[lt.edge_index[(node, v)]])))
     return tuple(out)

@@ -48,12 +48,12 @@ def _rank_bandwidths(fabric, layout: GroupLayout) -> tuple[float, float]:
     node = int(fabric.gpu_index[layout.ranks[0]])
     nvl = nic = 0.0
     kinds = fabric.topology.graph.nodes
-    for v in fabric.router._succ_all[node]:
+    for v in fabric.router.successors(node):
         e = lt.edge_index[(node, v)]
         if lt.kind[e].startswith("nvlink"):
             nvl += fabric.capacity[e]
         elif kinds[lt.nodes[v]].get("kind") == "nic":
-            nic += min([fabric.capacity[lt.edge_index[(v, w)]] for w in fabric.router._succ_all[v]
+            nic += min([fabric.capacity[lt.edge_index[(v, w)]] for w in fabric.router.successors(v)
                         if w != node] or [0.0])
     return nvl, nic
 

@@ -144,6 +144,10 @@ class Router:
             raise TopologyError(f"no node {name!r} in topology {self.topology.name!r}") from None
 
     # --- public ------------------------------------------------------------------------------------------
+    def successors(self, node: int, *, nvlink_only: bool = False) -> list[int]:
+        """Node indices one directed edge away from ``node`` (over NVLink edges only, if asked)."""
+        return (self._succ_nvl if nvlink_only else self._succ_all)[node]
+
     def route(self, src: int, dst: int, key: int = 0) -> Route:
         """The route from node index ``src`` to ``dst`` for flow key ``key`` (cached)."""
         cached = self._cache.get((src, dst, key)) or self._cache.get((src, dst, None))
