@@ -193,7 +193,7 @@ def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Ca
     nvl_kind = next((d.get("kind") for _, _, d in topology.graph.out_edges(gpu, data=True)
                      if str(d.get("kind", "")).startswith("nvlink")), None)
     b_nvl = topology.injection_bandwidth(gpu) * calibration.link_efficiency.get(nvl_kind, 1.0)
-    nic = topology.nic_bandwidth(gpu) if hasattr(topology, "nic_bandwidth") else 0.0
+    nic = topology.nic_bandwidth(gpu)
     b_nic = nic * max([v for k, v in calibration.link_efficiency.items() if not k.startswith("nvlink")] or [1.0])
     proto = choose_protocol(nbytes, "simple" if protocol == "auto" else protocol)
     channels = min(m, 16)
@@ -222,7 +222,8 @@ def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Ca
     elif algorithm == "hierarchical":
         if domains == 1:
             return estimate_allreduce(topology, nbytes, "ring", calibration=calibration, protocol=protocol)
-        intra = 2 * analytic.ring_allreduce_time(m, nbytes / wire, b_nvl, lat[("ring", "nvlink")]) / 2
+        # reduce-scatter plus all-gather inside a domain cost one ring all-reduce over its m GPUs
+        intra = analytic.ring_allreduce_time(m, nbytes / wire, b_nvl, lat[("ring", "nvlink")])
         inter = analytic.ring_allreduce_time(domains, nbytes / wire / m, b_nic, lat[("ring", "net")])
         t = proto.launch_latency["ring"] + intra + inter
     elif algorithm == "nvls":
