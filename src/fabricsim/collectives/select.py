@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from fabricsim.collectives.base import CollectiveResult, GroupLayout, Schedule, run_schedule
-from fabricsim.collectives.protocol import Protocol
+from fabricsim.collectives.protocol import PROTOCOLS, Protocol
 from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.nvls import nvls_allreduce, switch_islands
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
@@ -195,6 +195,10 @@ def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Ca
     b_nvl = topology.injection_bandwidth(gpu) * calibration.link_efficiency.get(nvl_kind, 1.0)
     nic = topology.nic_bandwidth(gpu)
     b_nic = nic * max([v for k, v in calibration.link_efficiency.items() if not k.startswith("nvlink")] or [1.0])
+    if protocol == "auto" and algorithm not in ("auto", "nvls"):
+        # as the tuner does: the protocol with the smallest estimate
+        return min((estimate_allreduce(topology, nbytes, algorithm, calibration=calibration, protocol=name)
+                    for name in PROTOCOLS), key=lambda r: r.time)
     proto = choose_protocol(nbytes, "simple" if protocol == "auto" else protocol)
     channels = min(m, 16)
     if algorithm == "auto":
