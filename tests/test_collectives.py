@@ -32,7 +32,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("name, gpus, ranks", CASES)
-@pytest.mark.parametrize("algorithm", ["ring", "tree", "hierarchical", "nvls"])
+@pytest.mark.parametrize("algorithm", ["ring", "tree", "hierarchical", "nvls", "sharp"])
 def test_data_carrying_allreduce_computes_the_sum_on_every_rank(name, gpus, ranks, algorithm):
     topo = build(name, gpus=gpus) if gpus else build(name)
     sim = Simulation(topo)
@@ -128,7 +128,8 @@ def test_pipelined_tree_is_bounded_by_its_closed_form_on_a_switch(p):
 
 @settings(max_examples=25, deadline=None)
 @given(name=st.sampled_from(["dgx-h100", "dgx-b200", "gb200-nvl72", "dgx-h100-ib"]),
-       gpus=st.integers(2, 40), nbytes=st.integers(1, 2**31), algorithm=st.sampled_from(["ring", "tree", "hierarchical", "nvls"]))
+       gpus=st.integers(2, 40), nbytes=st.integers(1, 2**31),
+       algorithm=st.sampled_from(["ring", "tree", "hierarchical", "nvls", "sharp"]))
 def test_no_algorithm_beats_its_lower_bound(name, gpus, nbytes, algorithm):
     limit = {"dgx-h100": 8, "dgx-b200": 8, "gb200-nvl72": 72}.get(name)
     topo = build(name, gpus=min(gpus, limit) if limit else gpus)
@@ -140,7 +141,8 @@ def test_no_algorithm_beats_its_lower_bound(name, gpus, nbytes, algorithm):
     res = runner.run(nbytes, algorithm)
     p = topo.num_gpus
     inject = max(topo.injection_bandwidth(g, kind_prefix="") for g in topo.gpus)  # every link out of a GPU
-    bound = innetwork_lower_bound(p, nbytes, inject) if algorithm == "nvls" else allreduce_lower_bound(p, nbytes, inject)
+    in_network = algorithm in ("nvls", "sharp")
+    bound = innetwork_lower_bound(p, nbytes, inject) if in_network else allreduce_lower_bound(p, nbytes, inject)
     assert res.time >= bound * (1 - 1e-9)
 
 

@@ -20,7 +20,6 @@ QUICK = [r for r in load_reference() if r.quick]
 OUT_OF_BOUND = {
     "B055-nvls-2": "-44.1% vs 10%: NVLS on 2 GPUs simulated 205.5 vs 367.5 GB/s",
     "B055-nvls-3": "-16.1% vs 10%: NVLS on 3 GPUs simulated 308.2 vs 367.5 GB/s",
-    "B070": "-53.1% vs 15%: IB SHARP not modelled; best of nvls/hierarchical 225.2 vs 480 GB/s",
 }
 
 

@@ -15,12 +15,13 @@ from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.nvls import nvls_allreduce, switch_islands
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
 from fabricsim.collectives.ring import ring_allreduce
+from fabricsim.collectives.sharp import sharp_allreduce
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 
 __all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner", "estimate_allreduce"]
 
-ALGORITHMS = ("ring", "tree", "hierarchical", "nvls", "auto")
+ALGORITHMS = ("ring", "tree", "hierarchical", "nvls", "sharp", "auto")
 
 
 def _has_nvls(fabric, layout: GroupLayout) -> bool:
@@ -33,12 +34,16 @@ def _has_nvls(fabric, layout: GroupLayout) -> bool:
 
 def available_algorithms(fabric, layout: GroupLayout) -> list[str]:
     """Algorithms that make sense for this group: ring and tree always; hierarchical across domains;
-    NVLS where the GPUs hang off NVLink switch chips."""
+    NVLS where the GPUs hang off NVLink switch chips; SHARP where, in addition, several switch islands
+    are joined by network switches."""
     algos = ["ring", "tree"]
     if layout.multi_domain:
         algos.append("hierarchical")
     if _has_nvls(fabric, layout):
         algos.append("nvls")
+        if layout.multi_domain and len(switch_islands(fabric, layout)) > 1 and \
+                any(k == "switch" for _, k in fabric.topology.graph.nodes(data="kind")):
+            algos.append("sharp")
     return algos
 
 
@@ -93,7 +98,7 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
     """
     if algorithm not in ALGORITHMS or algorithm == "auto":
         raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-    if algorithm == "nvls":
+    if algorithm in ("nvls", "sharp"):
         proto = choose_protocol(nbytes, "simple")
     else:
         proto = choose_protocol(nbytes, protocol, cost=protocol_cost(fabric, layout, nbytes, algorithm))
@@ -105,7 +110,9 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
         return hierarchical_allreduce(fabric, layout, nbytes, proto, intra="ring", inter="ring",
                                       calibration=calibration)
     if not _has_nvls(fabric, layout):
-        raise InfeasibleError("nvls needs GPUs attached to NVLink switch chips (this fabric has none)")
+        raise InfeasibleError(f"{algorithm} needs GPUs attached to NVLink switch chips (this fabric has none)")
+    if algorithm == "sharp":
+        return sharp_allreduce(fabric, layout, nbytes, proto, calibration)
     if len(switch_islands(fabric, layout)) == 1:
         return nvls_allreduce(fabric, layout, nbytes, proto, calibration)
     return hierarchical_allreduce(fabric, layout, nbytes, proto, intra="nvls", inter="tree",
