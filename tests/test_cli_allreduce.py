@@ -53,3 +53,10 @@ def test_bad_input_is_one_line_and_exit_2(args, needle):
     assert res.exit_code == 2
     assert needle in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_unwritable_output_is_one_line_and_exit_2(tmp_path):
+    target = tmp_path / "missing-dir" / "t.json"
+    res = run("--topology", "dgx-h100", "--min-bytes", "1M", "--max-bytes", "1M", "--trace", str(target))
+    assert res.exit_code == 2
+    assert "No such file or directory" in res.output and "Traceback" not in res.output

@@ -11,13 +11,18 @@ from fabricsim.errors import FabricsimError
 
 
 class FabricsimGroup(click.Group):
-    """A click group that turns any FabricsimError raised by a command into ``Error: ...`` and exit 2."""
+    """A click group that turns a FabricsimError, or a file the user named that cannot be read or written
+    (OSError), into one line ``Error: ...`` and exit 2."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except FabricsimError as exc:
             click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
             sys.exit(2)
 
 
