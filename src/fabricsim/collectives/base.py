@@ -97,17 +97,12 @@ def parallel(schedules: Sequence[Schedule], name: str, *, key_stride: int = 64) 
                     sizes = [len(st.base[1]()[0]) for _, st in live]
                     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
                     return np.concatenate([np.asarray(p, dtype=np.int64) + o for p, o in zip(pieces, offsets)])
-                keys = [k + j * key_stride for (j, _), (_, _, _, k) in zip(live, pieces)]
-                return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
-                        np.concatenate([np.asarray(p[2], dtype=float) for p in pieces]), np.concatenate(keys))
+                return _concat_traffic(pieces, [j for j, _ in live], key_stride)
 
             base = None
             if based:
                 def base_traffic(live=live):
-                    pieces = [st.base[1]() for _, st in live]
-                    keys = [np.asarray(k) + j * key_stride for (j, _), (_, _, _, k) in zip(live, pieces)]
-                    return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
-                            np.concatenate([np.asarray(p[2], dtype=float) for p in pieces]), np.concatenate(keys))
+                    return _concat_traffic([st.base[1]() for _, st in live], [j for j, _ in live], key_stride)
                 base = (tuple((j, st.base[0]) for j, st in live), _memo(base_traffic))
 
             def apply(data, live=live):
@@ -123,6 +118,13 @@ def parallel(schedules: Sequence[Schedule], name: str, *, key_stride: int = 64) 
 
     proto = schedules[0].protocol if schedules else None
     return Schedule(name, steps(), proto, schedules[0].latency_algorithm if schedules else "ring", launch_latency=0.0)
+
+
+def _concat_traffic(pieces: list, owners: list[int], key_stride: int) -> tuple:
+    """(src, dst, nbytes, key) arrays of several schedules' steps as one, keys offset per schedule."""
+    return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
+            np.concatenate([np.asarray(p[2], dtype=float) for p in pieces]),
+            np.concatenate([np.asarray(p[3]) + j * key_stride for j, p in zip(owners, pieces)]))
 
 
 def _memo(fn):
