@@ -52,10 +52,16 @@ def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.n
     rate = np.full(n_flows, np.inf)
     if n_flows == 0 or entry_flow.size == 0:
         return rate
-    n_links = capacity.shape[0]
+    # work on the links in use only: a large fabric has many idle links, and every pass is per link
+    in_use = np.zeros(capacity.shape[0], dtype=bool)
+    in_use[entry_link] = True
+    used_links = np.flatnonzero(in_use)
+    compact = np.empty(capacity.shape[0], dtype=np.int64)
+    compact[used_links] = np.arange(used_links.shape[0])
+    n_links = used_links.shape[0]
     w_flow = np.ones(n_flows) if weight is None else np.asarray(weight, dtype=float)
-    cap_left = capacity.astype(float, copy=True)
-    ef, el = entry_flow, entry_link
+    cap_left = capacity[used_links].astype(float)
+    ef, el = entry_flow, compact[entry_link]
     ew = w_flow[ef]
     while ef.size:
         count = np.bincount(el, weights=ew, minlength=n_links)
