@@ -175,14 +175,7 @@ def dgx_h100(*, gpus: int | None = None) -> Topology:
     >>> t.num_gpus, len(t.nodes_of_kind("nvswitch")), t.injection_bandwidth() / 1e9
     (8, 4, 450.0)
     """
-    n = 8 if gpus is None else check_gpus(gpus, 8, "a DGX H100 node")
-    dom = Domain()
-    add_baseboard(dom, "n0", 0, n, H100, NVLINK4, NVSWITCH_GEN3, DGX_H100_LANES)
-    per_gpu = NVLINK4.bandwidth * sum(DGX_H100_LANES)
-    meta = {"bisection_bandwidth": single_domain_cut(n, per_gpu), "diameter_hops": 2 if n > 1 else 0,
-            "bisection_method": "non-blocking NVSwitch: min(half) x per-GPU NVLink x 2 directions",
-            "lanes_per_chip": list(DGX_H100_LANES)}
-    return finish(dom, "dgx-h100", {"gpu": H100, "nvlink": NVLINK4, "nvswitch": NVSWITCH_GEN3}, meta)
+    return _dgx_node("dgx-h100", "a DGX H100 node", gpus, H100, NVLINK4, NVSWITCH_GEN3, DGX_H100_LANES)
 
 
 def dgx_b200(*, gpus: int | None = None) -> Topology:
@@ -202,14 +195,20 @@ def dgx_b200(*, gpus: int | None = None) -> Topology:
     >>> t.injection_bandwidth() / 1e9, t.bisection_bandwidth() / 1e12
     (900.0, 7.2)
     """
-    n = 8 if gpus is None else check_gpus(gpus, 8, "a DGX B200 node")
+    return _dgx_node("dgx-b200", "a DGX B200 node", gpus, B200, NVLINK5, NVLINK5_SWITCH, DGX_B200_LANES)
+
+
+def _dgx_node(name: str, what: str, gpus: int | None, gpu: GPU, link: LinkSpec, switch: SwitchSpec,
+              lanes: tuple[int, ...]) -> Topology:
+    """An 8-GPU baseboard: every GPU wired to every switch chip with ``lanes[i]`` links to chip i."""
+    n = 8 if gpus is None else check_gpus(gpus, 8, what)
     dom = Domain()
-    add_baseboard(dom, "n0", 0, n, B200, NVLINK5, NVLINK5_SWITCH, DGX_B200_LANES)
-    per_gpu = NVLINK5.bandwidth * sum(DGX_B200_LANES)
+    add_baseboard(dom, "n0", 0, n, gpu, link, switch, lanes)
+    per_gpu = link.bandwidth * sum(lanes)
     meta = {"bisection_bandwidth": single_domain_cut(n, per_gpu), "diameter_hops": 2 if n > 1 else 0,
             "bisection_method": "non-blocking NVSwitch: min(half) x per-GPU NVLink x 2 directions",
-            "lanes_per_chip": list(DGX_B200_LANES)}
-    return finish(dom, "dgx-b200", {"gpu": B200, "nvlink": NVLINK5, "nvswitch": NVLINK5_SWITCH}, meta)
+            "lanes_per_chip": list(lanes)}
+    return finish(dom, name, {"gpu": gpu, "nvlink": link, "nvswitch": switch}, meta)
 
 
 def gb200_nvl72(*, planes: str = "per-chip", gpus: int | None = None) -> Topology:
