@@ -131,13 +131,17 @@ def _log_y(ax) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _algorithm_lines(ax, rows, x: str, y) -> None:
+    """One line per algorithm: column ``x`` against ``y(row)``, in the algorithm's colour and marker."""
+    for algorithm, line in _by_algorithm(rows).items():
+        color, marker = _style(algorithm)
+        ax.plot([r[x] for r in line], [y(r) for r in line], marker=marker, color=color, label=algorithm, ms=5)
+
+
 def plot_step_time(rows, ax=None):
     """Step time vs GPUs, one line per algorithm, the compute-only floor dashed (log-log)."""
     ax = _axes(ax)
-    for algorithm, line in _by_algorithm(rows).items():
-        color, marker = _style(algorithm)
-        ax.plot([r["gpus"] for r in line], [r["step_time_s"] for r in line], marker=marker, color=color,
-                label=algorithm, ms=5)
+    _algorithm_lines(ax, rows, "gpus", lambda r: r["step_time_s"])
     floor = {}
     for r in rows:
         floor[r["gpus"]] = r["compute_time_s"]
@@ -154,10 +158,7 @@ def plot_step_time(rows, ax=None):
 def plot_exposed_share(rows, ax=None):
     """Exposed communication as a share of the step (%), one line per algorithm."""
     ax = _axes(ax)
-    for algorithm, line in _by_algorithm(rows).items():
-        color, marker = _style(algorithm)
-        ax.plot([r["gpus"] for r in line], [100 * r["exposed_share"] for r in line], marker=marker, color=color,
-                label=algorithm, ms=5)
+    _algorithm_lines(ax, rows, "gpus", lambda r: 100 * r["exposed_share"])
     _gpu_axis(ax, rows)
     ax.set_ylim(-3, 103)
     ax.set_ylabel("exposed communication (% of step time)")
@@ -169,10 +170,7 @@ def plot_exposed_share(rows, ax=None):
 def plot_scaling_efficiency(rows, ax=None):
     """Per-GPU throughput relative to the best algorithm at the smallest size (%)."""
     ax = _axes(ax)
-    for algorithm, line in _by_algorithm(rows).items():
-        color, marker = _style(algorithm)
-        ax.plot([r["gpus"] for r in line], [100 * r["scaling_eff"] for r in line], marker=marker, color=color,
-                label=algorithm, ms=5)
+    _algorithm_lines(ax, rows, "gpus", lambda r: 100 * r["scaling_eff"])
     _gpu_axis(ax, rows)
     ax.axhline(100, color="k", lw=0.8, ls=":")
     ax.set_ylim(-3, 108)
@@ -191,10 +189,7 @@ def plot_busbw_vs_size(rows, ax=None, *, gpus: int | None = None):
     rows = [r for r in rows if r["gpus"] == gpus]
     if not rows:
         raise ConfigError(f"no message rows at {gpus} GPUs")
-    for algorithm, line in _by_algorithm(rows).items():
-        color, marker = _style(algorithm)
-        ax.plot([r["bytes"] for r in line], [r["busbw_GBps"] for r in line], marker=marker, color=color,
-                label=algorithm, ms=5)
+    _algorithm_lines(ax, rows, "bytes", lambda r: r["busbw_GBps"])
     sizes = sorted({r["bytes"] for r in rows})
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(sizes))
