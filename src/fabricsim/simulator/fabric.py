@@ -33,6 +33,17 @@ _TAG_BITS = 26  # subflow index bits in a fluid tag; the group id sits above the
 _TAG_MASK = (1 << _TAG_BITS) - 1
 
 
+def _path_table(ptr: np.ndarray, links: np.ndarray, sub_bytes: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """One row per subflow: its links (padded with -1), then the bits of its size and latency."""
+    sub_len = np.diff(ptr)
+    width = int(sub_len.max()) if sub_len.size else 0
+    table = np.full((sub_len.shape[0], width + 2), -1, dtype=np.int64)
+    table[:, :width][np.arange(width)[None, :] < sub_len[:, None]] = links
+    table[:, width] = np.ascontiguousarray(sub_bytes).view(np.int64)
+    table[:, width + 1] = np.ascontiguousarray(lat).view(np.int64)
+    return table
+
+
 def _path_rows(ptr: np.ndarray, links: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The paths ``rows`` of a CSR path table (``links[ptr[i]:ptr[i+1]]`` is path i), as a new table."""
     lengths = np.diff(ptr)[rows]
@@ -66,6 +77,7 @@ class FlowGroup:
     _merged: tuple | None = field(default=None, repr=False, compare=False)
     _parent: "FlowGroup | None" = field(default=None, repr=False, compare=False)
     _index: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _parent_sub: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.src = np.asarray(self.src, dtype=np.int64)
@@ -272,8 +284,8 @@ class Fabric:
         share of the flow), computed once per group; a selection derives its own from its parent's."""
         if group._expanded is None:
             if group._parent is not None:
-                flow, frac, lat, ptr, links = self._select(self._expand(group._parent), group._index,
-                                                          len(group._parent))
+                flow, frac, lat, ptr, links, group._parent_sub = self._select(
+                    self._expand(group._parent), group._index, len(group._parent))
             else:
                 route = self.router.route
                 routes = [route(s, d, k) for s, d, k in
@@ -303,16 +315,14 @@ class Fabric:
         """
         if group._merged is None:
             flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
-            sub_len = np.diff(ptr)
-            n = sub_len.shape[0]
-            width = int(sub_len.max()) if n else 0
-            table = np.full((n, width + 2), -1, dtype=np.int64)
-            inside = np.arange(width)[None, :] < sub_len[:, None]
-            table[:, :width][inside] = links
-            table[:, width] = np.ascontiguousarray(sub_bytes).view(np.int64)
-            table[:, width + 1] = np.ascontiguousarray(lat).view(np.int64)
-            _, rep, inverse, weight = np.unique(table, axis=0, return_index=True, return_inverse=True,
-                                                return_counts=True)
+            parent = group._parent
+            if parent is not None and np.array_equal(group.nbytes, parent.nbytes[group._index]):
+                # subflows alike in the parent are alike here: merge by the parent's merged flow
+                _, rep, inverse, weight = np.unique(self._merged(parent)[4][group._parent_sub], return_index=True,
+                                                    return_inverse=True, return_counts=True)
+            else:
+                _, rep, inverse, weight = np.unique(_path_table(ptr, links, sub_bytes, lat), axis=0,
+                                                    return_index=True, return_inverse=True, return_counts=True)
             rep_ptr, rep_links = _path_rows(ptr, links, rep)
             group._merged = (rep, weight.astype(float), rep_ptr, rep_links, inverse.reshape(-1))
         return group._merged
@@ -325,7 +335,7 @@ class Fabric:
         new_id[index] = np.arange(index.shape[0])
         keep = np.flatnonzero(new_id[flow] >= 0)
         new_ptr, new_links = _path_rows(ptr, links, keep)
-        return new_id[flow[keep]], frac[keep], lat[keep], new_ptr, new_links
+        return new_id[flow[keep]], frac[keep], lat[keep], new_ptr, new_links, keep
 
     def _flush(self, _event) -> None:
         runs, self._pending = self._pending, []
@@ -396,8 +406,10 @@ class Fabric:
 
     def _finish_subflows(self, tags: np.ndarray, t: float) -> None:
         gids = tags >> _TAG_BITS
-        order = np.argsort(gids, kind="stable")
-        gids, subs = gids[order], (tags & _TAG_MASK)[order]
+        subs = tags & _TAG_MASK
+        if gids[0] != gids[-1] or np.any(gids != gids[0]):  # several groups: sort them apart
+            order = np.argsort(gids, kind="stable")
+            gids, subs = gids[order], subs[order]
         bounds = np.flatnonzero(np.diff(gids)) + 1
         for g_reps, gid in zip(np.split(subs, bounds), gids[np.r_[0, bounds]].tolist()):
             run = self._runs[gid]
