@@ -22,7 +22,7 @@ from typing import Hashable, Sequence
 import numpy as np
 import simpy
 
-from fabricsim.errors import ConfigError, TopologyError
+from fabricsim.errors import ConfigError
 from fabricsim.simulator.fluid import FluidNetwork
 from fabricsim.simulator.routing import Router
 from fabricsim.topologies.base import Topology
@@ -423,12 +423,7 @@ class Fabric:
                 del self._runs[gid]
                 if run.completed:
                     continue  # replayed from the cache: its event fired already
-                flow_finish = None
-                if run.sub_finish is not None:
-                    flow = self._expand(run.group)[0]
-                    flow_finish = np.full(len(run.group), -np.inf)
-                    np.maximum.at(flow_finish, flow, run.sub_finish)
-                self._complete(run, t, flow_finish)
+                self._complete(run, t, self._flow_finish(run) if run.sub_finish is not None else None)
 
     def _complete(self, run: _Run, t: float, flow_finish: np.ndarray | None) -> None:
         run.completed = True
@@ -442,19 +437,23 @@ class Fabric:
         if launch.solo and launch.done == len(launch.runs):
             self._remember(launch)
 
+    def _flow_finish(self, run: _Run) -> np.ndarray:
+        """Finish time of every flow of a run: the last of its subflows (a flow may take several paths)."""
+        finish = np.full(len(run.group), -np.inf)
+        np.maximum.at(finish, self._expand(run.group)[0], run.sub_finish)
+        return finish
+
     def _remember(self, launch: _Launch) -> None:
         """Store a finished solo launch's timing under its pattern key."""
         self._solo = None
         offsets, flow_offsets, ids, vals = [], [], [], []
         for r in launch.runs:
-            flow = self._expand(r.group)[0]
-            ff = np.full(len(r.group), -np.inf)
-            np.maximum.at(ff, flow, r.sub_finish)
-            flow_offsets.append(ff - launch.start)
-            offsets.append(float(ff.max() - launch.start))
-            exp = self._expand(r.group)
-            ids.append(exp[5])
-            vals.append(exp[6])
+            finish = self._flow_finish(r)
+            flow_offsets.append(finish - launch.start)
+            offsets.append(float(finish.max() - launch.start))
+            used, used_bytes = self._expand(r.group)[5:7]
+            ids.append(used)
+            vals.append(used_bytes)
         link_ids = np.concatenate(ids)
         link_bytes = np.concatenate(vals)
         busy = self.fluid.busy - launch.busy0
