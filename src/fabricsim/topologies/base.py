@@ -273,38 +273,27 @@ class Topology:
         """Every GPU must reach every other GPU through forwarding nodes only (GPUs do not forward)."""
         G = self.graph
         start = self.gpus[0]
-        reached = {start}
-        frontier = [start]
-        while frontier:
-            nxt = []
-            for u in frontier:
-                for v in G.successors(u):
-                    if v in reached:
-                        continue
+        for neighbours, phrase in ((G.successors, "from"), (G.predecessors, "to")):  # the graph is directed
+            reached = _reach_through_switches(G, start, neighbours)
+            for g in self.gpus:
+                if g not in reached:
+                    raise TopologyError(f"GPU {g!r} has no path {phrase} GPU {start!r}: the fabric is disconnected")
+
+
+def _reach_through_switches(G: nx.DiGraph, start: Hashable, neighbours) -> set:
+    """Nodes reached from ``start`` along ``neighbours``, passing through non-GPU nodes only."""
+    reached = {start}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for u in frontier:
+            for v in neighbours(u):
+                if v not in reached:
                     reached.add(v)
                     if G.nodes[v].get("kind") != "gpu":
                         nxt.append(v)
-            frontier = nxt
-        for g in self.gpus:
-            if g not in reached:
-                raise TopologyError(f"GPU {g!r} has no path from GPU {start!r}: the fabric is disconnected")
-        # and back: every GPU must reach the start (the graph is directed)
-        R = G.reverse(copy=False)
-        reached = {start}
-        frontier = [start]
-        while frontier:
-            nxt = []
-            for u in frontier:
-                for v in R.successors(u):
-                    if v in reached:
-                        continue
-                    reached.add(v)
-                    if G.nodes[v].get("kind") != "gpu":
-                        nxt.append(v)
-            frontier = nxt
-        for g in self.gpus:
-            if g not in reached:
-                raise TopologyError(f"GPU {g!r} has no path to GPU {start!r}: the fabric is disconnected")
+        frontier = nxt
+    return reached
 
 
 def format_summary(s: dict[str, Any]) -> list[str]:
