@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fabricsim.errors import ConfigError, InfeasibleError
-from fabricsim.hardware import IB_NDR, IB_XDR, QUANTUM2_NDR, QUANTUM_X800
+from fabricsim.hardware import IB_XDR, QUANTUM2_NDR, QUANTUM_X800
 from fabricsim.topologies import scale_out
 
 GB = 1e9

@@ -14,7 +14,8 @@ from fabricsim.collectives.protocol import PROTOCOLS, Protocol
 from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.nvls import nvls_allreduce, switch_islands
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
-from fabricsim.collectives.ring import ring_allreduce
+from fabricsim.collectives import analytic
+from fabricsim.collectives.ring import MAX_CHANNELS, ring_allreduce
 from fabricsim.collectives.sharp import sharp_allreduce
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
@@ -74,19 +75,23 @@ def protocol_cost(fabric, layout: GroupLayout, nbytes: int, algorithm: str):
     nvl, nic = _rank_bandwidths(fabric, layout)
     channels = default_channels(layout)
     bw = (nvl or nic * channels) if nd == 1 else min(nvl or math.inf, channels * nic or math.inf)
-    alg = "tree" if algorithm == "tree" else "ring"
-    if algorithm == "tree":
-        intra, inter = 2 * (m - 1), 2 * math.ceil(math.log2(nd)) if nd > 1 else 0
-    else:
-        inter = 2 * (nd - 1) if nd > 1 else 0
-        intra = 2 * (p - 1) - inter
-    volume = 2 * (p - 1) / p * nbytes
+    return lambda proto: _alpha_beta(proto, algorithm, p, nd, m, bw, nbytes)
 
-    def cost(proto: Protocol) -> float:
-        lat = proto.step_latency
-        return (proto.launch_latency[alg] + intra * lat[(alg, "nvlink")] + inter * lat[(alg, "net")]
-                + volume / (bw * proto.wire_efficiency))
-    return cost
+
+def _alpha_beta(proto: Protocol, algorithm: str, p: int, domains: int, m: int, bw: float, nbytes: float) -> float:
+    """NCCL's ring or tree time model (C102, C103): launch + per-hop latencies (intra-domain hops at the
+    NVLink row, inter-domain hops at the network row) + 2 (p-1)/p N over the per-rank bandwidth."""
+    import math
+
+    alg = "tree" if algorithm == "tree" else "ring"
+    if alg == "tree":
+        intra, inter = 2 * (m - 1), 2 * math.ceil(math.log2(domains)) if domains > 1 else 0
+    else:
+        inter = 2 * (domains - 1) if domains > 1 else 0
+        intra = 2 * (p - 1) - inter
+    lat = proto.step_latency
+    return (proto.launch_latency[alg] + intra * lat[(alg, "nvlink")] + inter * lat[(alg, "net")]
+            + analytic.allreduce_lower_bound(p, nbytes / proto.wire_efficiency, bw))
 
 
 def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *, protocol: str = "auto",
@@ -188,9 +193,7 @@ def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Ca
     """A closed-form estimate (``--model analytic``): alpha-beta costs from analytic.py with the fabric's
     per-GPU NVLink and NIC bandwidths, the calibrated efficiencies and NCCL's latency rows. No contention
     beyond the per-GPU bottleneck; all GPUs of the topology take part."""
-    import math
 
-    from fabricsim.collectives import analytic
     from fabricsim.collectives.protocol import NVLS_LATENCY
 
     p = topology.num_gpus
@@ -207,7 +210,7 @@ def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Ca
         return min((estimate_allreduce(topology, nbytes, algorithm, calibration=calibration, protocol=name)
                     for name in PROTOCOLS), key=lambda r: r.time)
     proto = choose_protocol(nbytes, "simple" if protocol == "auto" else protocol)
-    channels = min(m, 16)
+    channels = min(m, MAX_CHANNELS)
     if algorithm == "auto":
         options = ["ring", "tree"] + (["hierarchical"] if domains > 1 else []) + (["nvls"] if nvl_kind else [])
         results = [estimate_allreduce(topology, nbytes, a, calibration=calibration, protocol=protocol) for a in options]
@@ -219,17 +222,9 @@ def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Ca
     b_nvl = b_nvl if b_nvl > 0 else b_nic
     wire = proto.wire_efficiency
     lat = proto.step_latency
-    if algorithm == "ring":
-        inter = 2 * (domains - 1) if domains > 1 else 0
-        steps = 2 * (p - 1)
-        latency = proto.launch_latency["ring"] + (steps - inter) * lat[("ring", "nvlink")] + inter * lat[("ring", "net")]
+    if algorithm in ("ring", "tree"):
         bw = b_nvl if domains == 1 else min(b_nvl, channels * b_nic)
-        t = latency + analytic.ring_allreduce_time(p, nbytes / wire, bw)
-    elif algorithm == "tree":
-        depth_net = math.ceil(math.log2(domains)) if domains > 1 else 0
-        latency = proto.launch_latency["tree"] + 2 * ((m - 1) * lat[("tree", "nvlink")] + depth_net * lat[("tree", "net")])
-        bw = b_nvl if domains == 1 else min(b_nvl, channels * b_nic)
-        t = latency + analytic.allreduce_lower_bound(p, nbytes / wire, bw)
+        t = _alpha_beta(proto, algorithm, p, domains, m, bw, nbytes)
     elif algorithm == "hierarchical":
         if domains == 1:
             return estimate_allreduce(topology, nbytes, "ring", calibration=calibration, protocol=protocol)
