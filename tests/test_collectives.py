@@ -202,3 +202,49 @@ def test_concurrent_groups_all_finish():
     sim.run()
     assert not any(p.is_alive for p in procs)
     assert len(sim.fabric._runs) == 0 and sim.fabric.fluid.active == 0
+
+
+def _run_data_schedule(topo, build_schedule, data):
+    from fabricsim.collectives.base import run_schedule
+    from fabricsim.collectives.protocol import PROTOCOLS
+
+    sim = Simulation(topo)
+    layout = GroupLayout.of(sim.fabric, sorted(data))
+    sim.process(run_schedule(sim, build_schedule(sim.fabric, layout, data[layout.ranks[0]].nbytes,
+                                                 PROTOCOLS["simple"]), data=data))
+    sim.run()
+    return layout
+
+
+@pytest.mark.parametrize("topo", [star(5), build("dgx-h100-ib", gpus=20)], ids=["star5", "dgx-h100-ib-20"])
+def test_building_blocks_move_the_right_data(topo):
+    from fabricsim.collectives.ring import (_segments, default_channels, ring_allgather, ring_orders,
+                                            ring_reduce_scatter)
+    from fabricsim.collectives.tree import tree_broadcast
+
+    p, n = topo.num_gpus, 61
+    rng = np.random.default_rng(1)
+    inputs = {r: rng.integers(-99, 99, n).astype(np.int64) for r in range(p)}
+    # reduce-scatter: position i of channel c's ring ends owning segment i + 1 of that channel, reduced
+    data = {r: a.copy() for r, a in inputs.items()}
+    layout = _run_data_schedule(topo, ring_reduce_scatter, data)
+    total = sum(inputs.values())
+    channels = default_channels(layout)
+    for c, order in enumerate(ring_orders(layout, channels)):
+        for i, r in enumerate(order):
+            lo, hi = _segments(n, channels, p)[c][(i + 1) % p]
+            assert np.array_equal(data[r][lo:hi], total[lo:hi])
+    # all-gather: position i owns segment i; afterwards every rank holds every segment
+    want = np.zeros(n, dtype=np.int64)
+    data = {r: np.full(n, -1, dtype=np.int64) for r in range(p)}
+    for c, order in enumerate(ring_orders(layout, channels)):
+        for i, r in enumerate(order):
+            lo, hi = _segments(n, channels, p)[c][i]
+            data[r][lo:hi] = inputs[r][lo:hi]
+            want[lo:hi] = inputs[r][lo:hi]
+    _run_data_schedule(topo, ring_allgather, data)
+    assert all(np.array_equal(a, want) for a in data.values())
+    # broadcast from the first rank
+    data = {r: a.copy() for r, a in inputs.items()}
+    _run_data_schedule(topo, tree_broadcast, data)
+    assert all(np.array_equal(a, inputs[0]) for a in data.values())
