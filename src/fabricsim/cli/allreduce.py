@@ -6,6 +6,7 @@ import json
 
 import click
 
+from fabricsim.cli.faults import fault_options, with_faults
 from fabricsim.collectives import ALGORITHMS, AllreduceRunner
 from fabricsim.collectives.select import estimate_allreduce
 from fabricsim.errors import ConfigError
@@ -42,12 +43,14 @@ def message_sizes(min_bytes: int, max_bytes: int, step_factor: float) -> list[in
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
               help="Perfetto trace of the largest size (simulate only).")
-def allreduce(name, gpus, planes, algorithm, protocol, min_bytes, max_bytes, step_factor, model, fmt, trace):
+@fault_options
+def allreduce(name, gpus, planes, algorithm, protocol, min_bytes, max_bytes, step_factor, model, fmt, trace,
+              fail, degrade, fail_at, degrade_at):
     """All-reduce time, algbw and busbw per message size, like nccl-tests' all_reduce_perf.
 
     busbw = algbw x 2(p-1)/p. Bandwidths are GB/s (1e9 B/s); sizes are bytes (count = float32 elements).
     """
-    topo = resolve(name, gpus=gpus, planes=planes)
+    topo = with_faults(resolve(name, gpus=gpus, planes=planes), fail, degrade, fail_at, degrade_at)
     sizes = message_sizes(parse_size(min_bytes), parse_size(max_bytes), step_factor)
     runner = AllreduceRunner(topo, protocol=protocol)
     rows = []

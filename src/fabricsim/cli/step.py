@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from fabricsim.cli.faults import fault_options, with_faults
 from fabricsim.cli.sweep import make_step_config, step_options
 
 
@@ -19,8 +20,9 @@ from fabricsim.cli.sweep import make_step_config, step_options
               help="Bucket rows to print (first and last halves); 0 for all.")
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
               help="Write the step's Perfetto/Chrome timeline (compute and every bucket) to this JSON file.")
+@fault_options
 def step(topology, gpus, algorithm, model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes,
-         attention_flops, network, oversubscription, show, trace) -> None:
+         attention_flops, network, oversubscription, show, trace, fail, degrade, fail_at, degrade_at) -> None:
     """Simulate one training step and print its timeline, bucket by bucket."""
     from fabricsim.topologies.io import PRESETS, resolve
     from fabricsim.training import simulate_step, write_step_trace
@@ -30,7 +32,9 @@ def step(topology, gpus, algorithm, model, precision, mfu, tp, scaling, batch, g
                               attention_flops, algorithm=algorithm)
     options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
     topo = resolve(topology, gpus=gpus if topology in PRESETS else None, **options)
-    res = simulate_step(topo, config)
+    topo = with_faults(topo, fail, degrade, fail_at, degrade_at)
+    # a timed fault happens once, at its time in the step: the bucket chain is simulated as it runs
+    res = simulate_step(topo, config, engine="events" if topo.meta.get("timed_faults") else "fast")
     m = config.model
     click.echo(m.describe())
     click.echo(f"{topo.num_gpus} GPUs on {topo.name or topology}: TP {res.tp} x DP {res.dp}, {config.precision} "

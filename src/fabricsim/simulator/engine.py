@@ -30,7 +30,7 @@ from fabricsim.simulator.fabric import Fabric
 from fabricsim.simulator.trace import TraceRecorder
 from fabricsim.topologies.base import Topology
 
-__all__ = ["Simulation", "SimulationResult"]
+__all__ = ["Simulation", "SimulationResult", "set_capacity"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,28 @@ class Simulation:
                              router=router)
         if trace:
             self.fabric.on_group_done = self._trace_group
+        self.firing = ""  # label of the timed action being run
+        self._armed = 0  # timed actions not yet fired (they alone do not keep a run going)
+        for t, links, label in topology.meta.get("timed_faults", ()):
+            self.at(t, set_capacity(links), label)
+
+    def at(self, t: float, action, label: str = "") -> None:
+        """Call ``action(sim)`` at simulated time ``t``, e.g. ``sim.at(1e-3, set_capacity(links, 0.0))``.
+
+        A pending action does not keep the run going: a run whose work ends before ``t`` ends there and
+        the action never fires. With ``trace=True`` the moment shows as an instant event named ``label``.
+        """
+        if not t >= self.env.now:
+            raise ConfigError(f"cannot schedule an action at t={t!r}, before now ({self.env.now})")
+        self._armed += 1
+
+        def fire(_event):
+            self._armed -= 1
+            if self.tracer is not None:
+                self.tracer.marks.append((self.env.now, label or "action"))
+            self.firing = label
+            action(self)
+        self.env.timeout(t - self.env.now).callbacks.append(fire)
 
     def process(self, generator) -> simpy.Process:
         return self.env.process(generator)
@@ -101,7 +123,11 @@ class Simulation:
         return self.env.timeout(seconds)
 
     def run(self, until: float | None = None) -> SimulationResult:
-        self.env.run(until=until)
+        env = self.env
+        while self._armed and until is None and len(env._queue) > self._armed:
+            env.step()  # timed actions pending: stop when only they are left
+        if not self._armed or until is not None:
+            env.run(until=until)
         link_bytes, link_busy = self.fabric.link_totals()
         links = self.fabric.links
         names = [links.name(i) for i in range(len(links))]
@@ -117,3 +143,25 @@ class Simulation:
 
     def _trace_group(self, group, start, flow_finish) -> None:
         self.tracer.flows.append((group, start, flow_finish))
+
+
+def set_capacity(links, factor: float | None = None, label: str = ""):
+    """An action for :meth:`Simulation.at`: the links carry ``factor`` of their usable rate from then on.
+
+    ``links`` holds ``(u, v)`` node-name pairs (with ``factor``), or ``(u, v, factor)`` triples as
+    ``topologies.faults.timed_faults`` makes them. A factor of 0 takes a link down; flows reroute.
+    """
+    links = list(links)
+
+    def action(sim: "Simulation") -> None:
+        lt = sim.fabric.links
+        ids, factors = [], []
+        for entry in links:
+            u, v = entry[0], entry[1]
+            f = entry[2] if len(entry) > 2 and factor is None else factor
+            if f is None:
+                raise ConfigError("set_capacity needs a factor, per link or for all")
+            ids.append(lt.edge_index[(sim.fabric.router.node(u), sim.fabric.router.node(v))])
+            factors.append(float(f))
+        sim.fabric.set_capacity(np.asarray(ids, dtype=np.int64), np.asarray(factors), label or sim.firing)
+    return action

@@ -22,9 +22,9 @@ from typing import Hashable, Sequence
 import numpy as np
 import simpy
 
-from fabricsim.errors import ConfigError
+from fabricsim.errors import ConfigError, InfeasibleError, TopologyError
 from fabricsim.simulator.fluid import FluidNetwork
-from fabricsim.simulator.routing import Router
+from fabricsim.simulator.routing import Router, stable_hash
 from fabricsim.topologies.base import Topology
 
 __all__ = ["FlowGroup", "GroupResult", "Fabric"]
@@ -221,6 +221,10 @@ class Fabric:
         self._solo: _Launch | None = None  # the launch that may become a cache record
         self._fast: tuple | None = None  # (launch, record, pending run indices in finish order)
         self.on_group_done = None  # optional f(group, start, flow_finish) when flows are recorded
+        self._down: np.ndarray | None = None  # links a timed fault took out (set_capacity)
+        self._nominal: np.ndarray | None = None
+        self._rerouted: dict[int, tuple] = {}
+        self._fault = ""
 
     # --- building groups --------------------------------------------------------------------------------
     def group(self, src: Sequence[Hashable], dst: Sequence[Hashable], nbytes, key=0, label: str = "") -> FlowGroup:
@@ -257,6 +261,8 @@ class Fabric:
         if len(group) == 0:
             event.succeed(GroupResult(self.env.now, self.env.now))
             return event
+        if self._down is not None:
+            group = self._avoiding_down(group)
         self._expand(group)  # routing errors surface here, in the caller's process
         run = _Run(self._next_gid, group, event, self.env.now, 0, None)  # type: ignore[arg-type]
         self._next_gid += 1
@@ -266,6 +272,92 @@ class Fabric:
             flush.succeed()
         self._pending.append(run)
         return event
+
+    # --- timed faults -------------------------------------------------------------------------------------
+    def set_capacity(self, link_ids, factor, label: str = "") -> None:
+        """From now on links ``link_ids`` carry ``factor`` of their usable rate (0: the link is down).
+
+        Rates are re-solved at once. Flows in flight on a link that went down move, with the bytes they
+        have left, onto a route that avoids every down link (one path each, picked among the new route's
+        paths by a stable hash weighted by their shares); groups submitted later route around the down
+        links too. The round cache is off from here on: its records describe the fabric as it was.
+
+        Raises
+        ------
+        InfeasibleError
+            A flow in flight, or a later group, has no route left (the fault cut its endpoints apart).
+        """
+        link_ids = np.asarray(link_ids, dtype=np.int64)
+        factor = np.broadcast_to(np.asarray(factor, dtype=float), link_ids.shape)
+        now = self.env.now
+        if self._fast is not None:
+            self._replay_fast()
+        self.cache_enabled = False
+        if self._solo is not None:
+            self._solo.solo = False
+            self._solo = None
+        self._progress(now)
+        tags, t = self.fluid.advance(now)
+        if tags.size:
+            self._finish_subflows(tags, t)
+        if self._nominal is None:
+            self._nominal = self.capacity.copy()
+        self.fluid.set_capacity(link_ids, self._nominal[link_ids] * factor)
+        self._fault = label or "a timed fault"
+        down = np.flatnonzero(self.fluid.capacity <= 0)
+        if down.size:
+            self._down = np.zeros(len(self.links), dtype=bool)
+            self._down[down] = True
+            self.router = Router(self.topology, self.links, down=down)
+            self._reroute(*self.fluid.evict(down))
+        self._schedule()
+
+    def _no_route(self, exc: Exception) -> InfeasibleError:
+        from fabricsim.units import format_time
+
+        return InfeasibleError(f"{self._fault} (at {format_time(self.env.now)}) leaves no route: {exc}")
+
+    def _reroute(self, tags, left, weight, drain) -> None:
+        """Put evicted fluid flows back on routes that avoid the down links (see ``set_capacity``)."""
+        if not tags.size:
+            return
+        paths, lengths = [], []
+        for tag, nbytes, w in zip(tags.tolist(), left.tolist(), weight.tolist()):
+            run = self._runs[tag >> _TAG_BITS]
+            flow, _, _, ptr, links = self._expand(run.group)[:5]
+            sub = int(self._merged(run.group)[0][tag & _TAG_MASK])
+            f = int(flow[sub])
+            s, d, k = int(run.group.src[f]), int(run.group.dst[f]), int(run.group.key[f])
+            try:
+                route = self.router.route(s, d, k)
+            except TopologyError as exc:
+                raise self._no_route(exc) from None
+            u = stable_hash(s, d, k, tag) / 2.0**64
+            pick = min(int(np.searchsorted(np.cumsum(route.fractions), u, side="right")), len(route.lengths) - 1)
+            path = route.links[route.ptr[pick]:route.ptr[pick + 1]]
+            self.link_bytes[links[ptr[sub]:ptr[sub + 1]]] -= nbytes * w
+            self.link_bytes[path] += nbytes * w
+            paths.append(path)
+            lengths.append(path.shape[0])
+        new_ptr = np.zeros(len(paths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=new_ptr[1:])
+        self.fluid.add(left, np.maximum(drain, self.env.now), new_ptr, np.concatenate(paths), tags, weight)
+
+    def _avoiding_down(self, group: FlowGroup) -> FlowGroup:
+        """``group``, or a fresh copy routed around the down links if its routes (made earlier) cross one."""
+        original = group
+        seen = self._rerouted.get(id(group))
+        if seen is not None and seen[0] is group:
+            group = seen[1]
+        try:
+            if not self._down[self._expand(group)[5]].any():
+                return group
+            fresh = FlowGroup(group.src, group.dst, group.nbytes, group.key, group.label, group.charge_latency)
+            self._expand(fresh)
+        except TopologyError as exc:
+            raise self._no_route(exc) from None
+        self._rerouted[id(original)] = (original, fresh)
+        return fresh
 
     # --- results ------------------------------------------------------------------------------------------
     def link_totals(self) -> tuple[np.ndarray, np.ndarray]:

@@ -170,6 +170,24 @@ class FluidNetwork:
         self._rate = rate
 
 
+    def set_capacity(self, link_ids: np.ndarray, capacity: np.ndarray) -> None:
+        """Change links' capacities from now on (a timed fault); rates are re-solved before time moves."""
+        self.capacity[np.asarray(link_ids, dtype=np.int64)] = capacity
+        self._stale = True
+
+    def evict(self, link_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Take out the flows crossing any of ``link_ids``: their (tags, bytes left, weights, drain times),
+        for the caller to put back on other paths."""
+        on = np.zeros(self.n_links, dtype=bool)
+        on[np.asarray(link_ids, dtype=np.int64)] = True
+        hit = np.zeros(self.active, dtype=bool)
+        hit[self._entry_flow[on[self._entry_link]]] = True
+        out = (self._tag[hit], self._remaining[hit], self._weight[hit], self._drain_at[hit])
+        if hit.any():
+            self._remove(hit)
+            self._stale = True
+        return out
+
     def reset_clock(self, t: float) -> None:
         """Set the clock of an idle network (no flows in flight) to ``t``."""
         if self.active:

@@ -107,7 +107,8 @@ class Route:
 class Router:
     """Shortest-path routing with first-hop spreading and ECMP, cached. See the module docstring."""
 
-    def __init__(self, topology: Topology, links: LinkTable | None = None):
+    def __init__(self, topology: Topology, links: LinkTable | None = None, *, down=()):
+        """``down``: link ids routes must avoid (links a timed fault took out; see ``Fabric.set_capacity``)."""
         self.topology = topology
         self.links = links if links is not None else LinkTable.from_topology(topology)
         lt = self.links
@@ -122,7 +123,10 @@ class Router:
         self._pred_all = [[] for _ in range(n)]
         self._succ_nvl = [[] for _ in range(n)]
         self._pred_nvl = [[] for _ in range(n)]
-        for a, b, is_nvl in zip(lt.src.tolist(), lt.dst.tolist(), nvlink):
+        down = set(np.asarray(down, dtype=np.int64).tolist())
+        for i, (a, b, is_nvl) in enumerate(zip(lt.src.tolist(), lt.dst.tolist(), nvlink)):
+            if i in down:
+                continue
             self._succ_all[a].append(b)
             self._pred_all[b].append(a)
             if is_nvl:

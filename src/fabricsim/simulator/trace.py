@@ -24,6 +24,7 @@ class TraceRecorder:
     compute: list = field(default_factory=list)  # (rank, label, start, end)
     flows: list = field(default_factory=list)  # (group, start, per-flow finish array)
     rates: list = field(default_factory=list)  # (time, link ids, loads)
+    marks: list = field(default_factory=list)  # (time, label): instants such as a timed fault
 
     def on_rates(self, time: float, link_ids: np.ndarray, loads: np.ndarray) -> None:
         self.rates.append((time, link_ids.copy(), loads.copy()))
@@ -46,6 +47,8 @@ class TraceRecorder:
                 dst = rank_of.get(d, links.nodes[d])
                 events.append({"ph": "X", "cat": "flow", "name": f"{group.label or 'send'} -> {dst}", "pid": 0,
                                "tid": tid, "ts": start * _US, "dur": (f - start) * _US, "args": {"bytes": nbytes}})
+        for t, label in self.marks:
+            events.append({"ph": "i", "s": "g", "cat": "fault", "name": label, "pid": 1, "ts": t * _US})
         if self.rates:
             carried = np.zeros(len(links))
             for (t0, ids, loads), (t1, _, _) in zip(self.rates, self.rates[1:]):
