@@ -17,15 +17,21 @@ chunk's latency hides behind the chunks ahead of it. Two shapes:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
 from fabricsim.collectives.protocol import Protocol
 from fabricsim.collectives.ring import default_channels, ring_orders
-from fabricsim.collectives.tree import _rerooted, _Tree, binary_tree, default_chunks
+from fabricsim.collectives.tree import MAX_CHUNKS, _rerooted, _Tree, binary_tree
 from fabricsim.errors import InfeasibleError
 
-__all__ = ["broadcast", "reduce", "chain_trees", "domain_tree"]
+__all__ = ["broadcast", "reduce", "chain_trees", "domain_tree", "PIPELINE_CHUNK"]
+
+# Bytes a chain or tree edge forwards at a time: NCCL's Simple step, its 4 MiB channel buffer
+# (NCCL_BUFFSIZE) over its 8 pipeline steps (NCCL_STEPS), per NCCL's environment documentation and source.
+PIPELINE_CHUNK = 4 * 2**20 // 8
 
 
 def _root(layout: GroupLayout, root: int | None) -> int:
@@ -65,7 +71,7 @@ def _pipelined(fabric, layout: GroupLayout, trees: list[_Tree], nbytes: int, pro
                up: bool, chunks: int | None, name: str, latency_algorithm: str) -> Schedule:
     """Tree t moves part t of the buffer in K chunks: down from its root, or reduced up to it."""
     parts = len(trees)
-    K = chunks or default_chunks(2 * nbytes / parts)
+    K = chunks or max(1, min(MAX_CHUNKS, math.ceil(nbytes / parts / PIPELINE_CHUNK)))
     chunk_bytes = nbytes / parts / K
     gi = fabric.gpu_index
     # every edge of every tree, with the round offset at which it sends chunk 0
