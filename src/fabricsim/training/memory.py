@@ -267,7 +267,8 @@ def memory_report(model, layout, *, capacity: float | None = None, grad_bytes: i
             working += 2 * PARAM_BYTES * biggest / t
         report = MemoryReport(params=params, grads=grads, optimizer=optimizer, activations=activations,
                               working=working, stage=rank, params_per_gpu=weights, capacity=capacity,
-                              detail={"layers": len(blocks), "moe_layers": moe_blocks,
+                              detail={"layers": len(blocks), "moe_layers": moe_blocks, "dense_weights": dense,
+                                      "expert_weights": expert,
                                       "in_flight_chunks": _in_flight(layout, rank, micro_batches)})
         if best is None or report.total > best.total:
             best = report

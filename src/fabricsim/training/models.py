@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 from fabricsim.errors import ConfigError
 
@@ -206,9 +207,9 @@ class Model:
 
     def is_moe_layer(self, i: int) -> bool:
         """Whether block ``i`` (0-based) has experts: past ``dense_layers``, every ``moe_every``-th block."""
-        return self.is_moe and i >= self.dense_layers and (i + 1) % self.moe_every == 0
+        return self.experts > 0 and i >= self.dense_layers and (i + 1) % self.moe_every == 0
 
-    @property
+    @cached_property
     def moe_layer_count(self) -> int:
         return sum(self.is_moe_layer(i) for i in range(self.layers))
 
@@ -222,7 +223,7 @@ class Model:
         """Width of the attention values summed over heads."""
         return self.heads * self.v_head_dim if self.latent_attention else self.hidden
 
-    @property
+    @cached_property
     def attention_params(self) -> int:
         """Weights of one block's attention (projections and, for latent attention, its norms)."""
         d = self.hidden
@@ -250,29 +251,29 @@ class Model:
         """The two norms of a block: RMSNorm weight (SwiGLU models) or LayerNorm weight and bias."""
         return 2 * self.hidden * (1 if self.mlp == "swiglu" else 2)
 
-    @property
+    @cached_property
     def layer_params(self) -> int:
         """Weights of one dense transformer block (attention, MLP, norms)."""
         return self.attention_params + self.mlp_params() + self.norm_params
 
-    @property
+    @cached_property
     def expert_params(self) -> int:
         """Weights of one routed expert."""
         return self.mlp_params(self.expert_ffn)
 
-    @property
+    @cached_property
     def moe_layer_params(self) -> int:
         """Weights of one MoE block: attention, norms, router, routed and shared experts."""
         router = self.hidden * self.experts
         return (self.attention_params + self.norm_params + router
                 + (self.experts + self.shared_experts) * self.expert_params)
 
-    @property
+    @cached_property
     def routed_expert_params(self) -> int:
         """Weights of all routed experts of all MoE layers: what expert parallelism shards."""
         return self.moe_layer_count * self.experts * self.expert_params
 
-    @property
+    @cached_property
     def embedding_params(self) -> int:
         """Input embedding, output projection (unless tied), position table and the final norm."""
         n = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
@@ -285,13 +286,13 @@ class Model:
         """Weights of block ``i`` (0-based): a MoE block or a dense one."""
         return self.moe_layer_params if self.is_moe_layer(i) else self.layer_params
 
-    @property
+    @cached_property
     def params(self) -> int:
         """Parameter count computed from the architecture (every expert included)."""
         moe = self.moe_layer_count
         return (self.layers - moe) * self.layer_params + moe * self.moe_layer_params + self.embedding_params
 
-    @property
+    @cached_property
     def active_params(self) -> int:
         """Weights one token passes through: its top-k routed experts and the shared ones (== params if dense)."""
         moe = self.moe_layer_count
