@@ -1,9 +1,11 @@
-"""Run many points (cluster size x algorithm) in parallel; CSV and JSON rows written as each point finishes.
+"""What a sweep computes: scenarios (SweepSpec), their points, and one point's rows.
 
-A *point* is one cluster size: its topology is built once, and every algorithm runs on it with one
-AllreduceRunner, so routes are computed once per size. Points run in a process pool over the machine's
-cores; results come back in the order of the sizes (``imap``), so files, tables and numbers are the same
-from run to run and for any number of workers.
+A *point* is one cluster size of one scenario: its topology is built once, and every algorithm runs on
+it with one AllreduceRunner, so routes are computed once per size. A sweep may hold several scenarios
+(topologies, models, layouts, fault sets side by side; ``sweep_file``). Points run on the machine's
+cores or on a Dask cluster (``sweep_exec``); every finished point is journaled at once and the result
+files are written from the journal in plan order (``sweep_store``), so files, tables and numbers are the
+same from run to run, for any number of workers, wherever the points ran, and after a resume.
 
 Two modes:
 
@@ -19,17 +21,16 @@ speedup / (size ratio).
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator
 
-from fabricsim.errors import ConfigError, InfeasibleError
+from fabricsim.errors import ConfigError, FabricsimError, InfeasibleError
 from fabricsim.training.step import StepConfig
 
-__all__ = ["SweepSpec", "default_sizes", "plan_sweep", "run_point", "run_sweep", "SweepWriter", "STEP_COLUMNS",
-           "MESSAGE_COLUMNS", "DEFAULT_TOPOLOGY", "DEFAULT_ALGORITHMS", "RACK_SIZES"]
+__all__ = ["SweepSpec", "Point", "default_sizes", "plan_sweep", "plan_points", "run_point", "compute_point",
+           "run_sweep", "run_and_write", "SweepIncomplete", "STEP_COLUMNS", "MESSAGE_COLUMNS", "DEFAULT_TOPOLOGY",
+           "DEFAULT_ALGORITHMS", "RACK_SIZES"]
 
 DEFAULT_TOPOLOGY = "gb200-nvl72-ib"
 DEFAULT_ALGORITHMS = ("ring", "tree", "hierarchical", "nvls")
@@ -76,6 +77,8 @@ class SweepSpec:
     curve_sizes: tuple = DEFAULT_CURVE
     topology_options: dict = field(default_factory=dict)
     strict_algorithms: bool = False
+    faults: tuple = ()  # fault texts (topologies.faults syntax) applied to every size's fabric
+    estimate: str = "simulate"  # message mode: "analytic" uses the closed-form estimate (no simulation)
 
     def __post_init__(self) -> None:
         if self.mode not in ("step", "message"):
@@ -88,6 +91,13 @@ class SweepSpec:
             raise ConfigError(f"cluster sizes must be positive integers, got {list(self.sizes)}")
         if not self.algorithms:
             raise ConfigError("a sweep needs at least one algorithm")
+        if self.estimate not in ("simulate", "analytic") or (self.estimate == "analytic" and self.mode != "message"):
+            raise ConfigError(f"estimate must be 'simulate', or 'analytic' in message mode; got {self.estimate!r}")
+        from fabricsim.topologies.faults import parse_fault
+
+        object.__setattr__(self, "faults", tuple(self.faults))
+        for text in self.faults:
+            parse_fault(text)
         from fabricsim.collectives import ALGORITHMS
 
         for a in self.algorithms:
@@ -105,18 +115,25 @@ class SweepSpec:
             cfg["model"] = self.step.model.name
             out["step"] = cfg
             out["curve_gpus"] = self.curve_gpus
+        if self.faults:
+            out["faults"] = list(self.faults)
+        if self.estimate != "simulate":
+            out["estimate"] = self.estimate
         return out
 
 
 def _build(spec: SweepSpec, gpus: int):
+    from fabricsim.topologies.faults import apply_faults, parse_fault
     from fabricsim.topologies.io import PRESETS, resolve
 
     if spec.topology in PRESETS:
-        return resolve(spec.topology, gpus=gpus, **spec.topology_options)
-    topo = resolve(spec.topology, **spec.topology_options)  # a file: one fixed size
-    if topo.num_gpus != gpus:
-        raise InfeasibleError(f"{spec.topology} holds {topo.num_gpus} GPUs, not {gpus}: a topology file has one size")
-    return topo
+        topo = resolve(spec.topology, gpus=gpus, **spec.topology_options)
+    else:
+        topo = resolve(spec.topology, **spec.topology_options)  # a file: one fixed size
+        if topo.num_gpus != gpus:
+            raise InfeasibleError(f"{spec.topology} holds {topo.num_gpus} GPUs, not {gpus}: a topology file has "
+                                  "one size")
+    return apply_faults(topo, [parse_fault(t) for t in spec.faults]) if spec.faults else topo
 
 
 def plan_sweep(spec: SweepSpec) -> list[int]:
@@ -166,11 +183,15 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
             continue
         if spec.mode == "step":
             if curve != "only":
-                res = simulate_step(topo, replace(spec.step, algorithm=algorithm), runner=runner)
+                # a timed fault happens once, at its time in the step: simulate the bucket chain as it runs
+                res = simulate_step(topo, replace(spec.step, algorithm=algorithm), runner=runner,
+                                    engine="events" if topo.meta.get("timed_faults") else "fast")
                 row = {"topology": spec.topology, "model": spec.step.model.name, "precision": spec.step.precision,
                        "scaling": spec.step.scaling, "bucket_bytes": spec.step.bucket_bytes}
                 row.update(res.row())
                 row["algorithm"] = algorithm if algorithm != "auto" else f"auto:{res.algorithm}"
+                if spec.faults:
+                    row["faults"] = " ".join(spec.faults)
                 rows.append(row)
             if curve:
                 curve_rows += _message_rows(spec, runner, gpus, algorithm, spec.curve_sizes, ranks)
@@ -180,145 +201,115 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
 
 
 def _message_rows(spec, runner, gpus, algorithm, sizes, ranks) -> list[dict]:
+    from fabricsim.collectives.select import estimate_allreduce
+
     out = []
     for nbytes in sizes:
-        res = runner.run(int(nbytes), algorithm, ranks=ranks)
+        if spec.estimate == "analytic":
+            res = estimate_allreduce(runner.topology, int(nbytes), algorithm)
+        else:
+            res = runner.run(int(nbytes), algorithm, ranks=ranks)
         out.append({"topology": spec.topology, "gpus": len(ranks) if ranks else gpus,
                     "algorithm": algorithm if algorithm != "auto" else f"auto:{res.algorithm}",
                     "protocol": res.protocol, "bytes": int(nbytes), "time_s": res.time,
                     "algbw_GBps": res.algbw / 1e9, "busbw_GBps": res.busbw / 1e9})
+        if spec.faults:
+            out[-1]["faults"] = " ".join(spec.faults)
     return out
 
 
-def _task(args):
-    spec, gpus, curve = args
-    return run_point(spec, gpus, curve=curve)
+# --- points -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Point:
+    """One unit of work: every algorithm of scenario ``scenario`` at ``gpus`` GPUs (they share one runner,
+    so routes are computed once per size), or, with ``curve``, that size's busbw-vs-message-size curve."""
+
+    scenario: int
+    gpus: int
+    curve: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}/{self.gpus}" + ("/curve" if self.curve else "")
 
 
-def _tasks(spec: SweepSpec, sizes: list[int], jobs: int) -> list[tuple]:
-    """One task per size (its algorithms share one runner, so routes are computed once per size), plus
-    one for the busbw curve. The ``jobs`` costliest tasks go first so that no core waits for the 8,192-GPU
-    point at the end; the rest run in size order, so rows appear in order while the big ones run.
+def plan_points(specs) -> list[Point]:
+    """Every point of the scenarios ``specs``, in the order their rows are written (each spec checked)."""
+    if len({s.mode for s in specs}) > 1:
+        raise ConfigError("one sweep runs step points or message points, not both")
+    points = []
+    for i, spec in enumerate(specs):
+        points += [Point(i, g) for g in plan_sweep(spec)]
+        if spec.mode == "step" and spec.curve_gpus is not None:
+            points.append(Point(i, spec.curve_gpus, True))
+    return points
+
+
+def compute_point(spec: SweepSpec, point: Point) -> dict:
+    """One point's result as plain JSON types: the same bytes wherever and whenever it runs."""
+    part = run_point(spec, point.gpus, curve="only" if point.curve else False)
+    return json.loads(json.dumps(part, default=_plain))
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else float(value)
+
+
+def run_sweep(spec: SweepSpec, *, jobs: int | None = None, scheduler: str | None = None) -> Iterator[dict]:
+    """Yield each size's result (as ``run_point``, curve included) in size order, ``jobs`` points at once.
+
+    The numbers do not depend on ``jobs`` or ``scheduler``. Step rows get ``scaling_eff`` against the
+    fastest algorithm at the smallest size. A point that fails raises SweepIncomplete.
     """
-    tasks = [(spec, g, False) for g in sizes]
-    if spec.mode == "step" and spec.curve_gpus is not None:
-        tasks.append((spec, spec.curve_gpus, "only"))
+    from fabricsim.sweep_exec import execute
 
-    def cost(t):
-        _, g, curve = t
-        return g * (len(spec.curve_sizes) / 2 if curve else 1)
-    big = sorted(tasks, key=lambda t: -cost(t))[:jobs] if jobs > 1 else []
-    return big + [t for t in tasks if t not in big]
-
-
-def run_sweep(spec: SweepSpec, *, jobs: int | None = None) -> Iterator[dict]:
-    """Yield each size's result (as ``run_point``) in size order, computing ``jobs`` sizes at once.
-
-    The numbers do not depend on ``jobs``. Step rows get ``scaling_eff`` against the fastest algorithm at
-    the smallest size.
-    """
-    sizes = plan_sweep(spec)
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(sizes)))
-    tasks = _tasks(spec, sizes, jobs)
-    with_curve = spec.mode == "step" and spec.curve_gpus is not None
-    pending: dict[int, dict] = {g: {} for g in sizes}
-    need = {g: 2 if with_curve and g == spec.curve_gpus else 1 for g in sizes}
-    pool = None
-    if jobs == 1:
-        results = (((t[1], t[2]), _task(t)) for t in tasks)
-    else:
-        import multiprocessing
-
-        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(jobs)
-        asyncs = [((t[1], t[2]), pool.apply_async(_task, (t,))) for t in tasks]
-        results = _as_completed(asyncs)
+    points = plan_points([spec])
+    done: dict[str, dict] = {}
+    order = [p for p in points if not p.curve]
     baseline = None
-    order = list(sizes)
-    try:
-        for (g, curve), part in results:
-            pending[g][curve] = part
-            while order and len(pending[order[0]]) == need[order[0]]:
-                g0 = order.pop(0)
-                parts = pending.pop(g0)
-                point = dict(parts[False])
-                if "only" in parts:
-                    point["curve"] = parts["only"]["curve"]
-                if spec.mode == "step" and point["rows"]:
-                    if baseline is None:
-                        best = max(point["rows"], key=lambda r: r["tokens_per_s"])
-                        baseline = best["tokens_per_s"] / best["gpus"]
-                    for row in point["rows"]:
-                        row["scaling_eff"] = (row["tokens_per_s"] / row["gpus"]) / baseline
-                yield point
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    for point, result, error in execute([spec], points, jobs=jobs, scheduler=scheduler):
+        if error is not None:
+            raise SweepIncomplete(f"point {point.gpus} GPUs failed: {error}")
+        done[point.key] = result
+        while order and order[0].key in done and (Point(0, order[0].gpus, True) not in points
+                                                  or Point(0, order[0].gpus, True).key in done):
+            p = order.pop(0)
+            out = dict(done[p.key])
+            if Point(0, p.gpus, True) in points:
+                out["curve"] = done[Point(0, p.gpus, True).key]["curve"]
+            baseline = add_scaling(spec, out["rows"], baseline)
+            yield out
 
 
-def _as_completed(asyncs):
-    """(key, value) of apply_async results as they finish (polling; re-raises a worker's exception)."""
-    import time
-
-    left = list(asyncs)
-    while left:
-        done = [item for item in left if item[1].ready()]
-        if not done:
-            time.sleep(0.02)
-            continue
-        for item in done:
-            left.remove(item)
-            yield item[0], item[1].get()
+def add_scaling(spec: SweepSpec, rows: list[dict], baseline: float | None) -> float | None:
+    """Set ``scaling_eff`` on step rows against ``baseline`` (tokens/s/GPU; the first rows set it)."""
+    if spec.mode != "step" or not rows:
+        return baseline
+    if baseline is None:
+        best = max(rows, key=lambda r: r["tokens_per_s"])
+        baseline = best["tokens_per_s"] / best["gpus"]
+    for row in rows:
+        row["scaling_eff"] = (row["tokens_per_s"] / row["gpus"]) / baseline
+    return baseline
 
 
-class SweepWriter:
-    """CSV and JSON files in ``out_dir``, rewritten or appended as each point arrives."""
+class SweepIncomplete(FabricsimError):
+    """Some points of a sweep failed or did not run; the finished ones are kept (``--resume`` runs the rest)."""
 
-    def __init__(self, out_dir: str, spec: SweepSpec):
-        self.out_dir = out_dir
-        self.spec = spec
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create output directory {out_dir!r}: {exc.strerror}") from None
-        kind = spec.mode
-        self.paths = {"rows": os.path.join(out_dir, f"{kind}.csv"), "json": os.path.join(out_dir, f"{kind}.json")}
-        self.columns = STEP_COLUMNS if kind == "step" else MESSAGE_COLUMNS
-        self.rows: list[dict] = []
-        self.curve: list[dict] = []
-        self.skipped: dict[int, list[str]] = {}
-        self._start(self.paths["rows"], self.columns)
-        if kind == "step" and spec.curve_gpus is not None:
-            self.paths["curve"] = os.path.join(out_dir, "busbw.csv")
-            self._start(self.paths["curve"], MESSAGE_COLUMNS)
 
-    @staticmethod
-    def _start(path: str, columns) -> None:
-        with open(path, "w", newline="") as fh:
-            csv.DictWriter(fh, columns).writeheader()
+def run_and_write(spec, out_dir: str, *, jobs: int | None = None, scheduler: str | None = None,
+                  progress: Callable[[dict], None] | None = None, resume: bool = False):
+    """Run a sweep (one SweepSpec or a list of them) into ``out_dir``; see ``sweep_store.SweepStore``.
 
-    @staticmethod
-    def _append(path: str, columns, rows) -> None:
-        with open(path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, columns, extrasaction="ignore")
-            for row in rows:
-                w.writerow({k: _fmt(row.get(k)) for k in columns})
+    Every finished point is appended to the directory's journal at once; result files are written from
+    the journal in plan order, so an interrupted and resumed sweep, a local one and a Dask one give the
+    same files. ``resume=True`` runs only the points the journal lacks (``spec`` may be None: the plan is
+    read from the directory). Raises SweepIncomplete (after writing what finished) if a point failed or
+    the run was interrupted.
+    """
+    from fabricsim.sweep_store import run_into
 
-    def add(self, point: dict) -> None:
-        self.rows += point["rows"]
-        self.curve += point["curve"]
-        if point["skipped"]:
-            self.skipped[point["gpus"]] = point["skipped"]
-        self._append(self.paths["rows"], self.columns, point["rows"])
-        if "curve" in self.paths:
-            self._append(self.paths["curve"], MESSAGE_COLUMNS, point["curve"])
-        doc = {"meta": self.spec.meta(), "rows": self.rows}
-        if self.curve:
-            doc["busbw_curve"] = self.curve
-        tmp = self.paths["json"] + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1, default=float)
-        os.replace(tmp, self.paths["json"])
+    return run_into(spec, out_dir, jobs=jobs, scheduler=scheduler, progress=progress, resume=resume)
 
 
 def _fmt(value):
@@ -327,14 +318,3 @@ def _fmt(value):
     if hasattr(value, "item"):  # numpy scalar
         return repr(value.item())
     return value
-
-
-def run_and_write(spec: SweepSpec, out_dir: str, *, jobs: int | None = None,
-                  progress: Callable[[dict], None] | None = None) -> SweepWriter:
-    """Run ``spec`` and write its files; ``progress`` is called after each point."""
-    writer = SweepWriter(out_dir, spec)
-    for point in run_sweep(spec, jobs=jobs):
-        writer.add(point)
-        if progress is not None:
-            progress(point)
-    return writer

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from fabricsim.cli.faults import fault_options, fault_texts
 from fabricsim.errors import ConfigError
 from fabricsim.units import format_size, parse_size
 
@@ -79,20 +80,44 @@ def make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bu
 @click.option("--out", "-o", "out_dir", default=DEFAULT_OUT, show_default=True, help="Directory for CSV, JSON, plots.")
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes [default: all cores].")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNG and SVG plots.")
+@click.option("--file", "sweep_file", type=click.Path(dir_okay=False), default=None,
+              help="Take the sweep's axes from a TOML file (topologies, sizes, models, layouts, algorithms, fault "
+                   "scenarios; see README); other options describing the points are ignored.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Finish the sweep in this directory: run only the points its journal lacks.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
+              help="Run the points on this Dask scheduler (pip install 'fabricsim[dask]') instead of local cores.")
+@click.option("--estimate", type=click.Choice(["simulate", "analytic"]), default="simulate", show_default=True,
+              help="Message mode: simulate, or the closed-form estimate (fast, for very large sweeps).")
+@fault_options
 def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scaling, batch, global_batch, bucket,
           grad_bytes, attention_flops, mode, message_bytes, curve_gpus, network, oversubscription, out_dir, jobs,
-          plots) -> None:
+          plots, sweep_file, resume_dir, scheduler, estimate, fail, degrade, fail_at, degrade_at) -> None:
     """Simulate a training step (or all-reduces) at every cluster size and algorithm.
 
     With no arguments: Llama 3 8B, data parallel, on GB200 NVL72 racks joined by 400G InfiniBand, from 8
     to 8,192 GPUs, ring, tree, hierarchical and NVLS all-reduce; writes step.csv, step.json, busbw.csv and
     the plots into ./fabricsim-out.
+
+    Every finished point is journaled at once: an interrupted sweep keeps it, exits non-zero with a
+    one-line summary, and --resume DIR finishes it with the same files as an uninterrupted run.
     """
-    from fabricsim.sweep import SweepSpec, default_sizes, run_and_write
+    from fabricsim.sweep import SweepSpec, default_sizes
     from fabricsim.topologies.io import PRESETS
 
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be positive, got {jobs}")
+    if resume_dir or sweep_file:
+        if resume_dir:
+            from fabricsim.sweep_store import SweepStore
+
+            specs, out_dir = SweepStore(resume_dir).load_plan(), resume_dir
+        else:
+            from fabricsim.sweep_file import load_sweep_file
+
+            specs = load_sweep_file(sweep_file)
+        _run(specs, out_dir, jobs=jobs, scheduler=scheduler, plots=plots, resume=bool(resume_dir))
+        return
     if sizes:
         size_list = _int_list(sizes, "--sizes")
     else:
@@ -114,7 +139,8 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scal
     options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
     spec = SweepSpec(topology=topology, sizes=size_list, algorithms=algos, mode=mode, step=config,
                      message_sizes=msg_sizes, curve_gpus=curve_gpus if mode == "step" else None,
-                     topology_options=options)
+                     topology_options=options, faults=fault_texts(fail, degrade, fail_at, degrade_at),
+                     estimate=estimate)
     from fabricsim.sweep import plan_sweep
 
     planned = plan_sweep(spec)  # every size checked before the first one runs
@@ -122,11 +148,20 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scal
             else f"all-reduce of {', '.join(format_size(s) for s in msg_sizes)}")
     click.echo(f"sweep: {topology}, {len(planned)} sizes {planned[0]}..{planned[-1]} GPUs, {', '.join(algos)}; "
                f"{what}", err=True)
-    with click.progressbar(length=len(planned), label="simulating", file=sys.stderr,
+    _run([spec], out_dir, jobs=jobs, scheduler=scheduler, plots=plots)
+
+
+def _run(specs, out_dir, *, jobs, scheduler, plots, resume=False) -> None:
+    """Run the sweep with a progress bar, then print its table, notes and the files written."""
+    from fabricsim.sweep import run_and_write
+
+    mode = specs[0].mode
+    total = sum(len(set(s.sizes)) + (s.mode == "step" and s.curve_gpus is not None) for s in specs)
+    with click.progressbar(length=total, label="simulating", file=sys.stderr,
                            item_show_func=lambda g: f"{g} GPUs done" if g else "") as bar:
         def progress(point):
             bar.update(1, point["gpus"])
-        writer = run_and_write(spec, out_dir, jobs=jobs, progress=progress)
+        writer = run_and_write(specs, out_dir, jobs=jobs, scheduler=scheduler, progress=progress, resume=resume)
     for line in format_table(writer.rows, mode):
         click.echo(line)
     skipped: dict[str, list[int]] = {}

@@ -1,0 +1,123 @@
+"""Sweeps lose nothing: a journal line per finished point, interrupted runs resume to the same files."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from fabricsim.cli.main import cli
+from fabricsim.sweep import SweepIncomplete, SweepSpec, run_and_write
+from fabricsim.sweep_store import JOURNAL, SweepStore
+
+N = 24
+SIZES = ",".join(str(8 * k) for k in range(1, N + 1))
+ARGS = ["sweep", "-t", "dgx-h100-ib", "--sizes", SIZES, "--mode", "message", "--bytes", "1M,16M",
+        "-a", "ring,tree", "--no-plots"]
+RESULTS = ("message.csv", "message.json", JOURNAL)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run every other run is compared with."""
+    out = tmp_path_factory.mktemp("straight")
+    res = invoke(*ARGS, "-o", out, "-j", "1")
+    assert res.exit_code == 0, res.output
+    files = {name: (out / name).read_bytes() for name in RESULTS}
+    files["dir"] = out
+    return files
+
+
+def _journal_lines(path):
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.parametrize("sig, jobs", [(signal.SIGINT, "1"), (signal.SIGKILL, "2")])
+def test_killed_sweep_resumes_to_identical_files(tmp_path, straight, sig, jobs):
+    out = tmp_path / "out"
+    code = "import sys; from fabricsim.cli.main import cli; sys.exit(cli())"
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err_fh:  # a file, not a pipe: no wait on workers that outlive a killed parent
+        proc = subprocess.Popen([sys.executable, "-c", code, *ARGS, "-o", str(out), "-j", jobs],
+                                stdout=subprocess.DEVNULL, stderr=err_fh)
+        deadline = time.monotonic() + 120
+        while _journal_lines(out / JOURNAL) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    err = log.read_bytes()
+    kept = _journal_lines(out / JOURNAL)
+    assert 3 <= kept < N, "the sweep must be stopped midway for this test to mean anything"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 2
+        last = err.decode().strip().splitlines()[-1]
+        assert last.startswith("Error: sweep interrupted:") and "--resume" in last and "Traceback" not in err.decode()
+        # what finished is in the result files already
+        assert (out / "message.csv").read_text().count("\n") == 1 + 4 * kept
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    res = invoke("sweep", "--resume", out, "-j", "1")
+    assert res.exit_code == 0, res.output
+    for name in RESULTS:
+        assert (out / name).read_bytes() == straight[name], name
+    rows = [json.loads(line)["key"] for line in (out / JOURNAL).read_text().splitlines()]
+    assert len(rows) == len(set(rows)) == N  # none lost, none duplicated
+
+
+def test_torn_journal_line_is_dropped(tmp_path, straight):
+    out = tmp_path / "torn"
+    shutil.copytree(straight["dir"], out)
+    lines = (out / JOURNAL).read_bytes().splitlines(keepends=True)
+    (out / JOURNAL).write_bytes(b"".join(lines[:10]) + lines[10][:25])  # killed mid-write
+    res = invoke("sweep", "--resume", out, "-j", "1")
+    assert res.exit_code == 0, res.output
+    for name in RESULTS:
+        assert (out / name).read_bytes() == straight[name], name
+
+
+def test_failing_point_is_recorded_and_the_rest_finish(tmp_path, monkeypatch):
+    import fabricsim.sweep as sweep
+
+    real = sweep.run_point
+
+    def flaky(spec, gpus, *a, **kw):
+        if gpus == 16:
+            raise RuntimeError("boom at 16")
+        return real(spec, gpus, *a, **kw)
+    monkeypatch.setattr(sweep, "run_point", flaky)
+    spec = SweepSpec(topology="dgx-h100-ib", sizes=(8, 16, 24), mode="message", message_sizes=(2**20,),
+                     algorithms=("ring",))
+    with pytest.raises(SweepIncomplete, match=r"2 of 3 points done, 1 failed \(first: point 0/16: RuntimeError: "
+                                              r"boom at 16\).*--resume"):
+        run_and_write(spec, tmp_path, jobs=1)
+    assert json.loads((tmp_path / "failed.json").read_text()) == {"0/16": "RuntimeError: boom at 16"}
+    assert [r["gpus"] for r in json.loads((tmp_path / "message.json").read_text())["rows"]] == [8, 24]
+    monkeypatch.setattr(sweep, "run_point", real)
+    done = run_and_write(None, tmp_path, jobs=1, resume=True)
+    assert [r["gpus"] for r in done.rows] == [8, 16, 24] and not (tmp_path / "failed.json").exists()
+
+
+def test_second_sweep_on_one_directory_is_refused(tmp_path):
+    with SweepStore(tmp_path):
+        res = invoke(*ARGS, "-o", tmp_path, "-j", "1")
+    assert res.exit_code == 2
+    assert f"another sweep (pid {os.getpid()}) is writing" in res.output
+    assert not (tmp_path / "message.csv").exists()
+
+
+def test_resume_of_nothing_is_one_line(tmp_path):
+    res = invoke("sweep", "--resume", tmp_path / "none")
+    assert res.exit_code == 2 and "holds no sweep to resume" in res.output
