@@ -19,7 +19,7 @@ __all__ = ["read_rows", "plot_step_time", "plot_exposed_share", "plot_scaling_ef
 _STYLE = {"ring": ("tab:blue", "o"), "tree": ("tab:orange", "s"), "hierarchical": ("tab:green", "^"),
           "nvls": ("tab:red", "D")}
 _INTS = {"gpus", "tp", "dp", "buckets", "bucket_bytes", "grad_bytes", "bytes"}
-_TEXT = {"topology", "model", "precision", "scaling", "algorithm", "protocol"}
+_TEXT = {"topology", "model", "precision", "scaling", "algorithm", "protocol", "faults"}
 
 
 def read_rows(path) -> list[dict]:
@@ -67,19 +67,31 @@ def _axes(ax, size=(7.5, 4.6)):
     return ax
 
 
+def _scenario(rows):
+    """Per row, what tells its sweep scenario apart from the others' (topology, faults), or "" if one."""
+    keys = [tuple(str(r.get(k) or "") for k in ("topology", "faults")) for r in rows]
+    varying = [i for i in range(2) if len({k[i] for k in keys}) > 1]
+    return [" ".join(k[i] for i in varying if k[i]) for k in keys]
+
+
 def _by_algorithm(rows):
     lines: dict[str, list] = {}
-    for row in rows:
-        lines.setdefault(row["algorithm"], []).append(row)
+    for row, scenario in zip(rows, _scenario(rows)):
+        lines.setdefault(f"{scenario}: {row['algorithm']}" if scenario else row["algorithm"], []).append(row)
     for key in lines:
         lines[key].sort(key=lambda r: (r["gpus"], r.get("bytes", 0)))
     known = list(_STYLE)
-    return dict(sorted(lines.items(), key=lambda kv: (known.index(kv[0].split(":")[-1])
-                                                      if kv[0].split(":")[-1] in known else len(known), kv[0])))
+    return dict(sorted(lines.items(), key=lambda kv: (known.index(kv[0].split(":")[-1].strip())
+                                                      if kv[0].split(":")[-1].strip() in known else len(known),
+                                                      kv[0])))
 
 
 def _style(algorithm: str):
-    return _STYLE.get(algorithm.split(":")[-1], ("tab:gray", "x"))
+    return _STYLE.get(algorithm.split(":")[-1].strip(), ("tab:gray", "x"))
+
+
+def _topologies(rows) -> str:
+    return " vs ".join(dict.fromkeys(str(r["topology"]) for r in rows))
 
 
 def _gpu_axis(ax, rows) -> None:
@@ -133,9 +145,15 @@ def _log_y(ax) -> None:
 
 def _algorithm_lines(ax, rows, x: str, y) -> None:
     """One line per algorithm: column ``x`` against ``y(row)``, in the algorithm's colour and marker."""
-    for algorithm, line in _by_algorithm(rows).items():
+    scenarios: list[str] = []
+    for label, line in _by_algorithm(rows).items():
+        scenario, _, algorithm = label.rpartition(": ")
+        if scenario not in scenarios:
+            scenarios.append(scenario)
         color, marker = _style(algorithm)
-        ax.plot([r[x] for r in line], [y(r) for r in line], marker=marker, color=color, label=algorithm, ms=5)
+        style = ("-", "--", ":", "-.")[scenarios.index(scenario) % 4]  # one line style per fabric / scenario
+        ax.plot([r[x] for r in line], [y(r) for r in line], marker=marker, color=color, label=label, ms=5,
+                linestyle=style)
 
 
 def plot_step_time(rows, ax=None):
@@ -209,18 +227,22 @@ def plot_busbw_vs_gpus(rows, ax=None):
     ax = _axes(ax)
     sizes = sorted({r["bytes"] for r in rows})
     styles = ["-", "--", ":", "-."]
+    scenarios: list[str] = []
     for algorithm, line in _by_algorithm(rows).items():
         color, marker = _style(algorithm)
+        scenario = algorithm.rpartition(": ")[0]
+        if scenario not in scenarios:
+            scenarios.append(scenario)
         for k, size in enumerate(sizes):
             pts = [r for r in line if r["bytes"] == size]
             label = algorithm if len(sizes) == 1 else f"{algorithm}, {_size(size)}"
             ax.plot([r["gpus"] for r in pts], [r["busbw_GBps"] for r in pts], marker=marker, color=color,
-                    ls=styles[k % len(styles)], label=label, ms=5)
+                    ls=styles[(k + scenarios.index(scenario)) % len(styles)], label=label, ms=5)
     _gpu_axis(ax, rows)
     _log_y(ax)
     ax.set_ylabel("busbw (GB/s per GPU, one direction; log scale)")
     what = _size(sizes[0]) if len(sizes) == 1 else "several sizes"
-    ax.set_title(f"All-reduce bus bandwidth vs cluster size\n{rows[0]['topology']}, message {what}", fontsize=10)
+    ax.set_title(f"All-reduce bus bandwidth vs cluster size\n{_topologies(rows)}, message {what}", fontsize=10)
     ax.legend(title="algorithm", fontsize=8, title_fontsize=8, loc="lower left")
     return ax
 

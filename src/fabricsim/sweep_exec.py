@@ -118,7 +118,7 @@ def _dask(tasks, scheduler: str) -> Iterator[tuple]:
         raise ConfigError("--scheduler runs points on Dask, which is not installed: pip install 'fabricsim[dask]'") \
             from None
     try:
-        client = Client(scheduler, timeout="10s")
+        client = Client(scheduler, timeout="5s")
     except (OSError, TimeoutError) as exc:
         raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
     futures = []
