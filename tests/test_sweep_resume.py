@@ -121,3 +121,43 @@ def test_second_sweep_on_one_directory_is_refused(tmp_path):
 def test_resume_of_nothing_is_one_line(tmp_path):
     res = invoke("sweep", "--resume", tmp_path / "none")
     assert res.exit_code == 2 and "holds no sweep to resume" in res.output
+
+
+def _children(pid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds pool workers through /proc")
+def test_killed_worker_fails_its_points_and_resume_finishes(tmp_path, straight):
+    out = tmp_path / "out"
+    code = "import sys; from fabricsim.cli.main import cli; sys.exit(cli())"
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err_fh:
+        proc = subprocess.Popen([sys.executable, "-c", code, *ARGS, "-o", str(out), "-j", "2"],
+                                stdout=subprocess.DEVNULL, stderr=err_fh)
+        deadline = time.monotonic() + 120
+        workers = []
+        while proc.poll() is None and time.monotonic() < deadline:
+            workers = [w for c in _children(proc.pid) for w in _children(c)]  # forkserver -> workers
+            if workers and _journal_lines(out / JOURNAL) >= 2:
+                break
+            time.sleep(0.01)
+        assert workers, "no pool worker found"
+        os.kill(workers[0], signal.SIGKILL)
+        proc.wait(timeout=120)
+    last = log.read_text().strip().splitlines()[-1]
+    assert proc.returncode == 2 and "failed (first: point" in last and "worker process died" in last
+    res = invoke("sweep", "--resume", out, "-j", "1")
+    assert res.exit_code == 0, res.output
+    for name in RESULTS:
+        assert (out / name).read_bytes() == straight[name], name

@@ -189,7 +189,18 @@ def _ranges(values) -> str:
 
 
 def format_table(rows, mode: str) -> list[str]:
-    """The summary table printed at the end of a sweep."""
+    """The summary table printed at the end of a sweep (a scenario column when a sweep file compares
+    fabrics or fault sets)."""
+    lines = _format_table(rows, mode)
+    names = [" ".join(str(x) for x in (r.get("topology"), r.get("faults")) if x) for r in rows]
+    if len(set(names)) <= 1:
+        return lines
+    width = max(len(n) for n in names) + 2
+    return [f"{'scenario':<{width}}{lines[0]}", "-" * (width + len(lines[1]))] + \
+        [f"{n:<{width}}{line}" for n, line in zip(names, lines[2:])]
+
+
+def _format_table(rows, mode: str) -> list[str]:
     from fabricsim.units import format_time
 
     if mode == "step":

@@ -310,6 +310,9 @@ class Fabric:
             self._down[down] = True
             self.router = Router(self.topology, self.links, down=down)
             self._reroute(*self.fluid.evict(down))
+        elif self._down is not None:  # every link is back: route as the fabric was built
+            self._down = None
+            self.router = Router(self.topology, self.links)
         self._schedule()
 
     def _no_route(self, exc: Exception) -> InfeasibleError:

@@ -299,9 +299,10 @@ def apply_faults(topology: Topology, faults: Sequence[Fault], *, ranks: Sequence
                     attrs["lanes"] = max(1, round(lanes * keep))
     meta = dict(topology.meta)
     meta["faults"] = list(topology.meta.get("faults", [])) + [f.describe() for f in faults]
-    meta["timed_faults"] = list(topology.meta.get("timed_faults", [])) + timed_faults(topology, faults)
     out = Topology(G, list(topology.gpus), [list(d) for d in topology.domains], name=topology.name,
                    hardware=dict(topology.hardware), meta=meta)
+    # timed faults name the links of the fabric as the static faults left it
+    meta["timed_faults"] = list(topology.meta.get("timed_faults", [])) + timed_faults(out, faults)
     if check and static:
         check_connected(out, ranks)
     return out

@@ -1,0 +1,106 @@
+"""Shared clusters: placement policies, each job's step alone and together, the links they share."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fabricsim.cli.main import cli
+from fabricsim.errors import ConfigError, InfeasibleError
+from fabricsim.experiments import Job, parse_ranks, place, run_cluster
+from fabricsim.experiments.cluster import job_view
+from fabricsim.topologies.io import build
+from fabricsim.training import StepConfig, model_preset, simulate_step
+
+# one bucket holding every gradient: the data-parallel all-reduce is exposed after backward, so a slower
+# all-reduce shows in the step time directly (and one simulated size per job keeps the test fast)
+CONFIG = StepConfig(model_preset("llama3-8b"), algorithm="ring", bucket_bytes=64 * 2**30)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return build("dgx-h100-ib", gpus=32)
+
+
+def test_packed_takes_lowest_ranks_and_scattered_every_domain(small):
+    packed = place(small, [(8, "packed"), (8, "packed")])
+    assert packed == [list(range(8)), list(range(8, 16))]
+    scattered = place(small, [(16, "scattered"), (16, "scattered")])
+    # the first half of every 8-GPU node, then the second half
+    assert scattered[0] == [r for r in range(32) if r % 8 < 4] and scattered[1] == [r for r in range(32) if r % 8 >= 4]
+
+
+def test_explicit_ranks_come_first(small):
+    out = place(small, [(4, "packed"), (None, "0-3")])
+    assert out == [[4, 5, 6, 7], [0, 1, 2, 3]]
+    assert parse_ranks([3, 1]) == [3, 1]
+
+
+@pytest.mark.parametrize("jobs, err, match", [
+    ([(40, "packed")], InfeasibleError, "only 32 are free"),
+    ([(None, "0-3"), (None, "3-5")], InfeasibleError, "already another job's"),
+    ([(4, "tight")], ConfigError, "placement 'tight'"),
+    ([(2, "0-3")], ConfigError, "4 ranks listed for a job of 2"),
+    ([(None, "5-2")], ConfigError, "runs backwards"),
+])
+def test_placement_refusals(small, jobs, err, match):
+    with pytest.raises(err, match=match):
+        place(small, jobs)
+
+
+def test_alone_matches_simulate_step_on_the_jobs_gpus(small):
+    cfg = StepConfig(model_preset("llama3-8b"), algorithm="ring", bucket_bytes=2**30, tp=2)
+    res = run_cluster(small, [Job("a", cfg, 16, "scattered"), Job("b", cfg, 16, "scattered")])
+    for j in res.jobs:
+        assert j.step_alone == pytest.approx(simulate_step(job_view(small, j.ranks), cfg).step_time, rel=1e-12)
+        assert j.step_together >= j.step_alone * (1 - 1e-12)
+
+
+@pytest.fixture(scope="module")
+def two_racks_jobs():
+    return [Job("a", CONFIG, 576), Job("b", CONFIG, 576)]
+
+
+def test_packed_jobs_on_a_non_blocking_fabric_do_not_slow_down(two_racks_jobs):
+    topo = build("gb200-nvl72-ib", gpus=1152)
+    res = run_cluster(topo, two_racks_jobs)
+    assert [j.ranks[0] for j in res.jobs] == [0, 576]
+    for j in res.jobs:
+        assert j.slowdown == pytest.approx(1.0, abs=1e-9)
+        assert j.dp_together == pytest.approx(j.dp_alone, rel=1e-9)
+    assert all(load <= 1.0 + 1e-9 for _, load, _ in res.shared_links)
+
+
+def test_scattered_jobs_on_an_oversubscribed_fabric_slow_down_and_the_links_are_named(two_racks_jobs):
+    topo = build("gb200-nvl72-ib", gpus=1152, oversubscription=2.0)
+    jobs = [Job(j.name, j.config, j.gpus, "scattered") for j in two_racks_jobs]
+    res = run_cluster(topo, jobs)
+    for j in res.jobs:
+        assert j.slowdown > 1.02
+        assert j.dp_together > 1.2 * j.dp_alone
+    name, load, by_job = res.shared_links[0]
+    assert load > 1.0 and set(by_job) == {"a", "b"}
+    assert ("leaf" in name and "spine" in name)
+
+
+def test_cluster_command(tmp_path):
+    path = tmp_path / "jobs.toml"
+    path.write_text('topology = "dgx-h100-ib"\ngpus = 32\nplacement = "scattered"\nfaults = ["spine0"]\n'
+                    '[[job]]\nname = "big"\ngpus = 16\nbucket = "1GiB"\n'
+                    '[[job]]\nname = "small"\nranks = "4-7,12-15"\ntp = 2\nbucket = "1GiB"\n')
+    res = CliRunner().invoke(cli, ["cluster", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "big" in res.output and "slowdown" in res.output
+    doc = json.loads(CliRunner().invoke(cli, ["cluster", str(path), "--json"]).output)
+    assert [j["name"] for j in doc["jobs"]] == ["big", "small"] and doc["jobs"][1]["ranks"] == [4, 5, 6, 7, 12, 13, 14, 15]
+
+
+@pytest.mark.parametrize("text, match", [('topology = "dgx-h100-ib"\n', "no \\[\\[job\\]\\]"),
+                                         ('[[job]]\nname = "x"\ncolour = 1\n', "unknown key 'colour'"),
+                                         ('flavour = 1\n', "unknown key 'flavour'")])
+def test_cluster_refusals(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    res = CliRunner().invoke(cli, ["cluster", str(path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert pytest.importorskip("re").search(match, res.output)
