@@ -25,8 +25,13 @@ def rows(algorithms=("ring",)):
 
 
 def test_columns_in_drawing_order():
-    assert breakdown_columns(rows()) == ["compute_time_s", "bubble_s"] + [f"exposed_{k}_s" for k in KINDS]
+    assert breakdown_columns(rows()) == ["compute_time_s", "bubble_s"] + [f"exposed_{k}_s" for k in
+                                                                         ("tp", "cp", "ep", "pp", "dp")]
     assert breakdown_columns([{"gpus": 8, "compute_time_s": 1.0, "exposed_comm_s": 1.0}]) == []
+    # the step's own names (StepResult.row()) win over the totals
+    step = {"compute_time_s": 2.0, "compute_s": 1.0, "pp_bubble_s": 0.1, "pp_p2p_s": 0.1, "tp_s": 0.1, "dp_s": 0.2,
+            "tp_comm_s": 0.5}
+    assert breakdown_columns([step]) == ["compute_s", "pp_bubble_s", "tp_s", "pp_p2p_s", "dp_s"]
 
 
 @pytest.mark.parametrize("algorithms", [("ring",), ("ring", "nvls")])

@@ -182,22 +182,31 @@ def plot_scaling_efficiency(rows, ax=None):
     return ax
 
 
-# step-time breakdown: compute, the pipeline bubble, then exposed communication by kind (``exposed_<kind>_s``)
-_PARTS = {"compute_time_s": ("compute", "#9e9e9e"), "bubble_s": ("PP bubble", "#d9d9d9"),
-          "exposed_tp_s": ("exposed TP", "tab:purple"), "exposed_cp_s": ("exposed CP", "tab:cyan"),
-          "exposed_ep_s": ("exposed EP", "tab:orange"), "exposed_pp_s": ("exposed PP send/recv", "tab:brown"),
-          "exposed_dp_s": ("exposed DP", "tab:blue")}
+# step-time breakdown: compute, the pipeline bubble, then exposed communication by kind. Each part may come
+# under the step's own names (``StepResult.row()``: compute_s, pp_bubble_s, tp_s ...) or the plan's
+# (compute_time_s, bubble_s, exposed_<kind>_s); the first present wins.
+_PARTS = (
+    (("compute_s", "compute_time_s"), "compute", "#9e9e9e"),
+    (("pp_bubble_s", "bubble_s"), "PP bubble", "#d9d9d9"),
+    (("tp_s", "exposed_tp_s"), "exposed TP", "tab:purple"),
+    (("cp_s", "exposed_cp_s"), "exposed CP", "tab:cyan"),
+    (("ep_s", "exposed_ep_s"), "exposed EP", "tab:orange"),
+    (("pp_p2p_s", "exposed_pp_s"), "exposed PP send/recv", "tab:brown"),
+    (("dp_s", "exposed_dp_s"), "exposed DP", "tab:blue"),
+)
 
 
 def breakdown_columns(rows) -> list[str]:
-    """The breakdown columns the rows carry: ``compute_time_s``, ``bubble_s`` and every ``exposed_<kind>_s``
-    (``exposed_comm_s``, the total, excluded), in drawing order."""
+    """The breakdown columns the rows carry, in drawing order (one per part), or [] when they carry no
+    breakdown (a compute column and at least one exposed-communication column)."""
     have = set(rows[0]) if rows else set()
-    known = [c for c in _PARTS if c in have]
-    extra = sorted(c for c in have if c.startswith("exposed_") and c.endswith("_s")
-                   and c not in _PARTS and c != "exposed_comm_s")
-    cols = known + extra
-    return cols if "compute_time_s" in cols and len(cols) > 1 and any(c.startswith("exposed_") for c in cols) else []
+    cols = [next(c for c in names if c in have) for names, _, _ in _PARTS if any(c in have for c in names)]
+    comm = [c for names, _, _ in _PARTS[2:] for c in names if c in have]
+    return cols if comm and cols and cols[0] in _PARTS[0][0] else []
+
+
+def _part(col: str):
+    return next((label, color) for names, label, color in _PARTS if col in names)
 
 
 def plot_step_breakdown(rows, ax=None):
@@ -205,7 +214,8 @@ def plot_step_breakdown(rows, ax=None):
     communication (one bar per size and algorithm); the simulated step time as a tick above each bar."""
     cols = breakdown_columns(rows)
     if not cols:
-        raise ConfigError("rows carry no step-time breakdown (need compute_time_s and exposed_<kind>_s columns)")
+        raise ConfigError("rows carry no step-time breakdown (need compute_s and tp_s, dp_s, ... columns, as "
+                          "StepResult.row() writes them, or compute_time_s and exposed_<kind>_s)")
     ax = _axes(ax, size=(8.5, 4.8))
     groups = _by_algorithm(rows)
     sizes = sorted({r["gpus"] for r in rows})
@@ -217,7 +227,7 @@ def plot_step_breakdown(rows, ax=None):
             bottom = 0.0
             for col in cols:
                 value = r.get(col) or 0.0
-                label, color = _PARTS.get(col, (col.removeprefix("exposed_").removesuffix("_s"), None))
+                label, color = _part(col)
                 ax.bar(x, value, width * 0.92, bottom=bottom, color=color, edgecolor="white", linewidth=0.4,
                        label=None if col in drawn else label)
                 drawn.add(col)
