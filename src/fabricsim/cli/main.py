@@ -33,10 +33,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from fabricsim.cli import allreduce, topology
+    from fabricsim.cli import collective, topology
 
     cli.add_command(topology.topology)
-    cli.add_command(allreduce.allreduce)
+    for command in collective.COMMANDS.values():  # allreduce, reducescatter, ... sendrecv
+        cli.add_command(command)
     from fabricsim.cli import validate
     cli.add_command(validate.validate)
     from fabricsim.cli import plot, step, sweep
