@@ -73,7 +73,8 @@ def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: P
             def traffic():
                 # a GPU of an m-GPU island owns S/m shards on average: N/m bytes
                 parts = [nvls_phase(fabric, isl, up * S / len(isl) if phase == "ag" else up,
-                                    down * S / len(isl) if phase == "rs" else down, calibration)
+                                    down * S / len(isl) if phase == "rs" else down, calibration,
+                                    fanin=len(isl))
                          for isl in islands if len(isl) > 1]
                 return tuple(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(4))
             yield Step(("h-nvls", ident, phase, nbytes), traffic, "nvlink", last_apply, f"nvls {phase}",

@@ -4,7 +4,8 @@ Inside every switch island the NVLink switches reduce-scatter the message (NVLS)
 reduced shard once into the InfiniBand fabric, where the switches add the shards of all islands up on an
 aggregation tree and send the sum back; NVLS multicasts the result inside each island. Per GPU the NIC
 carries N/m each way (m GPUs per island), against 2 (d-1)/d N/m for a ring across d islands, and no
-step count grows with d. The three phases are pipelined chunk by chunk (NVLS_CHUNK): stage r
+step count grows with d. The three phases are pipelined chunk by chunk (NCCL's NVLS loop,
+``protocol.nvls_stage_bytes``): stage r
 reduce-scatters chunk r, aggregates chunk r-1 in the network and all-gathers chunk r-2.
 
 The aggregation point of a shard is the switch nearest to all its owners' NICs (the rail leaf when they
@@ -20,8 +21,8 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nvls import nvls_phase, switch_islands
-from fabricsim.collectives.protocol import NVLS_CHUNK, NVLS_LATENCY, Calibration, Protocol
+from fabricsim.collectives.nvls import nvlink_kind, nvls_phase, switch_islands
+from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol, nvls_stage_bytes
 from fabricsim.errors import InfeasibleError
 from fabricsim.simulator.routing import stable_hash
 
@@ -78,7 +79,7 @@ def sharp_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol
     if len(islands) < 2:
         raise InfeasibleError("sharp reduces across several switch islands; this group has one (use nvls)")
     S = max(len(i) for i in islands)
-    K = max(1, math.ceil(nbytes / NVLS_CHUNK))
+    K = max(1, math.ceil(nbytes / nvls_stage_bytes(nvlink_kind(fabric, layout.ranks[0]), S, multi_node=True)))
     c = nbytes / K
     gi = fabric.gpu_index
     cache: dict = {}
@@ -87,7 +88,7 @@ def sharp_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol
 
     def nvls(phase: str):
         parts = [nvls_phase(fabric, isl, c if phase == "rs" else c / len(isl), c / len(isl) if phase == "rs" else c,
-                            calibration) for isl in islands if len(isl) > 1]
+                            calibration, fanin=len(isl)) for isl in islands if len(isl) > 1]
         return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
 
     def network():
