@@ -17,7 +17,7 @@ from fabricsim.collectives.nvls_tree import nvls_tree_allreduce
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
 from fabricsim.collectives import analytic
 from fabricsim.collectives.ring import MAX_CHANNELS, ring_allreduce
-from fabricsim.collectives.sharp import sharp_allreduce
+from fabricsim.collectives.sharp import sharp_allreduce, sharp_capable
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 
@@ -39,14 +39,13 @@ def _has_nvls(fabric, layout: GroupLayout) -> bool:
 def available_algorithms(fabric, layout: GroupLayout) -> list[str]:
     """Algorithms that make sense for this group: ring and tree always; hierarchical across domains;
     NVLS where the GPUs hang off NVLink switch chips; SHARP where, in addition, several switch islands
-    are joined by network switches."""
+    are joined by network switches that the fabric declares SHARP-capable (``sharp=True``)."""
     algos = ["ring", "tree"]
     if layout.multi_domain:
         algos.append("hierarchical")
     if _has_nvls(fabric, layout):
         algos.append("nvls")
-        if layout.multi_domain and len(switch_islands(fabric, layout)) > 1 and \
-                any(k == "switch" for _, k in fabric.topology.graph.nodes(data="kind")):
+        if layout.multi_domain and len(switch_islands(fabric, layout)) > 1 and sharp_capable(fabric):
             algos.append("sharp")
     return algos
 
