@@ -44,6 +44,7 @@ def _register() -> None:
     cli.add_command(sweep.sweep)
     cli.add_command(step.step)
     cli.add_command(plot.plot)
+    from fabricsim.cli import plan; cli.add_command(plan.plan)  # noqa: E702
 
 
 _register()
