@@ -21,8 +21,9 @@ Algorithms (per rank bandwidth B, per-step latency a, p ranks):
 - ``tree``: NCCL has none for these two collectives (its trees reduce towards a root and broadcast back,
   the shape of an all-reduce); refused with that reason.
 
-In data-carrying mode the ring steps move data step by step; the NVLS steps and each phase of the
-hierarchical forms apply their effect once (the phase's ring mechanics are proved by the ring schedules).
+In data-carrying mode the ring and NVLS steps move data as their flows do (NVLS: every flow carries its
+parts of the shards, reduced in or multicast from the switch chips, ``base.carry``); the ring phases of
+the hierarchical form apply their effect once each (their ring mechanics are proved by the ring schedules).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step, parallel, sequence
-from fabricsim.collectives.nvls import nvls_phase, switch_islands
+from fabricsim.collectives.nvls import nvls_payload, nvls_phase, switch_islands
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
 from fabricsim.collectives.ring import ring_allgather, ring_reduce_scatter
 from fabricsim.errors import ConfigError, InfeasibleError
@@ -75,8 +76,13 @@ def _build(fabric, layout, nbytes, protocol, algorithm, calibration, channels, *
     raise ConfigError(f"unknown {what} algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
 
 
-def _nvls_step(fabric, islands, nbytes, calibration, scatter: bool, pattern, apply, label) -> Step:
-    """Every island at once: GPUs send N (scatter) or N/m (gather) into their switches, receive the rest."""
+def _nvls_step(fabric, islands, nbytes, calibration, scatter: bool, pattern, owned, label) -> Step:
+    """Every island at once: GPUs send N (scatter) or N/m (gather) into their switches, receive the rest.
+
+    ``owned(rank)`` lists the parts ``[a, b)`` (fractions of the buffer) that ``rank`` ends owning (scatter)
+    or starts owning (gather); the flows carry exactly those parts (``base.carry``), reduced in the switches
+    on their way up for a reduce-scatter, multicast from them for an all-gather.
+    """
     def traffic():
         parts = []
         for isl in islands:
@@ -84,27 +90,25 @@ def _nvls_step(fabric, islands, nbytes, calibration, scatter: bool, pattern, app
             up, down = (nbytes, small) if scatter else (small, nbytes)
             parts.append(nvls_phase(fabric, isl, up, down, calibration, fanin=len(isl)))  # NVLS_FANIN
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
-    return Step(pattern, traffic, "nvlink", apply, label, extra_latency=NVLS_LATENCY["nvlink"])
+
+    def carries():
+        out = []
+        for k, isl in enumerate(islands):
+            mine = [((label, k, j), a, b, r) for r in isl for j, (a, b) in enumerate(owned(r))]
+            out += nvls_payload(fabric, isl, rs=mine) if scatter else nvls_payload(fabric, isl, ag=mine)
+        return out
+    return Step(pattern, traffic, "nvlink", None, label, extra_latency=NVLS_LATENCY["nvlink"], carries=carries)
 
 
 def _nvls_single(fabric, layout, nbytes, protocol, calibration, scatter) -> Schedule:
     p = layout.p
-
-    def apply(data: dict) -> None:
-        b = shard_bounds(next(iter(data.values())).shape[0], p)
-        if scatter:
-            total = sum(data[r] for r in layout.ranks)
-            for j, r in enumerate(layout.ranks):
-                data[r][b[j]:b[j + 1]] = total[b[j]:b[j + 1]]
-        else:
-            full = np.concatenate([data[r][b[j]:b[j + 1]] for j, r in enumerate(layout.ranks)])
-            for r in layout.ranks:
-                data[r][:] = full
+    pos = {r: j for j, r in enumerate(layout.ranks)}
 
     def steps():
         if p > 1:
             yield _nvls_step(fabric, [layout.ranks], nbytes, calibration, scatter,
-                             ("nvls-rs" if scatter else "nvls-ag", layout.ident, nbytes), apply, "nvls")
+                             ("nvls-rs" if scatter else "nvls-ag", layout.ident, nbytes),
+                             lambda r: [(pos[r] / p, (pos[r] + 1) / p)], "nvls")
     return Schedule("nvls", steps(), protocol, "nvls", launch_latency=0.0)
 
 
@@ -149,8 +153,11 @@ def _hierarchical(fabric, layout, nbytes, protocol, calibration, scatter, island
                             data[g][sl] = data[r][sl]
 
     if intra == "nvls":
+        def column(r):  # the shards GPU r owns between the phases: those of its column, one per island
+            s = next(isl.index(r) for isl in islands if r in isl)
+            return [(pos[g] / layout.p, (pos[g] + 1) / layout.p) for g in columns[s]]
         step = _nvls_step(fabric, islands, nbytes, calibration, scatter, ("h-nvls", layout.ident, scatter, nbytes),
-                          intra_effect, "nvls intra")
+                          column, "nvls intra")
         inner = Schedule("nvls intra", iter([step]), protocol, "nvls", launch_latency=0.0)
     else:
         build = ring_reduce_scatter if scatter else ring_allgather
