@@ -59,10 +59,12 @@ ASSUMPTIONS = (
     "throughput and job-level resource limits are not modelled, and nothing was fitted on B070.",
     "H200 and H20 rows use the DGX H100 preset: same NVLink 4 and NVSwitch gen3; the GB200 rows use one "
     "400G NDR NIC per GPU (CoreWeave's Quantum-X800 fabric may differ).",
-    "Network latencies: InfiniBand switch 0.6 us (A031, HDR figure), NIC traversal 1 us; RoCE switch 0.8 us and "
-    "the cloud kind's 5 us NIC traversal are assumptions with no validation row.",
-    "Small messages across nodes are checked only on 2 x 8 H20 with NCCL_ALGO=NVLSTree (3 rows); no public "
-    "small-message sweep with NCCL's default choice across nodes was found.",
+    "Network latencies: InfiniBand switch 0.6 us (A031, HDR figure) and NIC traversal 1 us (assumption); RoCE "
+    "switch 0.8 us (assumption, no validation row); the cloud kind's NIC traversal (26.5 us) is fitted on one "
+    "GCP A3 Mega (GPUDirect-TCPXO) row and stands for that fabric only: AWS EFA and others publish no figure.",
+    "Small messages across nodes are checked on 2 x 8 H20 with NCCL_ALGO=NVLSTree (InfiniBand, 3 rows) and on "
+    "2 x 8 H100 on GCP A3 Mega with NCCL's default choice (4 rows besides the fitted one); A3 Mega's 200 Gb/s "
+    "NICs are simulated as 400G Ethernet ones (bandwidth does not matter below 64 KiB).",
 )
 # Message-size classes: large-message rows compare bus bandwidth, small-message rows compare time.
 SIZE_CLASSES = {"busbw": "large", "time": "small"}
@@ -356,18 +358,27 @@ class _Collectives:
         self.calibration = calibration
         self._runners: dict = {}
 
-    def runner(self, name: str, gpus: int):
+    def runner(self, name: str, gpus: int, options: dict | None = None):
+        """The runner of preset ``name`` at ``gpus`` GPUs; ``options`` are preset options from a row's
+        ``config`` (``nic`` and ``switch`` by their kind names in ``fabricsim.hardware``)."""
+        from fabricsim import hardware
         from fabricsim.collectives import CALIBRATED, AllreduceRunner
         from fabricsim.topologies.io import build
 
-        key = (name, gpus)
+        options = dict(options or {})
+        key = (name, gpus, tuple(sorted(options.items())))
         if key not in self._runners:
-            self._runners[key] = AllreduceRunner(build(name, gpus=gpus),
+            for opt, table in (("nic", hardware.LINKS), ("switch", hardware.SWITCHES)):
+                if opt in options:
+                    if options[opt] not in table:
+                        raise ConfigError(f"unknown {opt} {options[opt]!r}; known: {', '.join(table)}")
+                    options[opt] = table[options[opt]]
+            self._runners[key] = AllreduceRunner(build(name, gpus=gpus, **options),
                                                  calibration=self.calibration or CALIBRATED)
         return self._runners[key]
 
     def run(self, row: ReferenceRow) -> tuple[float, str]:
-        runner = self.runner(row.topology, row.gpus)
+        runner = self.runner(row.topology, row.gpus, row.config)
         candidates = row.algorithm.split("|")
         results = [runner.run(row.nbytes, algo) for algo in candidates]
         best = min(results, key=lambda r: r.time)
