@@ -166,6 +166,7 @@ def test_cli_validate_writes_report_and_plot(tmp_path):
     md = (tmp_path / "validation.md").read_text()
     assert "## Summary" in md and "B053" in md and "![simulated vs published](validation.png)" in md
     assert "one NVLink rack" in md and "SHARP" in md and "small (time)" in md
+    assert "## Assumptions no public source confirms" in md and "NVLS fan-in" in md
     assert (tmp_path / "validation.png").stat().st_size > 10_000
 
 
