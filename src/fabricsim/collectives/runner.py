@@ -196,7 +196,6 @@ class CollectiveRunner:
     def __init__(self, topology, *, calibration: Calibration = CALIBRATED, protocol: str = "auto"):
         self.allreduce = AllreduceRunner(topology, calibration=calibration, protocol=protocol)
         self._choice: dict = {}
-        self._groups: dict = {}
 
     topology = property(lambda self: self.allreduce.topology)
     calibration = property(lambda self: self.allreduce.calibration)
@@ -219,8 +218,7 @@ class CollectiveRunner:
             algorithm = self.choose(k.name, nbytes, ranks, root=root, pairs=pairs)
         sim = self.simulation(trace=trace is not None, record="groups" if trace else None)
         proc = collective(sim, k.name, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
-                          calibration=self.calibration, data=data, root=root, pairs=pairs, channels=channels,
-                          groups=self._groups if data is None and trace is None else None)
+                          calibration=self.calibration, data=data, root=root, pairs=pairs, channels=channels)
         sim.run()
         if trace is not None:
             sim.write_trace(trace)
