@@ -32,6 +32,7 @@ from fabricsim.collectives import AllreduceRunner, allreduce
 from fabricsim.errors import ConfigError
 from fabricsim.experiments.placement import place
 from fabricsim.topologies.base import Topology
+from fabricsim.training import rank_groups
 from fabricsim.training.step import StepResult, simulate_step, step_layout
 
 __all__ = ["Job", "JobResult", "ClusterResult", "run_cluster", "format_cluster", "job_view"]
@@ -152,10 +153,15 @@ def run_cluster(topology: Topology, jobs: Sequence[Job], *, top_links: int = 8) 
     placed = place(topology, [(j.gpus, j.placement) for j in jobs])
     plans = []
     for job, ranks in zip(jobs, placed):
+        if not getattr(job.config, "data_parallel_only", True):
+            raise ConfigError(f"job {job.name}: shared clusters model data-parallel jobs (with TP inside NVLink "
+                              "domains) today; pipeline, context, expert parallelism and ZeRO are not shared yet")
         view = job_view(topology, ranks)
         alone = simulate_step(view, job.config)
-        tp = getattr(job.config, "tp", 1)
-        groups = [[ranks[r] for r in g] for g in step_layout(view, tp).dp_groups]
+        layout = job.config.layout_for(view.num_gpus) if hasattr(job.config, "layout_for") else None
+        dp_groups = rank_groups(view, layout).dp if layout is not None else \
+            step_layout(view, getattr(job.config, "tp", 1)).dp_groups
+        groups = [[ranks[r] for r in g] for g in dp_groups]
         plans.append(_Plan(job.name, ranks, alone, groups, alone.algorithm))
     runner = AllreduceRunner(topology)
     results = []
