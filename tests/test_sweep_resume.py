@@ -15,9 +15,9 @@ from fabricsim.cli.main import cli
 from fabricsim.sweep import SweepIncomplete, SweepSpec, run_and_write
 from fabricsim.sweep_store import JOURNAL, SweepStore
 
-N = 24
+N = 16
 SIZES = ",".join(str(8 * k) for k in range(1, N + 1))
-ARGS = ["sweep", "-t", "dgx-h100-ib", "--sizes", SIZES, "--mode", "message", "--bytes", "1M,16M",
+ARGS = ["sweep", "-t", "dgx-h100-ib", "--sizes", SIZES, "--mode", "message", "--bytes", "1M,4M",
         "-a", "ring,tree", "--no-plots"]
 RESULTS = ("message.csv", "message.json", JOURNAL)
 
