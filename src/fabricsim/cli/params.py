@@ -30,8 +30,8 @@ __all__ = [
     "MAX_GPUS", "MAX_CHANNELS_OPTION", "MAX_STEP_FACTOR",
 ]
 
-#: Largest GPU count an option accepts (the scale-out builders go further, but a run stays tractable).
-MAX_GPUS = 131_072
+#: Largest GPU count an option accepts; each preset refuses more than it holds with its own limit.
+MAX_GPUS = 2**31 - 1
 #: Largest ``--channels`` (NCCL uses at most 32 rings; the collectives cap further per fabric).
 MAX_CHANNELS_OPTION = 64
 #: Largest ``--step-factor``; with at most ``MAX_SIZES`` (collectives' size series) this bounds any sweep.

@@ -164,7 +164,8 @@ class CollectiveResult:
 
     @property
     def algbw(self) -> float:
-        return self.nbytes / self.time if self.time > 0 else float("inf")
+        """nbytes / time; 0 for a zero-time collective (one rank, or no bytes), which moves nothing."""
+        return self.nbytes / self.time if self.time > 0 else 0.0
 
     @property
     def busbw(self) -> float:

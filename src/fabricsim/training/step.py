@@ -53,6 +53,7 @@ from fabricsim.training.models import Model
 __all__ = ["DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
            "simulate_step", "write_step_trace"]
 
+MIN_MFU = 1e-3
 DEFAULT_MFU = 0.45  # D149 (47% -> 42%), D151 (430 / 989 = 43%): see the module docstring
 DEFAULT_BUCKET = 25 * 2**20  # PyTorch DistributedDataParallel bucket_cap_mb default (25 MiB)
 DEFAULT_GLOBAL_BATCH = 1152  # sequences, D149 (Megatron-LM GPT-3 175B strong scaling)
@@ -70,7 +71,8 @@ class StepConfig:
     precision : str
         GPU tensor-core precision for the compute ("bf16", "fp8", "fp4").
     mfu : float
-        Share of dense peak reached by the compute, in (0, 1].
+        Share of dense peak reached by the compute, in [0.001, 1] (below 0.1% the step is all compute
+        and its times lose their precision).
     tp : int
         Tensor-parallel width, inside one NVLink domain.
     scaling : {"weak", "strong"}
@@ -100,15 +102,19 @@ class StepConfig:
     peak_flops: float | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.mfu, (int, float)) and 0 < self.mfu <= 1):
-            raise ConfigError(f"mfu must be in (0, 1], got {self.mfu!r}")
+        if not isinstance(self.model, Model):
+            raise ConfigError(f"model must be a Model (e.g. fabricsim.resolve_model('llama3-8b')), "
+                              f"got {type(self.model).__name__}")
+        if isinstance(self.mfu, bool) or not (isinstance(self.mfu, (int, float)) and MIN_MFU <= self.mfu <= 1):
+            raise ConfigError(f"mfu must be in [{MIN_MFU:g}, 1], got {self.mfu!r}")
         if self.scaling not in ("weak", "strong"):
             raise ConfigError(f"scaling must be 'weak' or 'strong', got {self.scaling!r}")
         for name in ("tp", "batch", "global_batch", "bucket_bytes", "bytes_per_grad", "activation_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.peak_flops is not None and not self.peak_flops > 0:
+        if self.peak_flops is not None and (isinstance(self.peak_flops, bool) or not isinstance(
+                self.peak_flops, (int, float)) or not self.peak_flops > 0):
             raise ConfigError(f"peak FLOP/s must be positive, got {self.peak_flops!r}")
 
 
@@ -219,7 +225,8 @@ def _peak(topology, config: StepConfig) -> float:
         return float(config.peak_flops)
     gpu = getattr(topology, "hardware", {}).get("gpu")
     if gpu is None or not hasattr(gpu, "peak_flops"):
-        raise ConfigError(f"topology {topology.name or ''} names no GPU preset: give the peak FLOP/s explicitly")
+        raise ConfigError(f"topology {topology.name or ''} names no GPU preset: give the peak FLOP/s explicitly "
+                          "(StepConfig(peak_flops=...); on the command line --peak-flops or --gpu)")
     return gpu.peak_flops(config.precision)
 
 
@@ -232,8 +239,15 @@ def _sequences(config: StepConfig, dp: int) -> float:
     return float(config.global_batch)
 
 
+#: Most gradient buckets a step may hold: DDP's 25 MiB buckets give 16,000 for a 405B model in bf16.
+MAX_BUCKETS = 1_000_000
+
+
 def _bucket_sizes(grad_bytes: int, bucket: int) -> np.ndarray:
     full, rest = divmod(grad_bytes, bucket)
+    if full + bool(rest) > MAX_BUCKETS:
+        raise ConfigError(f"a {bucket}-byte bucket cuts {grad_bytes:,} gradient bytes into {full + bool(rest):,} "
+                          f"buckets (at most {MAX_BUCKETS:,}): use a larger bucket (e.g. 25MiB)")
     sizes = [bucket] * full + ([rest] if rest else [])
     return np.asarray(sizes, dtype=np.int64)
 
