@@ -16,7 +16,7 @@ from fabricsim.collectives.nvls import nvls_allreduce, switch_islands
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
 from fabricsim.collectives import analytic
 from fabricsim.collectives.ring import MAX_CHANNELS, ring_allreduce
-from fabricsim.collectives.sharp import sharp_allreduce
+from fabricsim.collectives.sharp import sharp_allreduce, sharp_capable
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 
@@ -36,14 +36,13 @@ def _has_nvls(fabric, layout: GroupLayout) -> bool:
 def available_algorithms(fabric, layout: GroupLayout) -> list[str]:
     """Algorithms that make sense for this group: ring and tree always; hierarchical across domains;
     NVLS where the GPUs hang off NVLink switch chips; SHARP where, in addition, several switch islands
-    are joined by network switches."""
+    are joined by network switches that the fabric declares SHARP-capable (``sharp=True``)."""
     algos = ["ring", "tree"]
     if layout.multi_domain:
         algos.append("hierarchical")
     if _has_nvls(fabric, layout):
         algos.append("nvls")
-        if layout.multi_domain and len(switch_islands(fabric, layout)) > 1 and \
-                any(k == "switch" for _, k in fabric.topology.graph.nodes(data="kind")):
+        if layout.multi_domain and len(switch_islands(fabric, layout)) > 1 and sharp_capable(fabric):
             algos.append("sharp")
     return algos
 
@@ -133,7 +132,7 @@ def allreduce(sim, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm
     _check_run(nbytes, algorithm, channels)
     layout = GroupLayout.of(sim.fabric, ranks)
     if layout.p == 1:  # one rank: a zero-byte, zero-time operation on any fabric (busbw reported as 0)
-        return sim.env.process(_nothing(CollectiveResult(algorithm, "simple", 1, nbytes, 0.0, 0)))
+        return sim.env.process(nothing(CollectiveResult(algorithm, "simple", 1, nbytes, 0.0, 0)))
     schedule = build_allreduce(sim.fabric, layout, nbytes, algorithm, protocol=protocol,
                                calibration=calibration, channels=channels)
 
@@ -152,18 +151,26 @@ MAX_RUN_CHANNELS = 64
 
 def _check_run(nbytes, algorithm, channels) -> None:
     """The arguments every all-reduce entry point shares, checked before any work (ConfigError)."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    check_size_and_channels(nbytes, channels)
+
+
+def check_size_and_channels(nbytes, channels) -> None:
+    """A size in 0..2**50 bytes and ``channels`` None or in 1..MAX_RUN_CHANNELS (ConfigError), for any
+    collective's entry point."""
     from fabricsim.units import MAX_BYTES
 
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= MAX_BYTES:
-        raise ConfigError(f"message size must be a whole number of bytes in 0..2**50, got {nbytes!r}")
-    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"message size must be a non-negative whole number of bytes, at most 2**50, "
+                          f"got {nbytes!r}")
     if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)
                                  or not 1 <= channels <= MAX_RUN_CHANNELS):
         raise ConfigError(f"channels must be an integer in 1..{MAX_RUN_CHANNELS}, got {channels!r}")
 
 
-def _nothing(result):
+def nothing(result):
+    """A SimPy process body that returns ``result`` at once (a one-rank collective)."""
     return result
     yield  # a generator: SimPy runs it as a process that ends at once
 

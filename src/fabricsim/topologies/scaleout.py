@@ -51,9 +51,12 @@ from fabricsim.topologies.nvlink import (
     DGX_B200_LANES, DGX_H100_LANES, NVL72_GPUS, Domain, add_baseboard, add_nvl72, check_gpus, check_planes,
 )
 
-__all__ = ["scale_out", "DOMAINS", "NETWORKS"]
+__all__ = ["scale_out", "DOMAINS", "NETWORKS", "SHARP_SWITCHES"]
 
 NETWORKS = ("rail", "fat-tree")
+# switch models with in-network reduction: NVIDIA Quantum-2 ("SHARPv3 in-network computing", Quantum-2
+# product page) and Quantum-X800 ("SHARPv4", Quantum-X800 product page)
+SHARP_SWITCHES = {"ib-ndr-switch": "SHARPv3", "ib-xdr-switch": "SHARPv4"}
 _EPS = 1e-9
 
 
@@ -88,7 +91,7 @@ def _ceil(x: float) -> int:
 
 def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int | None = None,
               network: str = "rail", nic: LinkSpec = IB_NDR, switch: SwitchSpec = QUANTUM2_NDR,
-              oversubscription: float = 1.0, planes: str = "aggregate") -> Topology:
+              oversubscription: float = 1.0, planes: str = "aggregate", sharp: bool | None = None) -> Topology:
     """NVLink domains joined by a two- or three-tier fat tree of InfiniBand/Ethernet switches.
 
     Parameters
@@ -107,6 +110,11 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         Leaf down:up bandwidth ratio (1.0 = non-blocking).
     planes : {"aggregate", "per-chip"}
         NVL72 racks as one crossbar or 18 switch chips.
+    sharp : bool, optional
+        Whether the network switches reduce in the network (SHARP): marks every leaf, spine and core
+        ``sharp=True``, which is what lets collectives offer algorithm "sharp". Default: as the switch
+        model supports it (``SHARP_SWITCHES``: Quantum-2 and Quantum-X800 do, Ethernet switches do not);
+        ``True`` for a switch model without SHARP is refused.
 
     Returns
     -------
@@ -139,6 +147,13 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     if nic.bandwidth > switch.port_bandwidth * (1 + _EPS):
         raise ConfigError(f"NIC {nic.kind} ({nic.bandwidth / 1e9:g} GB/s) is faster than a {switch.kind} port "
                           f"({switch.port_bandwidth / 1e9:g} GB/s); pick a faster switch")
+    if sharp is None:
+        sharp = switch.kind in SHARP_SWITCHES
+    elif not isinstance(sharp, bool):
+        raise ConfigError(f"sharp must be True or False, got {sharp!r}")
+    elif sharp and switch.kind not in SHARP_SWITCHES:
+        raise ConfigError(f"{switch.kind} switches do not reduce in the network (SHARP-capable: "
+                          f"{', '.join(SHARP_SWITCHES)})")
     n_domains, total = _sizes(kind.size, gpus, count)
     k = switch.ports
     ratio = nic.bandwidth / (oversubscription * switch.port_bandwidth)
@@ -191,7 +206,7 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         "domain": domain, "domain_size": kind.size, "domains": n_domains,
         "last_domain_size": total - (n_domains - 1) * kind.size, "network": network,
         "rails": kind.rails if network == "rail" else 0, "planes": planes, "oversubscription": oversubscription,
-        "radix": k, "nics_per_leaf": per_leaf, "leaves": n_leaves, "uplinks_per_leaf": uplinks,
+        "radix": k, "nics_per_leaf": per_leaf, "leaves": n_leaves, "uplinks_per_leaf": uplinks, "sharp": sharp,
     }
     leaf_pod = [0] * n_leaves
     if n_leaves == 1:
@@ -199,7 +214,7 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     elif n_leaves <= k:
         tiers = 2
         spines = [f"spine{s}" for s in range(uplinks)]
-        dom.nodes += [(s, {"kind": "switch", "tier": 1, "role": "spine", "model": switch.kind}) for s in spines]
+        dom.nodes += [(s, {"kind": "switch", "tier": 1, "role": "spine", "model": switch.kind, "sharp": sharp}) for s in spines]
         for leaf in leaf_ids:
             for s in spines:
                 dom.duplex(leaf, s, trunk)
@@ -217,11 +232,13 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         per_group = min(c for c in range(1, up + 1) if up % c == 0 and pods * (up // c) <= k)
         core_trunk = dict(trunk, bandwidth=switch.port_bandwidth * (up // per_group), lanes=up // per_group)
         cores = {(s, c): f"core{s * per_group + c}" for s in range(uplinks) for c in range(per_group)}
-        dom.nodes += [(n, {"kind": "switch", "tier": 2, "role": "core", "model": switch.kind, "group": s})
+        dom.nodes += [(n, {"kind": "switch", "tier": 2, "role": "core", "model": switch.kind, "group": s,
+                           "sharp": sharp})
                       for (s, _), n in cores.items()]
         for p in range(pods):
             pod_spines = [f"pod{p}/spine{s}" for s in range(uplinks)]
-            dom.nodes += [(n, {"kind": "switch", "tier": 1, "role": "spine", "model": switch.kind, "pod": p})
+            dom.nodes += [(n, {"kind": "switch", "tier": 1, "role": "spine", "model": switch.kind, "pod": p,
+                           "sharp": sharp})
                           for n in pod_spines]
             for leaf_index in range(p * per_pod, min(n_leaves, (p + 1) * per_pod)):
                 leaf_pod[leaf_index] = p
@@ -235,7 +252,7 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     for n, (leaf, (attrs, members)) in enumerate(zip(leaf_ids, leaves)):
         extra = {"pod": leaf_pod[n]} if tiers == 3 else {}
         dom.nodes.append((leaf, {"kind": "switch", "tier": 0, "role": "leaf", "model": switch.kind,
-                                 **attrs, **extra}))
+                                 "sharp": sharp, **attrs, **extra}))
         for nic_id, _ in members:
             dom.duplex(nic_id, leaf, wire)
     meta["tiers"] = tiers

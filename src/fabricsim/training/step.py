@@ -48,6 +48,7 @@ import numpy as np
 
 from fabricsim.collectives import CALIBRATED, AllreduceRunner, CollectiveResult, allreduce, busbw_factor
 from fabricsim.errors import ConfigError, InfeasibleError
+from fabricsim.training.layout import Layout, rank_groups
 from fabricsim.training.models import Model
 
 __all__ = ["DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
@@ -137,6 +138,8 @@ class StepLayout:
 def step_layout(topology, tp: int) -> StepLayout:
     """TP groups of ``tp`` consecutive ranks inside each NVLink domain; DP group t = position t of each.
 
+    The data-parallel plus tensor-parallel case of :func:`fabricsim.training.layout.rank_groups`.
+
     Raises InfeasibleError when ``tp`` is wider than a domain or does not divide every domain's GPUs.
     """
     rank = {g: r for r, g in enumerate(topology.gpus)}
@@ -150,9 +153,8 @@ def step_layout(topology, tp: int) -> StepLayout:
             which = "the last, partial domain" if dom is domains[-1] and len(domains) > 1 else "a domain"
             raise InfeasibleError(f"--tp {tp} does not divide {which} of {len(dom)} GPUs "
                                   f"({topology.num_gpus} GPUs in all)")
-    tp_groups = [dom[i:i + tp] for dom in domains for i in range(0, len(dom), tp)]
-    dp_groups = [[g[t] for g in tp_groups] for t in range(tp)]
-    return StepLayout(tp_groups, dp_groups)
+    groups = rank_groups(topology, Layout(tp=tp, dp=topology.num_gpus // tp))
+    return StepLayout(groups.tp, groups.dp)
 
 
 @dataclass
