@@ -37,7 +37,7 @@ if PROFILE not in ("ci", "long"):
     raise ValueError(f"FABRICSIM_FUZZ_PROFILE must be 'ci' or 'long', got {PROFILE!r}")
 
 # cases per test in the CI profile; the long profile scales them so that they add up to 10,000
-CI_CASES = {"topology": 60, "fabric": 70, "allreduce": 60, "step": 30, "model": 25, "sweep": 14, "draw": 4,
+CI_CASES = {"topology": 60, "fabric": 70, "allreduce": 45, "step": 30, "model": 25, "sweep": 14, "draw": 4,
             "plot": 6, "validate": 2}
 LONG_FACTOR = math.ceil(10_000 / sum(CI_CASES.values()))
 CASE_SECONDS = 60 if PROFILE == "ci" else 120  # generous: the machine is shared; real cases take < 2 s
@@ -238,18 +238,25 @@ def _rows(text: str) -> list:
 
 
 def check_allreduce_rows(rows, topo) -> None:
-    """No time below the lower bound; no ring/tree busbw above the per-GPU line rate; all finite."""
+    """No time below the lower bound; no busbw above the per-GPU line rate (except with in-network
+    reduction, whose all-reduce bound is N / B); all finite; no wrong element where data was checked."""
     p = topo.num_gpus
     rate = _line_rate(topo) if p > 1 else math.inf
     for r in rows:
         for key, value in r.items():
             if isinstance(value, float):
                 assert math.isfinite(value), (key, r)
+        assert r.get("wrong") in (None, 0), f"the data-carrying check found wrong elements: {r}"
         n, t = r.get("size_bytes", r.get("bytes")), r.get("time_us", (r.get("time_s") or 0) * 1e6) * 1e-6
         if p == 1:
             assert t == 0 and r["busbw_GBps"] == 0, r
             continue
         in_network = r["algorithm"].split(":")[-1] in ("nvls", "sharp") or "nvls" in r["algorithm"]
+        if r.get("collective", "allreduce") != "allreduce":
+            # nccl-tests' busbw of every collective compares with the per-GPU link bandwidth
+            assert in_network or r["busbw_GBps"] * 1e9 <= rate * (1 + 1e-9), f"busbw above {rate / 1e9} GB/s: {r}"
+            assert t > 0 or n == 0, r
+            continue
         bound = n / rate if in_network else 2 * (p - 1) / p * n / rate
         assert t >= bound * (1 - 1e-9), f"time {t} s below the lower bound {bound} s: {r}"
         if not in_network:
@@ -361,11 +368,20 @@ def test_allreduce(data):
 
     case = Case(data)
     name, gpus = case.fabric()
-    model = case.one(["simulate", "simulate", "analytic"], ["exact"])
+    command = case.one(["allreduce"] * 4 + ["reducescatter", "allgather", "broadcast", "reduce", "alltoall",
+                                            "sendrecv"])
+    model = case.one(["simulate", "simulate", "analytic"] if command == "allreduce" else ["simulate"],
+                     ["exact", "analytic"])
     fmt = case.one(["json", "json", "json", "table", "csv"], ["xml"])
-    args = ["allreduce", "--topology", name, "--model", model, "--format", fmt]
+    args = [command, "--topology", name, "--model", model, "--format", fmt]
     args += ["--gpus", gpus] if gpus is not None else []
-    args += case.opt("--algorithm", ["auto", "ring", "tree", "hierarchical", "nvls", "sharp"], ["bus", "NVLS"], omit=20)
+    algorithms = {"allreduce": ["auto", "ring", "tree", "hierarchical", "nvls", "sharp"],
+                  "reducescatter": ["auto", "ring", "hierarchical", "nvls"], "allgather": ["auto", "ring", "nvls"],
+                  "broadcast": ["auto", "ring", "tree"], "reduce": ["auto", "ring", "tree"],
+                  "alltoall": ["auto", "pairwise"], "sendrecv": ["auto", "p2p"]}[command]
+    args += case.opt("--algorithm", algorithms, ["bus", "NVLS", "tree"], omit=20)
+    args += case.opt("--root", ["0", "1"], ["-1", "99", "x"], omit=70)
+    args += case.opt("--dtype", ["float", "bf16", "int8", "double"], ["complex", ""], omit=70)
     args += case.opt("--protocol", ["auto", "ll", "ll128", "simple"], ["LL", "fast"])
     args += case.opt("--min-bytes", SIZES, BAD_SIZES, omit=20)
     args += case.opt("--max-bytes", SIZES, BAD_SIZES, omit=20)
@@ -374,6 +390,8 @@ def test_allreduce(data):
     args += case.opt("--step-factor", factors, JUNK_VALUES + ["1", "1.0000001"], omit=0)
     if name in ("gb200-nvl72", "nvl576") or name.endswith("-ib"):
         args += case.opt("--planes", ["per-chip", "aggregate"], ["diagonal"], omit=70)
+    if data.draw(st.integers(0, 4)) == 0:  # carry data and count wrong elements (small sizes only)
+        args += ["--check", "--min-bytes", case.one(["8", "1K", "64K"]), "--max-bytes", case.one(["64K", "1M"])]
     with tempfile.TemporaryDirectory() as tmp:
         trace = data.draw(st.integers(0, 4)) == 0
         if trace:
