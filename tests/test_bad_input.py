@@ -278,3 +278,53 @@ def test_finite_json_everywhere_for_a_tiny_message():
     result = invoke("allreduce", "--topology", "dgx-h100", "--min-bytes", 8, "--max-bytes", 64, "--format", "json")
     rows = rows_of(result.stdout)
     assert all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+
+
+def test_top_level_entry_points_load_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, fabricsim\n"
+            "heavy = [m for m in ('networkx', 'simpy', 'numpy', 'matplotlib') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "from fabricsim import build, AllreduceRunner, CollectiveRunner, simulate_step, StepConfig\n"
+            "assert fabricsim.AllreduceRunner is AllreduceRunner\n"
+            "assert set(fabricsim.__all__) <= set(dir(fabricsim))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(AttributeError):
+        fabricsim.no_such_thing
+
+
+def test_json_export_uses_the_edges_key_and_both_keys_load(tmp_path):
+    from fabricsim.topologies.io import save
+
+    topo = fabricsim.build("dgx-h100", gpus=2)
+    path = tmp_path / "f.json"
+    save(topo, str(path))
+    data = json.loads(path.read_text())
+    assert "edges" in data and "links" not in data
+    assert load(str(path)).graph.number_of_edges() == topo.graph.number_of_edges()
+    data["links"] = data.pop("edges")
+    path.write_text(json.dumps(data))
+    assert load(str(path)).graph.number_of_edges() == topo.graph.number_of_edges()
+
+
+def test_validate_writes_nothing_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("validate", "--quick", "--no-plot")
+    assert result.exit_code == 0, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_package_ships_py_typed_and_a_license():
+    from importlib import resources
+    from pathlib import Path
+
+    assert resources.files("fabricsim").joinpath("py.typed").is_file()
+    root = Path(__file__).resolve().parents[1]
+    assert "Apache License" in (root / "LICENSE").read_text()
+    import tomllib
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["fabricsim"]
+    assert meta["project"]["urls"]

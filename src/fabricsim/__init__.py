@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fabricsim.errors import ConfigError, FabricsimError, InfeasibleError, TopologyError
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily through __getattr__
+    from fabricsim.collectives.runner import CollectiveRunner
     from fabricsim.collectives.select import AllreduceRunner
     from fabricsim.topologies.io import build, load, resolve
     from fabricsim.training.models import resolve_model
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily t
 
 __all__ = [
     "FabricsimError", "TopologyError", "ConfigError", "InfeasibleError", "__version__",
-    "build", "load", "resolve", "AllreduceRunner", "StepConfig", "simulate_step", "resolve_model",
+    "build", "load", "resolve", "AllreduceRunner", "CollectiveRunner", "StepConfig", "simulate_step", "resolve_model",
 ]
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ _LAZY = {
     "load": "fabricsim.topologies.io",
     "resolve": "fabricsim.topologies.io",
     "AllreduceRunner": "fabricsim.collectives.select",
+    "CollectiveRunner": "fabricsim.collectives.runner",
     "StepConfig": "fabricsim.training.step",
     "simulate_step": "fabricsim.training.step",
     "resolve_model": "fabricsim.training.models",
