@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 import fabricsim
+import fabricsim.topologies.io
+import fabricsim.training.models
 from fabricsim.cli.main import EXIT_BUG, cli
 from fabricsim.errors import ConfigError, FabricsimError, TopologyError
 from fabricsim.topologies.io import load
@@ -176,6 +178,16 @@ def test_library_entry_points_raise_project_errors():
         lambda: runner.run(2**20, "bogus"),
         lambda: fabricsim.build("dgx-h100", gpus=0),
         lambda: fabricsim.resolve_model(None),
+        lambda: fabricsim.resolve(None),
+        lambda: fabricsim.topologies.io.from_graph(5),
+        lambda: fabricsim.simulate_step(topo, None),
+        lambda: fabricsim.simulate_step("dgx-h100", fabricsim.StepConfig(fabricsim.resolve_model("llama3-8b"))),
+        lambda: fabricsim.StepConfig(fabricsim.resolve_model("llama3-8b"), precision=5),
+        lambda: runner.run(1024, ranks=["a"]),
+        lambda: runner.run(1024, trace="/nonexistent/dir/t.json"),
+        lambda: fabricsim.CollectiveRunner(topo).run("allgather", 1024, channels=10**6),
+        lambda: fabricsim.training.models.load_model(5),
+        lambda: topo.domain_of("nope"),
     ]
     for call in calls:
         with pytest.raises(FabricsimError):

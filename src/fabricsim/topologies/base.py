@@ -71,8 +71,11 @@ class Topology:
         return len(self.gpus)
 
     def domain_of(self, gpu: Hashable) -> int:
-        """Index of the NVLink domain that holds ``gpu``."""
-        return self._domain_of[gpu]
+        """Index of the NVLink domain that holds ``gpu`` (TopologyError if it is not a GPU of the fabric)."""
+        try:
+            return self._domain_of[gpu]
+        except (KeyError, TypeError):
+            raise TopologyError(f"{gpu!r} is not a GPU of {self.name}") from None
 
     def nodes_of_kind(self, kind: str) -> list[Hashable]:
         return [n for n, k in self.graph.nodes(data="kind") if k == kind]

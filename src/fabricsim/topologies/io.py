@@ -112,7 +112,18 @@ def build(name: str, *, gpus: int | None = None, **options: Any) -> Topology:
 
 
 def resolve(name_or_path: str, *, gpus: int | None = None, **options: Any) -> Topology:
-    """A preset by name, or a topology file (TOML, YAML, GraphML, JSON) by path."""
+    """A preset by name, or a topology file (TOML, YAML, GraphML, JSON) by path.
+
+    Raises
+    ------
+    TopologyError
+        Neither a preset nor a file (the message lists the presets).
+    ConfigError
+        Preset options given with a file, or a file that cannot be read (see :func:`load`, :func:`build`).
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ConfigError(f"a topology is a preset name or a file path, got {type(name_or_path).__name__}")
+    name_or_path = os.fspath(name_or_path)
     if name_or_path in PRESETS:
         return build(name_or_path, gpus=gpus, **options)
     suffix = os.path.splitext(name_or_path)[1].lower()
@@ -154,6 +165,8 @@ def from_graph(G: nx.Graph, *, gpus: list[Hashable] | None = None, domains: list
     >>> t.gpus, t.domains, t.bisection_bandwidth() / 1e9
     (['a', 'b'], [['a', 'b']], 900.0)
     """
+    if not isinstance(G, nx.Graph):
+        raise ConfigError(f"from_graph needs a networkx graph, got {type(G).__name__}")
     D = _as_digraph(G)
     gpu_nodes = [n for n, k in D.nodes(data="kind") if k == "gpu"]
     explicit_order = gpus is not None

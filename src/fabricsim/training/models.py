@@ -372,6 +372,8 @@ def load_model(path: str | os.PathLike) -> Model:
     """A Model from a TOML file (see the module docstring for its keys); ConfigError on any problem."""
     import tomllib
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"a model file path must be a string or a path, got {type(path).__name__}")
     try:
         with open(path, "rb") as fh:
             data = tomllib.loads(fh.read().decode("utf-8"))

@@ -108,6 +108,9 @@ class StepConfig:
                               f"got {type(self.model).__name__}")
         if isinstance(self.mfu, bool) or not (isinstance(self.mfu, (int, float)) and MIN_MFU <= self.mfu <= 1):
             raise ConfigError(f"mfu must be in [{MIN_MFU:g}, 1], got {self.mfu!r}")
+        for name in ("algorithm", "precision"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.scaling not in ("weak", "strong"):
             raise ConfigError(f"scaling must be 'weak' or 'strong', got {self.scaling!r}")
         for name in ("tp", "batch", "global_batch", "bucket_bytes", "bytes_per_grad", "activation_bytes"):
@@ -290,6 +293,12 @@ def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | Non
     ConfigError
         A precision the GPU lacks, an unknown algorithm, an algorithm the fabric lacks.
     """
+    from fabricsim.topologies.base import Topology
+
+    if not isinstance(topology, Topology):
+        raise ConfigError(f"simulate_step needs a Topology (fabricsim.build(name)), got {type(topology).__name__}")
+    if not isinstance(config, StepConfig):
+        raise ConfigError(f"simulate_step needs a StepConfig, got {type(config).__name__}")
     if engine not in ("fast", "events"):
         raise ConfigError(f"engine must be 'fast' or 'events', got {engine!r}")
     runner = runner or AllreduceRunner(topology, calibration=CALIBRATED)
