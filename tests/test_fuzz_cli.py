@@ -38,7 +38,7 @@ if PROFILE not in ("ci", "long"):
 
 # cases per test in the CI profile; the long profile scales them so that they add up to 10,000
 CI_CASES = {"topology": 60, "fabric": 70, "allreduce": 45, "step": 30, "model": 25, "sweep": 14, "draw": 4,
-            "plot": 6, "validate": 2}
+            "plot": 6, "validate": 2, "plan": 8}
 LONG_FACTOR = math.ceil(10_000 / sum(CI_CASES.values()))
 CASE_SECONDS = 60 if PROFILE == "ci" else 120  # generous: the machine is shared; real cases take < 2 s
 
@@ -485,6 +485,26 @@ def test_sweep(data):
                 rows = loaded["rows"] if isinstance(loaded, dict) else loaded
                 for gpus in {r["gpus"] for r in rows}:
                     check_allreduce_rows([r for r in rows if r["gpus"] == gpus], build(name, gpus=gpus))
+
+
+@fuzz("plan")
+@given(data=st.data())
+def test_plan(data):
+    case = Case(data)
+    name, gpus = case.fabric()
+    args = ["plan", "--topology", name, "--gpus", gpus if gpus is not None else 8, "--no-progress"]
+    args += ["--model", case.one(["llama3-8b", "llama3-70b"], ["gpt-5", ""])]
+    args += ["--global-batch", case.one(["16", "64", "1152"], JUNK_VALUES)]
+    args += ["--simulate", case.one(["0", "0", "1"], ["-1", "x"])]
+    args += case.opt("--rows", ["0", "5"], ["-1"])
+    for flag, good in (("--tp", ["1", "2,4"]), ("--pp", ["1", "2"]), ("--zero", ["1", "1,2"]),
+                       ("--micro-batch", ["1", "2"])):
+        args += case.opt(flag, good, JUNK_VALUES, omit=70)
+    args += case.opt("--recompute", ["none", "selective,full"], ["some", ""], omit=70)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args + case.opt("--out", [Path(tmp) / "plan"], [Path(tmp)], omit=50))
+        for path in (Path(tmp) / "plan").glob("*.json") if result.exit_code == 0 else ():
+            _strict_json(path.read_text())
 
 
 @fuzz("draw")

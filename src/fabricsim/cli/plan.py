@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from fabricsim.cli.params import GPUS, BoundedInt
 from fabricsim.cli.sweep import _int_list
 
 
@@ -20,12 +21,12 @@ def _choices(text, what, cast=int):
 @click.command()
 @click.option("--model", "-m", required=True, help="Model preset (e.g. llama3-405b, mixtral-8x7b) or a TOML file.")
 @click.option("--topology", "-t", default="gb200-nvl72-ib", show_default=True, help="Topology preset or file.")
-@click.option("--gpus", "-n", type=int, default=None, help="GPUs (presets; default: the preset's size).")
-@click.option("--global-batch", "-b", type=int, required=True, help="Sequences per step.")
+@click.option("--gpus", "-n", type=GPUS, default=None, help="GPUs (presets; default: the preset's size).")
+@click.option("--global-batch", "-b", type=BoundedInt(1, 10**9), required=True, help="Sequences per step.")
 @click.option("--precision", default="bf16", show_default=True, help="Tensor-core precision of the compute.")
-@click.option("--simulate", "top", type=int, default=3, show_default=True,
+@click.option("--simulate", "top", type=BoundedInt(0, 1000), default=3, show_default=True,
               help="Simulate the best N estimates on the fabric (0: estimates only).")
-@click.option("--rows", type=int, default=10, show_default=True, help="Rows of the table to print (0: all).")
+@click.option("--rows", type=BoundedInt(0, 10**6), default=10, show_default=True, help="Rows of the table to print (0: all).")
 @click.option("--show-oom", is_flag=True, help="Keep the layouts that do not fit in memory, as rows.")
 @click.option("--tp", "tps", default=None, help="Restrict the search: tensor-parallel widths (e.g. 4,8).")
 @click.option("--cp", "cps", default=None, help="Restrict: context-parallel widths.")
