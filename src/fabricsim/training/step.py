@@ -86,6 +86,12 @@ class StepConfig:
         Count attention FLOPs (see ``Model.flops_per_token``).
     peak_flops : float, optional
         Per-GPU dense peak (FLOP/s) instead of the topology's GPU preset; ``inf`` gives zero compute.
+
+    Raises
+    ------
+    ConfigError
+        ``model`` not a Model, ``mfu`` outside [0.001, 1], a non-positive integer field, an unknown
+        scaling, a non-string algorithm or precision, a non-positive peak.
     """
 
     model: Model
@@ -291,7 +297,9 @@ def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | Non
     InfeasibleError
         ``tp`` wider than a domain or not dividing it; a strong-scaling batch smaller than the replicas.
     ConfigError
-        A precision the GPU lacks, an unknown algorithm, an algorithm the fabric lacks.
+        A precision the GPU lacks, an unknown algorithm, an algorithm the fabric lacks, a topology or
+        config of the wrong type, a fabric file with no GPU preset and no ``peak_flops``, buckets so small
+        that a step would hold more than ``MAX_BUCKETS`` of them.
     """
     from fabricsim.topologies.base import Topology
 
