@@ -70,8 +70,7 @@ def plan(model, topology, gpus, global_batch, precision, top, rows, show_oom, tp
     else:
         result = search(mod, fabric, global_batch, top=top, simulate=simulate, keep_oom=show_oom, space=space)
     click.echo(mod.describe())
-    sim = (f"{result.simulated} simulated on the fabric" if result.simulated
-           else "estimates only" + ("" if top == 0 else " (no fabric simulation of these layouts available)"))
+    sim = f"best {result.simulated} simulated on the fabric" if result.simulated else "estimates only"
     click.echo(f"{topo.num_gpus} GPUs on {topo.name or topology}, global batch {global_batch} x {mod.seq_len} "
                f"tokens: {result.enumerated} layouts, {result.fitting} fit in {fabric.capacity / 1e9:.0f} GB; "
                f"{sim}; {result.seconds:.1f} s")

@@ -6,7 +6,9 @@ import sys
 
 import click
 
-from fabricsim.cli.params import FLOPS, GPUS, MAX_GPUS, MFU, BoundedInt, IntList, OVERSUBSCRIPTION, Size, SizeList
+from fabricsim.cli.layout_options import layout_options
+from fabricsim.cli.params import (FLOPS, GPUS, MAX_GPUS, MFU, OVERSUBSCRIPTION, BoundedInt, IntList, Size,
+                                  SizeList)
 from fabricsim.errors import ConfigError
 from fabricsim.units import KiB, format_size, parse_size
 
@@ -35,10 +37,9 @@ def step_options(command):
         click.option("--model", "-m", default="llama3-8b", show_default=True,
                      help="Model preset (llama3-8b, llama3-70b, llama3-405b, gpt3-175b) or a TOML model file."),
         click.option("--precision", default="bf16", show_default=True, help="Tensor-core precision of the compute."),
-        click.option("--mfu", type=MFU, default=DEFAULT_MFU, show_default=True,
-                     help="Share of dense peak the compute reaches (default from Megatron-LM/Llama 3 figures)."),
-        click.option("--tp", type=GPUS, default=1, show_default=True,
-                     help="Tensor-parallel width inside an NVLink domain."),
+        click.option("--mfu", type=MFU, default=DEFAULT_MFU,
+                     help="Share of dense peak the model FLOPs reach [default: the GPU generation's documented "
+                          "efficiency]."),
         click.option("--scaling", type=click.Choice(["weak", "strong"]), default="weak", show_default=True,
                      help="weak: fixed sequences per data-parallel replica; strong: fixed global batch."),
         click.option("--batch", type=BATCH, default=2, show_default=True,
@@ -54,7 +55,7 @@ def step_options(command):
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return layout_options(command)
 
 
 def peak_options(command):
@@ -80,13 +81,13 @@ def peak_flops_of(peak_flops, gpu_name, precision):
     return peak_flops
 
 
-def make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes, attention_flops,
-                     algorithm="ring", peak_flops=None):
+def make_step_config(model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
+                     attention_flops, algorithm="ring", peak_flops=None):
     from fabricsim.training import StepConfig, resolve_model
 
-    return StepConfig(resolve_model(model), algorithm=algorithm, precision=precision, mfu=mfu, tp=tp,
-                      scaling=scaling, batch=batch, global_batch=global_batch, bucket_bytes=parse_size(bucket),
-                      bytes_per_grad=grad_bytes, attention_flops=attention_flops, peak_flops=peak_flops)
+    return StepConfig(resolve_model(model), algorithm=algorithm, precision=precision, mfu=mfu, scaling=scaling,
+                      batch=batch, global_batch=global_batch, bucket_bytes=parse_size(bucket),
+                      bytes_per_grad=grad_bytes, attention_flops=attention_flops, peak_flops=peak_flops, **layout)
 
 
 @click.command()
@@ -110,7 +111,7 @@ def make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bu
 @click.option("--jobs", "-j", type=BoundedInt(1, 256), default=None, help="Worker processes [default: all cores].")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNG and SVG plots.")
 @peak_options
-def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scaling, batch, global_batch, bucket,
+def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, scaling, batch, global_batch, bucket,
           grad_bytes, attention_flops, mode, message_bytes, curve_gpus, network, oversubscription, out_dir, jobs,
           plots, peak_flops, gpu_name) -> None:
     """Simulate a training step (or all-reduces) at every cluster size and algorithm.
@@ -134,7 +135,7 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scal
 
             size_list = (resolve(topology).num_gpus,)
     algos = tuple(a for a in algorithms.replace(" ", "").split(",") if a)
-    config = make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes,
+    config = make_step_config(model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
                               attention_flops, peak_flops=peak_flops_of(peak_flops, gpu_name, precision)) \
         if mode == "step" else None
     if curve_gpus is None:
@@ -148,7 +149,8 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scal
     from fabricsim.sweep import plan_sweep
 
     planned = plan_sweep(spec)  # every size checked before the first one runs
-    what = (f"{config.model.name}, {config.scaling} scaling, TP {config.tp}" if mode == "step"
+    what = (f"{config.model.name}, {config.scaling} scaling, TP {config.tp} CP {config.cp} PP {config.pp}"
+            if mode == "step"
             else f"all-reduce of {', '.join(format_size(s) for s in msg_sizes)}")
     click.echo(f"sweep: {topology}, {len(planned)} sizes {planned[0]}..{planned[-1]} GPUs, {', '.join(algos)}; "
                f"{what}", err=True)

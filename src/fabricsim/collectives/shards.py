@@ -82,7 +82,7 @@ def _nvls_step(fabric, islands, nbytes, calibration, scatter: bool, pattern, app
         for isl in islands:
             small = nbytes / len(isl)
             up, down = (nbytes, small) if scatter else (small, nbytes)
-            parts.append(nvls_phase(fabric, isl, up, down, calibration))
+            parts.append(nvls_phase(fabric, isl, up, down, calibration, fanin=len(isl)))  # NVLS_FANIN
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
     return Step(pattern, traffic, "nvlink", apply, label, extra_latency=NVLS_LATENCY["nvlink"])
 

@@ -117,16 +117,14 @@ def gpu_capacity(topology) -> float | None:
 
 
 def stage_layers(layers: int, pp: int, virtual_stages: int = 1) -> list[list[int]]:
-    """Block indices each pipeline rank holds: ``pp x v`` contiguous chunks, chunk ``c`` on rank ``c % pp``
-    (Megatron's interleaved assignment); a remainder goes one block each to the first chunks."""
-    chunks = pp * virtual_stages
-    if chunks > layers:
-        raise ConfigError(f"{chunks} pipeline chunks is more than the model's {layers} layers")
-    size, rest = divmod(layers, chunks)
+    """Block indices each pipeline rank holds: ``pp x v`` contiguous chunks sized as the step model sizes
+    them (``compute.stage_layers``: uneven counts come off the end chunks), chunk ``c`` on rank ``c % pp``
+    (Megatron's interleaved assignment)."""
+    from fabricsim.training.compute import stage_layers as chunk_sizes
+
     out: list[list[int]] = [[] for _ in range(pp)]
     start = 0
-    for c in range(chunks):
-        n = size + (c < rest)
+    for c, n in enumerate(chunk_sizes(layers, pp * virtual_stages)):
         out[c % pp].extend(range(start, start + n))
         start += n
     return out

@@ -17,9 +17,13 @@ Pruning is by memory (a layout that does not fit is never estimated or simulated
 
 **The estimate** (every term per step, seconds; ``m`` micro-batches, ``p`` stages, ``v`` virtual stages):
 
-- compute = ``flops_per_token(attention) x tokens / (gpus x peak x mfu)``, the attention FLOPs halved for
-  causal masking; recomputation adds its FLOPs: the attention-score forward (selective) or a whole forward
-  (full: 4/3 of the step's FLOPs; Korthikanti et al., arXiv:2205.05198, section 5).
+- compute = ``m`` micro-batches of the slowest pipeline rank: ``3 x`` its forward FLOPs per token (those the
+  step model executes, ``compute.block_flops``: causal attention, experts; the logits on the last rank) x
+  the micro-batch's tokens per GPU ``/ (tp x cp)``, at ``peak x`` the GPU generation's one documented
+  efficiency (``compute.EFFICIENCY``); recomputation adds its FLOPs, the attention core's forward
+  (selective) or a whole forward (full; Korthikanti et al., arXiv:2205.05198, section 5). Unbalanced stages
+  (the output layer, MoE and dense blocks) therefore cost what they cost. MFU counts the model FLOPs,
+  ``6 x active parameters`` per token.
 - TP: per layer per micro-batch 4 all-reduces (or reduce-scatter + all-gather with SP, the same bytes) of
   ``s/cp x b x h x 2`` bytes, ring alpha-beta on the group's bandwidth, on the critical path; 2 more per layer
   with full recomputation.
@@ -27,7 +31,7 @@ Pruning is by memory (a layout that does not fit is never estimated or simulated
   the attention compute of the layer; only the excess is exposed.
 - EP: per MoE layer per micro-batch 4 all-to-alls (dispatch and combine, forward and backward) of the
   micro-batch's ``top_k`` token copies, ``(n-1)/n`` of them leaving the GPU; exposed.
-- PP: the 1F1B bubble ``(p - 1) / (v m)`` of the per-micro-batch time (Narayanan et al., arXiv:2104.04473),
+- PP: the 1F1B bubble, ``(p - 1) / v`` micro-batch slots of the mean stage (Narayanan et al., arXiv:2104.04473),
   plus the point-to-point activation transfers: 1F1B blocks on them, ``2 (m + p - 1)`` on the critical path;
   interleaved 1F1B overlaps them with compute (Megatron-LM's ``overlap_p2p_comm``) but in the fill and
   drain, ``2 v (p - 1)``. A transfer is ``s/cp x b x h x 2`` bytes (``/ tp`` with SP).
@@ -51,18 +55,20 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterator, Sequence
 
 from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.training.layout import Layout
-from fabricsim.training.memory import MemoryReport, gpu_capacity, memory_report
+from fabricsim.training.memory import MemoryReport, gpu_capacity, memory_report, stage_layers
 from fabricsim.training.models import Model
 
 __all__ = ["KINDS", "FabricFigures", "SearchSpace", "Estimate", "Candidate", "PlanResult", "enumerate_layouts",
            "estimate_step", "plan", "write_plan", "format_table", "step_simulator"]
 
 KINDS = ("tp", "cp", "ep", "pp", "dp")  # exposed communication by kind, in table order
-DEFAULT_EFFICIENCY = 0.45  # share of dense peak the GEMMs reach: the step model's DEFAULT_MFU (rows D149, D151)
+# CSV/JSON columns of the breakdown: the names StepResult.row() uses (pp: the pipeline's P2P waits)
+_COLUMNS = {"tp": "tp_s", "cp": "cp_s", "ep": "ep_s", "pp": "pp_p2p_s", "dp": "dp_s"}
 
 
 @dataclass(frozen=True)
@@ -78,14 +84,18 @@ class FabricFigures:
     peak_flops: float
     capacity: float | None
     name: str = ""
+    efficiency: float = 1.0  # share of peak the kernels sustain (compute.EFFICIENCY of the GPU and precision)
 
     @classmethod
     def from_topology(cls, topology, precision: str = "bf16", *, peak_flops: float | None = None) -> "FabricFigures":
+        from fabricsim.training.compute import compute_efficiency
+
         hw = getattr(topology, "hardware", {}) or {}
         gpu = hw.get("gpu")
+        if gpu is None:
+            raise ConfigError(f"topology {topology.name or ''} names no GPU preset: the search needs its peak "
+                              f"FLOP/s and memory")
         if peak_flops is None:
-            if gpu is None:
-                raise ConfigError(f"topology {topology.name or ''} names no GPU preset: give the peak FLOP/s")
             peak_flops = gpu.peak_flops(precision)
         link, nic, switch = hw.get("nvlink"), hw.get("nic"), hw.get("switch")
         nv_lat = 2 * link.latency if link is not None else 0.6e-6
@@ -94,7 +104,7 @@ class FabricFigures:
         return cls(gpus=topology.num_gpus, domain_sizes=tuple(sorted({len(d) for d in topology.domains})),
                    nvlink_bandwidth=topology.injection_bandwidth(), nic_bandwidth=nic_bw, nvlink_latency=nv_lat,
                    network_latency=net_lat, peak_flops=float(peak_flops), capacity=gpu_capacity(topology),
-                   name=topology.name or "")
+                   name=topology.name or "", efficiency=compute_efficiency(gpu, precision))
 
     def link(self, block: int) -> tuple[float, float]:
         """(bandwidth, latency) of groups whose ranks lie in consecutive blocks of ``block`` ranks."""
@@ -130,12 +140,15 @@ class Estimate:
     compute: float
     bubble: float
     exposed: dict
-    model_flops: float  # the step's model FLOPs, all GPUs, recomputation excluded
+    model_flops: float  # the step's model FLOPs (6 x active parameters x tokens), all GPUs
     peak: float  # all GPUs
     source: str = "estimate"
+    total: float | None = None  # the simulated step time, when the parts are a breakdown of it
 
     @property
     def step_time(self) -> float:
+        if self.total is not None:
+            return self.total
         return self.compute + self.bubble + sum(self.exposed.values())
 
     @property
@@ -168,14 +181,11 @@ class Candidate:
                "recompute": lay.recompute, "fits": self.fits, "memory_GB": mem.total / 1e9,
                "params_GB": mem.params / 1e9, "grads_GB": mem.grads / 1e9, "optimizer_GB": mem.optimizer / 1e9,
                "activations_GB": (mem.activations + mem.working) / 1e9}
-        if res is None:
-            row.update({"source": "out of memory", "step_time_s": math.nan, "mfu": math.nan,
-                        "compute_time_s": math.nan, "bubble_s": math.nan})
-            row.update({f"exposed_{k}_s": math.nan for k in KINDS})
-            return row
-        row.update({"source": res.source, "step_time_s": res.step_time, "mfu": res.mfu,
-                    "compute_time_s": res.compute, "bubble_s": res.bubble})
-        row.update({f"exposed_{k}_s": res.exposed.get(k, 0.0) for k in KINDS})
+        nan = math.nan
+        row.update({"source": res.source if res else "out of memory", "step_time_s": res.step_time if res else nan,
+                    "mfu": res.mfu if res else nan, "compute_s": res.compute if res else nan,
+                    "pp_bubble_s": res.bubble if res else nan})
+        row.update({col: res.exposed.get(k, 0.0) if res else nan for k, col in _COLUMNS.items()})
         if self.simulated is not None and self.estimate is not None:
             row["estimate_s"] = self.estimate.step_time
         return row
@@ -254,8 +264,26 @@ def _half_ring(n: int, nbytes: float, link) -> float:
     return 0.0 if n <= 1 else (n - 1) * lat + (n - 1) / n * nbytes / bw
 
 
+@lru_cache(maxsize=256)
+def _rank_flops(model: Model, pp: int, virtual_stages: int) -> tuple[tuple[float, ...], float]:
+    """Forward FLOPs per token the GPUs of each pipeline rank execute (``compute.block_flops``: causal
+    attention, experts; the logits on the last rank), and the attention core's share of the whole model."""
+    from fabricsim.training.compute import block_flops
+
+    per_rank = []
+    attention = 0.0
+    for r, blocks in enumerate(stage_layers(model.layers, pp, virtual_stages)):
+        total = 0.0
+        for i in blocks:
+            f = block_flops(model, i)
+            total += f.total
+            attention += f.attention
+        per_rank.append(total + (2.0 * model.hidden * model.vocab if r == pp - 1 else 0.0))
+    return tuple(per_rank), attention
+
+
 def estimate_step(model: Model, layout: Layout, micro_batches: int, fabric: FabricFigures, *,
-                  efficiency: float = DEFAULT_EFFICIENCY, memory: MemoryReport | None = None,
+                  efficiency: float | None = None, memory: MemoryReport | None = None,
                   grad_bytes: int = 2) -> Estimate:
     """The closed-form step of the module docstring."""
     t, cp, p, dp, v, m = layout.tp, layout.cp, layout.pp, layout.dp, layout.virtual_stages, micro_batches
@@ -263,12 +291,17 @@ def estimate_step(model: Model, layout: Layout, micro_batches: int, fabric: Fabr
     b, h = layout.micro_batch, model.hidden
     s_local = model.seq_len / cp
     tokens = m * b * dp * model.seq_len
-    dense_flops = model.flops_per_token() * tokens
-    attention = (model.flops_per_token(attention=True) - model.flops_per_token()) / 2 * tokens  # causal
-    extra = {"none": 0.0, "selective": attention / 3, "full": (dense_flops + attention) / 3}[layout.recompute]
-    speed = fabric.peak_flops * efficiency * gpus
-    compute = (dense_flops + attention + extra) / speed
-    per_micro = compute / m
+    ranks, attention_fwd = _rank_flops(model, p, v)
+    forward = sum(ranks)
+    share = {"none": 0.0, "selective": attention_fwd / forward, "full": 1.0}[layout.recompute]
+    speed = fabric.peak_flops * (fabric.efficiency if efficiency is None else efficiency)  # one GPU
+    micro_tokens = b * model.seq_len / (t * cp)  # tokens of one micro-batch per GPU of a tp x cp group
+    # one micro-batch forward + backward (+ recomputation) on each pipeline rank; the slowest sets the pace
+    per_rank = [(3 + share) * f * micro_tokens / speed for f in ranks]
+    per_micro = max(per_rank)
+    compute = m * per_micro
+    attention = attention_fwd * tokens  # forward attention-core FLOPs of the step, all GPUs
+    speed *= gpus
 
     layers = math.ceil(model.layers / p)  # the busiest stage
     moe_layers = math.ceil(model.moe_layer_count / p)
@@ -281,7 +314,7 @@ def estimate_step(model: Model, layout: Layout, micro_batches: int, fabric: Fabr
         block = s_local * b * 2 * kv * 2 / t  # K and V of one chunk, bf16, split over TP heads
         bw, lat = fabric.link(t * cp)
         ring = 3 * (cp - 1) * (lat + block / bw)  # forward once, backward twice (KV and their gradients)
-        attn_time = attention / speed / (m * model.layers / p)  # one layer's attention, one micro-batch
+        attn_time = attention / speed / (m * model.layers / p)  # one layer's forward attention, one micro-batch
         exposed["cp"] = m * layers * max(0.0, ring - attn_time)
     if model.is_moe and layout.ep > 1:
         tokens_local = s_local * b / (t if layout.sequence_parallel else 1)
@@ -293,8 +326,8 @@ def estimate_step(model: Model, layout: Layout, micro_batches: int, fabric: Fabr
         # 1F1B blocks on its sends and receives every micro-batch; interleaving overlaps them (Megatron-LM's
         # overlap_p2p_comm) except in the fill and drain
         exposed["pp"] = 2 * (m + p - 1) * hop if v == 1 else 2 * v * (p - 1) * hop
-    # the fill and drain: (p - 1) / v micro-batch slots of one stage's time (compute and its exposed comm)
-    bubble = (p - 1) / v * (per_micro + (exposed["tp"] + exposed["cp"] + exposed["ep"]) / m)
+    # the fill and drain: (p - 1) / v micro-batch slots of a stage's time (compute and its exposed comm)
+    bubble = (p - 1) / v * (sum(per_rank) / p + (exposed["tp"] + exposed["cp"] + exposed["ep"]) / m)
 
     # data parallel: dense weights over dp x cp, routed experts over dp x cp / ep; after the last backward
     mem = memory or memory_report(model, layout, micro_batches=m)
@@ -313,21 +346,22 @@ def estimate_step(model: Model, layout: Layout, micro_batches: int, fabric: Fabr
                           + max(0.0, _half_ring(group, weights * 2, link) - window_fwd))
         if layout.zero == 3:  # all-gather in forward and backward of every micro-batch, under compute
             exposed["dp"] += max(0.0, 2 * m * _half_ring(group, weights * 2, link) - compute)
-    return Estimate(compute=compute, bubble=bubble, exposed=exposed, model_flops=dense_flops + attention,
+    return Estimate(compute=compute, bubble=bubble, exposed=exposed, model_flops=model.flops_per_token() * tokens,
                     peak=fabric.peak_flops * gpus)
 
 
 def plan(model: Model, fabric: FabricFigures, global_batch: int, *, gpus: int | None = None,
          space: SearchSpace = SearchSpace(), top: int = 5, simulate: Callable | None = None,
-         keep_oom: bool = False, efficiency: float = DEFAULT_EFFICIENCY,
+         keep_oom: bool = False, efficiency: float | None = None,
          progress: Callable[[int, int], None] | None = None) -> PlanResult:
     """Search the layouts of ``model`` on ``fabric`` (see the module docstring).
 
     Parameters
     ----------
     simulate : callable, optional
-        ``simulate(layout, micro_batches) -> Estimate`` for the ``top`` best estimates (the fabric
-        simulation); without it the table holds estimates only.
+        ``simulate(layout, micro_batches) -> Estimate`` for the ``top`` best estimates, normally
+        ``step_simulator(topology, ...)`` (the step simulated on the fabric); without it the table holds
+        estimates only.
     keep_oom : bool
         Keep the layouts that do not fit as rows after the fitting ones.
     progress : callable, optional
@@ -440,7 +474,27 @@ def format_table(result: PlanResult, *, rows: int = 10) -> list[str]:
     return lines
 
 
-def step_simulator(topology, model: Model, global_batch: int, *, precision: str = "bf16") -> Callable | None:
-    """``simulate(layout, micro_batches) -> Estimate`` running the training step on ``topology``, or None
-    while the step model cannot simulate a full layout (pipeline, context and expert parallelism)."""
-    return None
+def step_simulator(topology, model: Model, global_batch: int, *, precision: str = "bf16",
+                   algorithm: str = "auto", runner=None) -> Callable:
+    """``simulate(layout, micro_batches) -> Estimate``: the training step (``step.simulate_step``) of
+    ``layout`` on ``topology`` at a fixed global batch, its breakdown by kind mapped onto ``KINDS``
+    (``pp_p2p`` is the pipeline's exposed send/receive time)."""
+    from fabricsim.collectives import CALIBRATED, AllreduceRunner
+    from fabricsim.training.step import StepConfig, simulate_step
+
+    runner = runner or AllreduceRunner(topology, calibration=CALIBRATED)
+
+    def simulate(layout: Layout, micro_batches: int) -> Estimate:
+        config = StepConfig(model, algorithm=algorithm, precision=precision, scaling="strong",
+                            global_batch=global_batch, tp=layout.tp, cp=layout.cp, pp=layout.pp, dp=layout.dp,
+                            ep=layout.ep, virtual_stages=layout.virtual_stages, micro_batch=layout.micro_batch,
+                            zero=layout.zero, recompute=layout.recompute,
+                            sequence_parallel=layout.sequence_parallel, order=layout.order)
+        res = simulate_step(topology, config, runner=runner)
+        part = res.breakdown
+        exposed = {k: float(part.get("pp_p2p" if k == "pp" else k, 0.0)) for k in KINDS}
+        return Estimate(compute=float(part.get("compute", res.compute_time)), bubble=float(part.get("pp_bubble", 0.0)),
+                        exposed=exposed, model_flops=res.model_flops, peak=res.peak_flops * res.gpus,
+                        source="simulated", total=res.step_time)
+
+    return simulate

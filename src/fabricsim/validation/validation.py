@@ -32,10 +32,18 @@ from typing import Callable, Iterable, Sequence
 from fabricsim.errors import ConfigError, FabricsimError
 
 __all__ = ["ReferenceRow", "RowResult", "GroupSummary", "ValidationReport", "REFERENCE_PATH", "GROUPS",
+           "GROUP_LABELS", "SIZE_CLASSES", "TARGET_PCT", "size_class",
            "load_reference", "fitted_parameters", "validate", "geomean_abs_error", "training_step_function"]
 
 REFERENCE_PATH = Path(__file__).with_name("data") / "reference.csv"
-GROUPS = ("single-node", "multi-node", "training-step")
+GROUPS = ("single-node", "nvlink-rack", "multi-node", "sharp", "training-step")
+# System classes as the issue names them (issue 10): one 8-GPU node, one NVLink rack (NVL72), several nodes or
+# racks joined by a network, in-network reduction (InfiniBand SHARP); training steps apart.
+GROUP_LABELS = {"single-node": "single node", "nvlink-rack": "one NVLink rack", "multi-node": "multi-node / multi-rack",
+                "sharp": "SHARP", "training-step": "training step"}
+# Message-size classes: large-message rows compare bus bandwidth, small-message rows compare time.
+SIZE_CLASSES = {"busbw": "large", "time": "small"}
+TARGET_PCT = {"large": 10.0, "small": 25.0}
 COLLECTIVE_METRICS = ("busbw", "time")
 TRAINING_METRICS = ("mfu", "tflops_per_gpu", "mfu_ratio", "tflops_ratio")
 FITTED_SOURCES = ("fabricsim.collectives.protocol", "fabricsim.hardware", "fabricsim.training",
@@ -73,6 +81,11 @@ class ReferenceRow:
     config: dict = field(default_factory=dict)
 
     @property
+    def size_class(self) -> str:
+        """``"large"`` (bus bandwidth), ``"small"`` (time) or ``"step"`` (training-step metrics)."""
+        return size_class(self.metric)
+
+    @property
     def keys(self) -> set[str]:
         """Every id by which calibration may name this row."""
         return {self.id, *self.refs, *([self.same_as] if self.same_as else [])}
@@ -105,11 +118,17 @@ class RowResult:
         return None if err is None else abs(err) <= self.row.bound_pct
 
 
+def size_class(metric: str) -> str:
+    """The message-size class of a metric: ``"large"`` for busbw, ``"small"`` for time, else ``"step"``."""
+    return SIZE_CLASSES.get(metric, "step")
+
+
 @dataclass(frozen=True)
 class GroupSummary:
-    """Rows of one group, fitted or not: how many, their geometric-mean and worst error, how many fail."""
+    """Rows of one group and size class, fitted or not: how many, geometric-mean and worst error, failures."""
 
     group: str
+    size: str
     fitted: bool
     rows: int
     compared: int
@@ -128,26 +147,36 @@ class ValidationReport:
     parameters: dict[str, list[str]]
 
     def summaries(self) -> list[GroupSummary]:
-        """One summary per group and fitted/not-fitted split that has rows, in GROUPS order."""
+        """One summary per group, size class and fitted/not-fitted split that has rows, in GROUPS order."""
         out = []
         for group in GROUPS:
-            for fitted in (False, True):
-                rs = [r for r in self.results if r.row.group == group and r.fitted == fitted]
-                if not rs:
-                    continue
-                done = [r for r in rs if r.simulated is not None]
-                worst = max(done, key=lambda r: abs(r.error_pct), default=None)
-                out.append(GroupSummary(
-                    group, fitted, len(rs), len(done),
-                    geomean_abs_error([(r.simulated, r.row.published) for r in done]) if done else None,
-                    worst.error_pct if worst else None, worst.row.id if worst else "",
-                    sum(r.status in ("out-of-bound", "error") for r in rs), sum(r.status == "pending" for r in rs)))
+            for size in ("large", "small", "step"):
+                for fitted in (False, True):
+                    rs = [r for r in self.results
+                          if r.row.group == group and r.row.size_class == size and r.fitted == fitted]
+                    if rs:
+                        out.append(_summary(group, size, fitted, rs))
         return out
+
+    def target_met(self, summary: GroupSummary) -> bool | None:
+        """Whether a not-fitted class meets issue 10's target (geomean within TARGET_PCT); None if n/a."""
+        if summary.fitted or summary.gmae_pct is None or summary.size not in TARGET_PCT:
+            return None
+        return summary.gmae_pct <= TARGET_PCT[summary.size]
 
     @property
     def failures(self) -> list[RowResult]:
         """Rows outside their bound or that could not run (pending rows are not failures)."""
         return [r for r in self.results if r.status in ("out-of-bound", "error")]
+
+
+def _summary(group: str, size: str, fitted: bool, rs: list[RowResult]) -> GroupSummary:
+    done = [r for r in rs if r.simulated is not None]
+    worst = max(done, key=lambda r: abs(r.error_pct), default=None)
+    return GroupSummary(group, size, fitted, len(rs), len(done),
+                        geomean_abs_error([(r.simulated, r.row.published) for r in done]) if done else None,
+                        worst.error_pct if worst else None, worst.row.id if worst else "",
+                        sum(r.status in ("out-of-bound", "error") for r in rs), sum(r.status == "pending" for r in rs))
 
 
 def geomean_abs_error(pairs: Iterable[tuple[float, float]]) -> float:
