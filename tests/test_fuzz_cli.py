@@ -11,7 +11,8 @@ cores), ``long`` for a soak of 10,000 cases in all::
 
     FABRICSIM_FUZZ_PROFILE=long python -m pytest -q -p no:cacheprovider tests/test_fuzz_cli.py
 
-Commands run in-process through click's CliRunner (fast); a SIGALRM per case bounds its time.
+(``FABRICSIM_FUZZ_FACTOR=N`` makes the long profile N times the CI cases instead.) Commands run
+in-process through click's CliRunner (fast); a SIGALRM per case bounds its time.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ if PROFILE not in ("ci", "long"):
 # cases per test in the CI profile; the long profile scales them so that they add up to 10,000
 CI_CASES = {"topology": 60, "fabric": 70, "allreduce": 45, "step": 30, "model": 25, "sweep": 14, "draw": 4,
             "plot": 6, "validate": 2, "plan": 8}
-LONG_FACTOR = math.ceil(10_000 / sum(CI_CASES.values()))
+# FABRICSIM_FUZZ_FACTOR overrides the long profile's multiplier (a shorter or longer soak)
+LONG_FACTOR = int(os.environ.get("FABRICSIM_FUZZ_FACTOR") or math.ceil(10_000 / sum(CI_CASES.values())))
 CASE_SECONDS = 60 if PROFILE == "ci" else 120  # generous: the machine is shared; real cases take < 2 s
 
 
@@ -585,4 +587,5 @@ def test_validate(strict, no_plot, out):
 
 
 def test_the_profile_is_known():
-    assert PROFILE in ("ci", "long") and LONG_FACTOR * sum(CI_CASES.values()) >= 10_000
+    assert PROFILE in ("ci", "long")
+    assert os.environ.get("FABRICSIM_FUZZ_FACTOR") or LONG_FACTOR * sum(CI_CASES.values()) >= 10_000
