@@ -39,7 +39,7 @@ if PROFILE not in ("ci", "long"):
 
 # cases per test in the CI profile; the long profile scales them so that they add up to 10,000
 CI_CASES = {"topology": 60, "fabric": 70, "allreduce": 45, "step": 30, "model": 25, "sweep": 14, "draw": 4,
-            "plot": 6, "validate": 2, "plan": 8}
+            "plot": 6, "validate": 2, "plan": 8, "json": 16}
 # FABRICSIM_FUZZ_FACTOR overrides the long profile's multiplier (a shorter or longer soak)
 LONG_FACTOR = int(os.environ.get("FABRICSIM_FUZZ_FACTOR") or math.ceil(10_000 / sum(CI_CASES.values())))
 CASE_SECONDS = 60 if PROFILE == "ci" else 120  # generous: the machine is shared; real cases take < 2 s
@@ -144,9 +144,18 @@ def fabric_text(draw) -> bytes:
         nodes.append(f'{{id = "n{k}", kind = "nic"}}')
     ends = [f"g{i}" for i in range(n_gpu)] + [f"s{j}" for j in range(n_sw)] + [f"n{k}" for k in range(n_nic)]
     links = []
-    for i in range(n_gpu):  # every GPU on some switch or NIC (or the next GPU when there is none)
-        others = [e for e in ends if not e.startswith("g")] or [f"g{(i + 1) % n_gpu}"]
-        links.append((f"g{i}", draw(st.sampled_from(others))))
+    if n_sw == 0:  # GPUs do not forward: without switches, at most one NIC joins them, else every pair
+        n_nic = min(n_nic, 1)
+        nodes = nodes[:n_gpu + n_nic]
+        ends = ends[:n_gpu] + [f"n{k}" for k in range(n_nic)]
+    for i in range(n_gpu):  # every GPU on some switch or NIC
+        others = [e for e in ends if not e.startswith("g")]
+        if others:
+            links.append((f"g{i}", draw(st.sampled_from(others))))
+        else:
+            links += [(f"g{i}", f"g{j}") for j in range(i + 1, n_gpu)]
+    for k in range(n_nic if n_sw else 0):  # every NIC on the first switch
+        links.append((f"n{k}", "s0"))
     for _ in range(draw(st.integers(0, 4))):
         links.append((draw(st.sampled_from(ends)), draw(st.sampled_from(ends))))
     if broken and draw(st.booleans()):
@@ -172,7 +181,7 @@ def fabric_text(draw) -> bytes:
     if broken and draw(st.integers(0, 3)) == 0:
         text += draw(st.sampled_from(["extra = 1\n", "[meta]\nbisection_bandwidth = -1\n", "[meta]\nx = 1\n"]))
     data = text.encode()
-    damage = draw(st.integers(0, 9))
+    damage = draw(st.integers(0, 14))
     if damage == 0:  # cut short
         data = data[: draw(st.integers(1, max(1, len(data) - 1)))]
     elif damage == 1:  # binary garbage
@@ -332,16 +341,41 @@ def test_topology_commands(data):
             assert again.exit_code == 0, again.output
 
 
+@st.composite
+def node_link_json(draw) -> bytes:
+    """A node-link JSON fabric ('edges' or the older 'links' key) with attributes of any type."""
+    values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**20), st.text(max_size=5),
+                       st.booleans(), st.none(), st.sampled_from([5e10, 4.5e11, 1e9, 1.0]))
+    broken = draw(st.booleans())
+    pick = (lambda good, bad: draw(st.one_of(good, bad))) if broken else (lambda good, bad: draw(good))
+    n = draw(st.integers(1, 4))
+    nodes = [{"id": f"g{i}", "kind": "gpu"} for i in range(n)] + [{"id": "s", "kind": pick(st.sampled_from(
+        ["switch", "nvswitch", "nic"]), st.just("hub"))}]
+    edges = []
+    for i in range(n):
+        for a, b in ((f"g{i}", "s"), ("s", f"g{i}")):
+            edge = {"source": a, "target": b, "bandwidth": pick(st.sampled_from([5e10, 4.5e11, 1e9]), values),
+                    "kind": draw(st.sampled_from(["nvlink5", "eth", "ib-ndr"]))}
+            if broken and draw(st.booleans()):
+                edge[draw(st.sampled_from(["latency", "lanes", "kind"]))] = draw(values)
+            edges.append(edge)
+    key = draw(st.sampled_from(["edges", "links"]))
+    graph = {"directed": True, "multigraph": draw(st.booleans()), "graph": {}, "nodes": nodes, key: edges}
+    return json.dumps(graph).encode()
+
+
 @fuzz("fabric")
-@given(data=fabric_text(), command=st.sampled_from(["info", "export", "allreduce", "allreduce", "step"]),
+@given(data=fabric_text(),
+       command=st.sampled_from(["info", "export", "allreduce", "allreduce", "step"]),
        algorithm=st.sampled_from(["auto", "ring", "tree", "hierarchical", "nvls", "sharp"]),
        model=st.sampled_from(["simulate", "simulate", "analytic"]),
-       size=st.sampled_from([("8", "8"), ("1M", "1M"), ("1K", "1G"), ("1G", "1G")]))
-def test_fabric_files(data, command, algorithm, model, size):
+       size=st.sampled_from([("8", "8"), ("1M", "1M"), ("1K", "1G"), ("1G", "1G")]),
+       suffix=st.sampled_from([".toml"] * 12 + [".json", ".graphml", ".yaml"]))
+def test_fabric_files(data, command, algorithm, model, size, suffix):
     from fabricsim.topologies.io import load
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "fabric.toml"
+        path = Path(tmp) / f"fabric{suffix}"
         path.write_bytes(data)
         if command == "info":
             run(["topology", "info", path])
@@ -361,6 +395,23 @@ def test_fabric_files(data, command, algorithm, model, size):
 
 SIZES = ["8", "1K", "4K", "1M", "1MiB", "16M", "512MB", "1G", "1GiB", "8G"]
 BAD_SIZES = ["1Gb", "0", "1.5", "2PiB", "-8", "1 parsec"] + JUNK_VALUES
+
+
+@fuzz("json")
+@given(data=node_link_json(), command=st.sampled_from(["info", "allreduce"]))
+def test_node_link_files(data, command):
+    from fabricsim.topologies.io import load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fabric.json"
+        path.write_bytes(data)
+        if command == "info":
+            run(["topology", "info", path])
+        else:
+            result = run(["allreduce", "--topology", path, "--min-bytes", "1M", "--max-bytes", "1G", "--step-factor",
+                          "1024", "--format", "json"])
+            if result.exit_code == 0:
+                check_allreduce_rows(_rows(result.stdout), load(str(path)))
 
 
 @fuzz("allreduce")
