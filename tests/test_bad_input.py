@@ -347,3 +347,14 @@ def test_package_ships_py_typed_and_a_license():
 def test_protocol_auto_picks_simple_for_1_gib_on_a_fabric_without_nvlink(tmp_path):
     runner = fabricsim.AllreduceRunner(load(fabric(tmp_path)))
     assert runner.run(2**30, "ring").protocol == "simple"
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["allreduce", "--topology", "dgx-h100", "--bogus"],
+                                  ["topology", "info"], ["--debug"]])
+def test_usage_errors_are_one_line_naming_the_help(args):
+    assert_one_line_error(invoke(*args), "--help")
+
+
+def test_a_group_named_alone_prints_its_help():
+    result = invoke("topology")
+    assert "Commands:" in result.output and "Traceback" not in result.output

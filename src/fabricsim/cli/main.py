@@ -19,6 +19,7 @@ import os
 import sys
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 from fabricsim import __version__
 from fabricsim.errors import FabricsimError
@@ -49,8 +50,24 @@ def _quiet_broken_pipe() -> None:
     sys.exit(0)
 
 
+def _usage_error(exc: click.UsageError) -> None:
+    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    _fail(exc.format_message() + hint, EXIT_USAGE)
+
+
 class FabricsimGroup(click.Group):
     """A click group that turns every error into one line and an exit code (see the module docstring)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        """The root's own options (``fabricsim --bogus``) are reported in one line too."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            if parent is not None:
+                raise
+            _usage_error(exc)
 
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))
@@ -58,9 +75,10 @@ class FabricsimGroup(click.Group):
             return super().invoke(ctx)
         except click.exceptions.Exit:
             raise
+        except NoArgsIsHelpError:
+            raise  # a group named alone: click prints its help
         except click.UsageError as exc:
-            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            _fail(exc.format_message() + hint, EXIT_USAGE)
+            _usage_error(exc)
         except (click.ClickException, click.Abort):
             raise
         except BrokenPipeError:
