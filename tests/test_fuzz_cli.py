@@ -93,6 +93,9 @@ def run(args: list, allowed=(0, 2)):
     assert "Traceback" not in result.output, f"fabricsim {' '.join(args)}:\n{result.output}"
     assert result.exit_code in allowed, f"fabricsim {' '.join(args)} -> exit {result.exit_code}:\n{result.output}"
     OUTCOMES[(" ".join(args[:2]) if args[0] == "topology" else args[0], result.exit_code)] += 1
+    if os.environ.get("FABRICSIM_FUZZ_LOG"):  # one line per case, to follow a long soak as it runs
+        with open(os.environ["FABRICSIM_FUZZ_LOG"], "a") as fh:
+            fh.write(f"{args[0]} {args[1] if args[0] == 'topology' else ''} {result.exit_code}\n")
     if result.exit_code == 2:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) >= 1 and lines[-1].startswith("Error: "), f"fabricsim {' '.join(args)}:\n{result.stderr}"
