@@ -554,10 +554,11 @@ def test_plan(data):
     args += ["--global-batch", case.one(["16", "64", "1152"], JUNK_VALUES)]
     args += ["--simulate", case.one(["0", "0", "1"], ["-1", "x"])]
     args += case.opt("--rows", ["0", "5"], ["-1"])
-    for flag, good in (("--tp", ["1", "2,4"]), ("--pp", ["1", "2"]), ("--zero", ["1", "1,2"]),
+    for flag, good in (("--tp", ["1", "2", "4"]), ("--pp", ["1", "2"]), ("--zero", ["0", "1", "3"]),
                        ("--micro-batch", ["1", "2"])):
-        args += case.opt(flag, good, JUNK_VALUES, omit=70)
-    args += case.opt("--recompute", ["none", "selective,full"], ["some", ""], omit=70)
+        args += case.opt(flag, good, JUNK_VALUES + ["2,4"], omit=70)
+    args += case.opt("--recompute", ["none", "selective", "full"], ["some", ""], omit=70)
+    args += case.opt("--budget", ["5", "0"], ["-1", "nan"], omit=70)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args + case.opt("--out", [Path(tmp) / "plan"], [Path(tmp)], omit=50))
         for path in (Path(tmp) / "plan").glob("*.json") if result.exit_code == 0 else ():

@@ -18,17 +18,6 @@ BATCH = BoundedInt(1, 10**7)
 DEFAULT_OUT = "./fabricsim-out"
 
 
-def _int_list(text: str, what: str) -> tuple[int, ...]:
-    """Comma-separated positive integers (for options parsed after click, e.g. ``plan``'s restrictions)."""
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{what} must be positive integers, got {text!r}")
-    return values
-
-
 def step_options(command):
     """Options that describe the training step (shared by ``sweep`` and ``step``)."""
     from fabricsim.training.step import DEFAULT_GLOBAL_BATCH, DEFAULT_MFU

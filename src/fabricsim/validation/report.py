@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fabricsim.validation.validation import GROUP_LABELS, TARGET_PCT, GroupSummary, RowResult, ValidationReport
+from fabricsim.validation.validation import (ASSUMPTIONS, GROUP_LABELS, TARGET_PCT, GroupSummary, RowResult,
+                                             ValidationReport)
 
 __all__ = ["format_value", "table_header", "table_line", "summary_lines", "write_markdown", "plot_validation"]
 
@@ -119,6 +120,12 @@ def write_markdown(report: ValidationReport, path: str | Path, *, command: str =
         out += ["", "## Not yet modelled", ""]
         out += [f"- **{r.row.id}**: {r.detail} (published {format_value(r.row.published, r.row.unit)})"
                 for r in pending]
+    out += ["", "## Targets (issue 10)", "",
+            "On rows no parameter was fitted on, every system class should reach a geometric-mean error within "
+            f"{TARGET_PCT['large']:g}% for large messages (bus bandwidth) and {TARGET_PCT['small']:g}% for small "
+            "messages (time); the summary's 'target' column says whether it does."]
+    out += ["", "## Assumptions no public source confirms", ""]
+    out += [f"- {a}" for a in ASSUMPTIONS]
     out += ["", "## Calibrated parameters and the rows they were fitted on", ""]
     out += [f"- `{p}`: {', '.join(rows)}" for p, rows in report.parameters.items()] or ["None."]
     out += ["", "## All rows", "", _md_row(_HEAD), _md_row(["---"] * len(_HEAD))]

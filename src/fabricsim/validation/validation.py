@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Sequence
 from fabricsim.errors import ConfigError, FabricsimError
 
 __all__ = ["ReferenceRow", "RowResult", "GroupSummary", "ValidationReport", "REFERENCE_PATH", "GROUPS",
-           "GROUP_LABELS", "SIZE_CLASSES", "TARGET_PCT", "size_class",
+           "GROUP_LABELS", "SIZE_CLASSES", "TARGET_PCT", "ASSUMPTIONS", "size_class",
            "load_reference", "fitted_parameters", "validate", "geomean_abs_error", "training_step_function"]
 
 REFERENCE_PATH = Path(__file__).with_name("data") / "reference.csv"
@@ -41,13 +41,38 @@ GROUPS = ("single-node", "nvlink-rack", "multi-node", "sharp", "training-step")
 # racks joined by a network, in-network reduction (InfiniBand SHARP); training steps apart.
 GROUP_LABELS = {"single-node": "single node", "nvlink-rack": "one NVLink rack", "multi-node": "multi-node / multi-rack",
                 "sharp": "SHARP", "training-step": "training step"}
+# What the comparison rests on but no public source confirms (kept in the generated report; issue 10).
+ASSUMPTIONS = (
+    "NVLS fan-in cost grows with log2 of the island's GPU count (NVLS_FANIN, Blackwell only). Fitted on one "
+    "8-GPU row (B067) and confirmed only by the NVL72 and two-rack CoreWeave rows; the mechanism (a combining "
+    "tree in the switch, or waiting for the slowest of p responses) is inferred, not published.",
+    "Blackwell NVLS moves bytes at the ring's usable NVLink rate (700 of 900 GB/s, B066). Hopper keeps its own "
+    "NVLS rate (B054) and no fan-in term, since H100 NVLS busbw from 5 to 8 GPUs follows link traffic alone.",
+    "NCCL's NVLS pipeline stage is channels x heads x 128 KiB with one head per GPU of the island (one per NIC "
+    "across nodes, one NIC per GPU in every preset), read from NCCL's constants and 'NVLS Head' log lines.",
+    "CoreWeave's two-rack GB200 run is simulated as an NVLS tree and its 20-rack run as a ring: NCCL 2.26.2's "
+    "choice is not printed; the busbw near one rack's (2 racks) and the ~5 ms fixed cost (20 racks) imply them.",
+    "CoreWeave's 64-H100 run with the SHARP manifest is simulated as an NVLS tree: its asymptote (387 GB/s) is "
+    "the tree's network bound (382), not in-network reduction (which halves NIC traffic). That SHARP was "
+    "inactive in that run is an inference.",
+    "The only SHARP evidence left is one slide value (B070, 480 GB/s on 32 H100); SHARP's switch reduction "
+    "throughput and job-level resource limits are not modelled, and nothing was fitted on B070.",
+    "H200 and H20 rows use the DGX H100 preset: same NVLink 4 and NVSwitch gen3; the GB200 rows use one "
+    "400G NDR NIC per GPU (CoreWeave's Quantum-X800 fabric may differ).",
+    "Network latencies: InfiniBand switch 0.6 us (A031, HDR figure) and NIC traversal 1 us (assumption); RoCE "
+    "switch 0.8 us (assumption, no validation row); the cloud kind's NIC traversal (26.5 us) is fitted on one "
+    "GCP A3 Mega (GPUDirect-TCPXO) row and stands for that fabric only: AWS EFA and others publish no figure.",
+    "Small messages across nodes are checked on 2 x 8 H20 with NCCL_ALGO=NVLSTree (InfiniBand, 3 rows) and on "
+    "2 x 8 H100 on GCP A3 Mega with NCCL's default choice (4 rows besides the fitted one); A3 Mega's 200 Gb/s "
+    "NICs are simulated as 400G Ethernet ones (bandwidth does not matter below 64 KiB).",
+)
 # Message-size classes: large-message rows compare bus bandwidth, small-message rows compare time.
 SIZE_CLASSES = {"busbw": "large", "time": "small"}
 TARGET_PCT = {"large": 10.0, "small": 25.0}
 COLLECTIVE_METRICS = ("busbw", "time")
 TRAINING_METRICS = ("mfu", "tflops_per_gpu", "mfu_ratio", "tflops_ratio")
 FITTED_SOURCES = ("fabricsim.collectives.protocol", "fabricsim.hardware", "fabricsim.training",
-                  "fabricsim.training.step", "fabricsim.training.models")
+                  "fabricsim.training.step", "fabricsim.training.models", "fabricsim.training.compute")
 _COLUMNS = ("id", "refs", "same_as", "group", "system", "topology", "gpus", "algorithm", "nbytes", "metric",
             "published", "unit", "bound_pct", "quick", "dataset", "source", "note", "config")
 
@@ -200,6 +225,9 @@ def _parse_config(text: str) -> dict:
         if not sep:
             raise ConfigError(f"config item {item!r} is not key=value")
         value = value.strip()
+        if value.lower() in ("true", "false"):
+            out[key.strip()] = value.lower() == "true"
+            continue
         try:
             out[key.strip()] = int(value)
         except ValueError:
@@ -282,7 +310,7 @@ def fitted_parameters(extra: dict[str, Sequence[str]] | None = None) -> dict[str
 
 # Calibrated constants declared outside FITTED_ROWS: the reference rows named in the comment of their
 # assignment line are the rows they were chosen from (e.g. ``DEFAULT_MFU = 0.45  # D149 ..., D151 ...``).
-_CALIBRATION_CONSTANTS = {"fabricsim.training.step": ("DEFAULT_MFU",)}
+_CALIBRATION_CONSTANTS: dict = {}
 _ROW_ID = re.compile(r"\b([A-D]\d{3})\b")
 
 
@@ -333,18 +361,27 @@ class _Collectives:
         self.calibration = calibration
         self._runners: dict = {}
 
-    def runner(self, name: str, gpus: int):
+    def runner(self, name: str, gpus: int, options: dict | None = None):
+        """The runner of preset ``name`` at ``gpus`` GPUs; ``options`` are preset options from a row's
+        ``config`` (``nic`` and ``switch`` by their kind names in ``fabricsim.hardware``)."""
+        from fabricsim import hardware
         from fabricsim.collectives import CALIBRATED, AllreduceRunner
         from fabricsim.topologies.io import build
 
-        key = (name, gpus)
+        options = dict(options or {})
+        key = (name, gpus, tuple(sorted(options.items())))
         if key not in self._runners:
-            self._runners[key] = AllreduceRunner(build(name, gpus=gpus),
+            for opt, table in (("nic", hardware.LINKS), ("switch", hardware.SWITCHES)):
+                if opt in options:
+                    if options[opt] not in table:
+                        raise ConfigError(f"unknown {opt} {options[opt]!r}; known: {', '.join(table)}")
+                    options[opt] = table[options[opt]]
+            self._runners[key] = AllreduceRunner(build(name, gpus=gpus, **options),
                                                  calibration=self.calibration or CALIBRATED)
         return self._runners[key]
 
     def run(self, row: ReferenceRow) -> tuple[float, str]:
-        runner = self.runner(row.topology, row.gpus)
+        runner = self.runner(row.topology, row.gpus, row.config)
         candidates = row.algorithm.split("|")
         results = [runner.run(row.nbytes, algo) for algo in candidates]
         best = min(results, key=lambda r: r.time)
@@ -388,7 +425,8 @@ def _call_step(fn: Callable, topology, options: dict):
         unknown = set(options) - names
         if unknown:
             raise ConfigError(f"StepConfig has no {', '.join(sorted(unknown))}")
-        options = dict(options, model=resolve(options["model"]))
+        shipped = REFERENCE_PATH.with_name(f"{options['model']}.toml")  # a model shipped with the reference set
+        options = dict(options, model=resolve(str(shipped) if shipped.exists() else options["model"]))
         return fn(topology, config_cls(**options))
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
