@@ -9,8 +9,10 @@ would add (p-2) step latencies and lose nothing in bandwidth on a non-blocking f
 once is what lets the fabric's bottlenecks (NICs, spine uplinks) show as they do for NCCL.
 
 Each rank sends and receives (p-1)/p N, so on a non-blocking switch with per-rank bandwidth B:
-T >= (p-1)/p N/B, the bound nccl-tests' busbw factor (p-1)/p compares against. Cost: p (p-1) flows, so
-keep groups to the size of an expert-parallel group (tens to a few hundred ranks).
+T >= (p-1)/p N/B, the bound nccl-tests' busbw factor (p-1)/p compares against. Cost: p (p-1) flows,
+whose finishes are staggered when some cross the network and some do not (each finish re-solves the
+rates): on this 2-core machine 64 ranks across 8 NVL72 racks take 2.4 s the first time (routes) and
+0.3 s after, 144 ranks (20,592 flows) about a minute. Expert-parallel groups (8 to 64) are cheap.
 """
 
 from __future__ import annotations

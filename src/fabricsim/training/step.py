@@ -131,7 +131,8 @@ class StepConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ConfigError(f"peak FLOP/s must be positive, got {self.peak_flops!r}")
-        self.layout_for(self.tp * self.cp * self.pp * (self.dp or 1))  # validates the layout options
+        dp = self.dp or self.ep  # validates the layout options (dp is derived later from the GPU count)
+        self.layout_for(self.tp * self.cp * self.pp * dp)
 
     def layout_for(self, gpus: int) -> Layout:
         """The Layout of this step on ``gpus`` GPUs (``dp`` derived from the GPU count unless given)."""
@@ -479,13 +480,17 @@ def check_memory(topology, config: StepConfig):
     capacity = gpu_capacity(topology)
     if capacity is None:
         return None
-    layout = config.layout_for(topology.num_gpus)
+    layout = shown = config.layout_for(topology.num_gpus)
+    if layout.recompute == "none":
+        # fused (flash) attention, what Megatron-Core runs, never stores the s x s scores: the activation
+        # memory of selective recomputation (Korthikanti et al. 2022, section 5; Dao et al. 2022)
+        layout = layout.with_(recompute="selective")
     sequences = _sequences(config, layout.dp)
     micro = max(1, int(sequences // (layout.dp * layout.micro_batch)))
     report = memory_report(config.model, layout, capacity=capacity, grad_bytes=config.bytes_per_grad,
                            micro_batches=micro)
     if not report.fits():
-        raise InfeasibleError(f"{layout.describe()} does not fit in memory: {report.describe()} "
+        raise InfeasibleError(f"{shown.describe()} does not fit in memory: {report.describe()} "
                               "(raise --tp/--pp, use --zero or --recompute, or add GPUs)")
     return report
 
