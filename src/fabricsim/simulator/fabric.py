@@ -241,10 +241,10 @@ class Fabric:
         return FlowGroup(self.gpu_index[src_ranks], self.gpu_index[dst_ranks],
                          np.broadcast_to(np.asarray(nbytes, dtype=float), src_ranks.shape), key, label)
 
-    def path_latency(self, group: FlowGroup) -> float:
-        """Longest path latency among the group's flows (s): the wire part of a step's latency."""
+    def path_latency(self, group: FlowGroup, *, shortest: bool = False) -> float:
+        """Longest (or shortest) path latency among the group's flows (s)."""
         lat = self._expand(group)[2]
-        return float(lat.max()) if lat.size else 0.0
+        return float(lat.min() if shortest else lat.max()) if lat.size else 0.0
 
     # --- submitting ---------------------------------------------------------------------------------------
     def transfer(self, src: Hashable, dst: Hashable, nbytes: int, *, key: int = 0, label: str = "") -> simpy.Event:
