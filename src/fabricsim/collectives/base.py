@@ -17,6 +17,7 @@ from typing import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
+from fabricsim.collectives.kinds import KINDS
 from fabricsim.collectives.protocol import Protocol
 from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.simulator.fabric import Fabric, FlowGroup
@@ -227,6 +228,7 @@ class CollectiveResult:
     nbytes: int
     time: float
     steps: int = 0
+    kind: str = "allreduce"  # which collective; ``nbytes`` follows nccl-tests' size for it (kinds.py)
 
     @property
     def algbw(self) -> float:
@@ -234,7 +236,8 @@ class CollectiveResult:
 
     @property
     def busbw(self) -> float:
-        return self.algbw * busbw_factor(self.ranks)
+        """algbw x the kind's nccl-tests factor (2(p-1)/p for all-reduce, (p-1)/p for all-gather...)."""
+        return self.algbw * KINDS[self.kind].factor(self.ranks)
 
 
 @dataclass

@@ -15,23 +15,27 @@ from fabricsim.collectives.base import CollectiveResult, GroupLayout, Schedule, 
 from fabricsim.collectives.cost import Shape, hierarchical_cost, nvls_cost, ring_cost, tree_cost
 from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.nvls import nvls_allreduce, switch_islands
+from fabricsim.collectives.nvls_tree import nvls_tree_allreduce
 from fabricsim.collectives.protocol import CALIBRATED, PROTOCOLS, Calibration, Protocol, choose_protocol
 from fabricsim.collectives.ring import MAX_CHANNELS, ring_allreduce
 from fabricsim.collectives.sharp import sharp_allreduce, sharp_capable
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 
-__all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner", "estimate_allreduce"]
+__all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner", "estimate_allreduce",
+           "fastest_protocol", "group_shape", "protocol_cost"]
 
 ALGORITHMS = ("ring", "tree", "hierarchical", "nvls", "sharp", "auto")
 
 
 def _has_nvls(fabric, layout: GroupLayout) -> bool:
+    """NVLS needs NVLink switch chips, and NCCL leaves it off for two GPUs or fewer in one island
+    (src/transport/nvls.cc: ``gpuCount <= 2``)."""
     try:
         islands = switch_islands(fabric, layout)
     except InfeasibleError:
         return False
-    return any(len(i) > 1 for i in islands)
+    return any(len(i) > 2 for i in islands) or (len(islands) > 1 and any(len(i) > 1 for i in islands))
 
 
 def available_algorithms(fabric, layout: GroupLayout) -> list[str]:
@@ -64,7 +68,18 @@ def group_shape(topology, calibration: Calibration, domains: Sequence[Sequence[i
     return Shape(sum(len(d) for d in domains), len(domains), m,
                  nvl * calibration.link_efficiency.get(nvl_kind, 1.0), b_nic,
                  1 if len(domains) == 1 else max(1, min(MAX_CHANNELS, m)),
-                 nvl * calibration.nvls_efficiency.get(nvl_kind, 1.0) if str(nvl_kind).startswith("nvlink") else 0.0)
+                 nvl * calibration.link_efficiency.get(nvl_kind, 1.0)
+                 / calibration.nvls_factor(nvl_kind, m if len(domains) > 1 else sum(len(d) for d in domains))
+                 if str(nvl_kind).startswith("nvlink") else 0.0)
+
+
+def protocol_cost(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
+                  calibration: Calibration = CALIBRATED):
+    """``cost(protocol) -> s``: the cost model's estimate of a ring (or tree) all-reduce of this group, for
+    collectives that rank protocols by estimate (reduce-scatter and all-gather are its halves)."""
+    shape = group_shape(fabric.topology, calibration, layout.domains)
+    cost = tree_cost if algorithm == "tree" else ring_cost
+    return lambda proto: cost(proto, shape, nbytes)
 
 
 def _lower_bound(fabric, schedule: Schedule) -> float:
@@ -175,13 +190,13 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
             sched.protocol_label = f"{proto.name}+{inter.name}"
         return sched
     if not _has_nvls(fabric, layout):
-        raise InfeasibleError(f"{algorithm} needs GPUs attached to NVLink switch chips (this fabric has none)")
+        raise InfeasibleError(f"{algorithm} needs more than two GPUs attached to the same NVLink switch chips "
+                              "(NCCL never runs NVLS on two GPUs or fewer)")
     if algorithm == "sharp":
         return sharp_allreduce(fabric, layout, nbytes, proto, calibration)
     if len(switch_islands(fabric, layout)) == 1:
         return nvls_allreduce(fabric, layout, nbytes, proto, calibration)
-    return hierarchical_allreduce(fabric, layout, nbytes, proto, intra="nvls", inter="tree",
-                                  calibration=calibration)
+    return nvls_tree_allreduce(fabric, layout, nbytes, proto, calibration)
 
 
 def _choice_key(layout: GroupLayout, shape: Shape, nbytes: int, algorithm: str, channels, calibration) -> tuple:

@@ -231,55 +231,10 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
 def tree_broadcast(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *, root: int | None = None,
                    chunks: int | None = None) -> Schedule:
     """Pipelined broadcast of ``nbytes`` from ``root`` (default: the group's first rank) down a chain
-    inside domains and a binary tree across them; every rank ends with the root's buffer."""
-    root = layout.ranks[0] if root is None else root
-    if root not in layout.ranks:
-        raise ValueError(f"root {root} is not in the group")
-    doms = [d if root not in d else [root] + [r for r in d if r != root] for d in layout.domains]
-    doms.sort(key=lambda d: root not in d)
-    inter = binary_tree(len(doms))  # re-rooted below at item 0, the root's domain
-    parent = {}
-    for k, chain in enumerate(doms):
-        for i, r in enumerate(chain):
-            if i:
-                parent[r] = chain[i - 1]
-            else:
-                up = _rerooted(inter, k)
-                parent[r] = -1 if up == -1 else doms[up][0]
-    tree = _Tree(parent)
-    K = chunks or default_chunks(2 * nbytes)
-    chunk_bytes = nbytes / K
-    gi = fabric.gpu_index
-    D = max(tree.depth[u] for u, _ in tree.down_edges) if tree.down_edges else -1
-    rounds = D + K if tree.down_edges else 0
-    net = layout.multi_domain
+    inside domains and a binary tree across them; every rank ends with the root's buffer (rooted.py)."""
+    from fabricsim.collectives.rooted import broadcast
 
-    def make_step(t: int) -> Step:
-        def live():
-            return [(u, v) for u, v in tree.down_edges if 0 <= t - tree.depth[u] < K]
-
-        def traffic():
-            edges = live()
-            return (gi[np.array([e[0] for e in edges], dtype=np.int64)],
-                    gi[np.array([e[1] for e in edges], dtype=np.int64)],
-                    np.full(len(edges), chunk_bytes), np.zeros(len(edges), dtype=np.int64))
-
-        def apply(data: dict) -> None:
-            n = next(iter(data.values())).shape[0]
-            b = np.linspace(0, n, K + 1).astype(int)
-            moves = []
-            for u, v in live():
-                c = t - tree.depth[u]
-                moves.append((v, b[c], b[c + 1], data[u][b[c]:b[c + 1]].copy()))
-            for v, lo, hi, payload in moves:
-                data[v][lo:hi] = payload
-
-        key = ("bcast", layout.ident, root, K, chunk_bytes)
-        if t <= D or t >= K:
-            key += (max(0, t - K + 1), min(t, D))
-        return Step(key, traffic, "net" if net else "nvlink", apply, "broadcast", pipelined=t > D)
-
-    return Schedule("broadcast", (make_step(t) for t in range(rounds)), protocol, "tree")
+    return broadcast(fabric, layout, nbytes, protocol, algorithm="tree", root=root, chunks=chunks)
 
 
 def _rerooted(parent: list[int], node: int) -> int:
