@@ -64,7 +64,7 @@ def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: P
         if intra == "nvls":
             def traffic():
                 parts = [nvls_phase(fabric, isl, nbytes if phase == "rs" else nbytes * own,
-                                    nbytes * own if phase == "rs" else nbytes, calibration)
+                                    nbytes * own if phase == "rs" else nbytes, calibration, fanin=len(isl))
                          for isl, own in zip(islands, owned) if len(isl) > 1]
                 return tuple(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(4))
 

@@ -4,9 +4,14 @@ With NVLS the NVLink switch chips add up what the GPUs send and multicast the re
 N bytes over p GPUs each GPU sends N (its whole buffer, reduced in the switch, as a reduce-scatter) plus
 N/p (its reduced shard, multicast back, as an all-gather) and receives the same, so
 
-    T = a + N (1 + 1/p) / B
+    T = a + N [(1 + 1/p) + f log2 p] / B
 
-(plus the fill of a chunked pipeline, see ``nvls_allreduce``) against 2 (p-1)/p N / B for the best algorithm without in-network reduction. A GPU spreads this traffic
+(plus the fill of a chunked pipeline, see ``nvls_allreduce``) against 2 (p-1)/p N / B for the best
+algorithm without in-network reduction. B is NVLS's usable rate (``protocol.NVLS_EFFICIENCY``) and
+f log2 p the cost of waiting for p GPUs (``protocol.NVLS_FANIN``; zero on Hopper), charged as extra bytes
+on every stage's flows, so contention still acts on them. Charging it on the last, multicast-only stage
+as well is what makes the pipeline fill cost a full stage at NVLS speed (the ~0.5 ms the NVL72 rows show
+at 0.5-2 GiB). A GPU spreads this traffic
 over its switch chips in proportion to its links to each (all 18 planes of an NVL72, 5/4/4/5 on a DGX
 H100). An *island* is a set of GPUs attached to the same switch chips: a DGX node, an NVL72 rack, one rack
 of an NVL576 (whose second tier carries no reduction in this model).
@@ -19,10 +24,11 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.protocol import NVLS_CHUNK, NVLS_LATENCY, Calibration, Protocol
+from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol, nvls_stage_bytes
 from fabricsim.errors import InfeasibleError
 
-__all__ = ["switch_islands", "nvls_phase", "nvls_payload", "nvls_allreduce", "pipeline_chunks", "shards"]
+__all__ = ["switch_islands", "nvls_phase", "nvls_payload", "nvls_allreduce", "pipeline_chunks", "shards",
+           "nvlink_kind", "nvls_stage"]
 
 
 def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
@@ -36,6 +42,22 @@ def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
     return tuple(out)
 
 
+def nvlink_kind(fabric, rank: int) -> str:
+    """The kind of the NVLink ports between a GPU and its switch chips ("nvlink4", "nvlink5", ...)."""
+    lt = fabric.links
+    node = int(fabric.gpu_index[rank])
+    for chip, _ in _attachment(fabric, rank):
+        return str(lt.kind[lt.edge_index[(node, chip)]])
+    return ""
+
+
+def nvls_stage(fabric, islands: list[list[int]]) -> int:
+    """Bytes of one NVLS pipeline stage for these islands: NCCL's loop, channels x heads x 128 KiB, with
+    heads = the largest island's GPUs and NCCL's multi-node channel count across several islands."""
+    kind = nvlink_kind(fabric, islands[0][0])
+    return nvls_stage_bytes(kind, max(len(i) for i in islands), multi_node=len(islands) > 1)
+
+
 def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
     """The group's ranks split by the set of switch chips they attach to, in rank order."""
     islands: dict[tuple, list[int]] = {}
@@ -47,10 +69,12 @@ def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
     return list(islands.values())
 
 
-def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: Calibration):
+def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: Calibration, fanin: int = 0):
     """Arrays of the flows by which every GPU of ``island`` sends ``up`` bytes into its switch chips and
     receives ``down`` bytes from them (one figure for all, or one per GPU), spread over the chips by link
-    bandwidth: per GPU and chip, the flow up then the flow down."""
+    bandwidth: per GPU and chip, the flow up then the flow down. ``fanin`` is the island's size: every stage
+    of an NVLS kernel waits for that many GPUs (its multimem loads, and its per-step flags when it only
+    multicasts), so its bytes carry the fan-in cost (``protocol.NVLS_FANIN``); 0 or 1 for none."""
     src, dst, nbytes = [], [], []
     ups, downs = np.broadcast_to(up, len(island)), np.broadcast_to(down, len(island))  # per GPU, or one for all
     for r, up, down in zip(island, ups.tolist(), downs.tolist()):
@@ -59,16 +83,16 @@ def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: C
         node = int(fabric.gpu_index[r])
         for chip, bw in chips:
             kind = fabric.links.kind[fabric.links.edge_index[(node, chip)]]
-            factor = calibration.nvls_factor(kind) * bw / total
+            factor = calibration.nvls_factor(kind, fanin) * bw / total
             src += [node, chip]
             dst += [chip, node]
             nbytes += [up * factor, down * factor]
     return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.array(nbytes), np.zeros(len(src), dtype=np.int64)
 
 
-def pipeline_chunks(nbytes: float, chunk: float = NVLS_CHUNK) -> list[tuple[float, float]]:
-    """Parts ``[a, b)`` (fractions of the buffer) of each pipeline chunk: chunks of ``chunk`` bytes, the
-    last one holding the rest, so a larger message never has smaller chunks (its time never falls)."""
+def pipeline_chunks(nbytes: float, chunk: float) -> list[tuple[float, float]]:
+    """Parts ``[a, b)`` (fractions of the buffer) of each pipeline chunk: chunks of ``chunk`` bytes (one NVLS
+    stage, ``nvls_stage``), the last one holding the rest, so a larger message never has smaller chunks."""
     K = max(1, math.ceil(nbytes / chunk)) if nbytes > 0 else 1
     edges = [min(1.0, i * chunk / nbytes) for i in range(K)] + [1.0] if nbytes > 0 else [0.0, 1.0]
     return list(zip(edges[:-1], edges[1:]))
@@ -115,18 +139,18 @@ def nvls_payload(fabric, island: list[int], rs: list[tuple] = (), ag: list[tuple
 
 def nvls_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
                    calibration: Calibration) -> Schedule:
-    """All-reduce inside one switch island by in-switch reduction, pipelined in NVLS_CHUNK chunks.
+    """All-reduce inside one switch island by in-switch reduction, pipelined as NCCL's NVLS kernel loops.
 
     Stage r reduce-scatters chunk r while all-gathering chunk r-1, so K chunks take K + 1 stages:
-    T = a + N (1 + 1/p) / B + c (1 - 1/p) / B for chunk size c (one chunk: both phases in turn). Chunks
-    are NVLS_CHUNK bytes, the last one the rest.
+    T = a + N [(1 + 1/p) + f log2 p] / B + c (1 - 1/p) / B for chunk size c (one chunk: both phases in
+    turn). Chunks are one NVLS stage (``nvls_stage``: channels x p x 128 KiB), the last one the rest.
     """
     islands = switch_islands(fabric, layout)
     if len(islands) > 1:
         raise InfeasibleError(f"NVLS alone covers one switch island; this group spans {len(islands)} "
                               "(use hierarchical or nvls with an inter-island tree/ring)")
     p = layout.p
-    chunks = pipeline_chunks(nbytes)
+    chunks = pipeline_chunks(nbytes, nvls_stage(fabric, islands))
     K = len(chunks)
     ranks = layout.ranks
 
@@ -141,7 +165,7 @@ def nvls_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
             return nvls_payload(fabric, ranks, shards(("rs", r), *rs, ranks) if rs else [],
                                 shards(("ag", r - 1), *ag, ranks) if ag else [])
         return Step(("nvls", layout.ident, c_rs, c_ag, r == 0),
-                    lambda: nvls_phase(fabric, ranks, up, down, calibration), "nvlink", None, "nvls",
+                    lambda: nvls_phase(fabric, ranks, up, down, calibration, fanin=p), "nvlink", None, "nvls",
                     extra_latency=NVLS_LATENCY["nvlink"] if r == 0 else 0.0, pipelined=r > 0, carries=carries)
 
     def steps():

@@ -21,7 +21,8 @@ from fabricsim.collectives.kinds import KINDS, kind as lookup
 from fabricsim.collectives.p2p import normalise_pairs, p2p_protocol, ring_shift_pairs, send_recv as p2p_schedule
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
 from fabricsim.collectives import rooted, shards
-from fabricsim.collectives.select import AllreduceRunner, available_algorithms, build_allreduce, protocol_cost
+from fabricsim.collectives.select import (AllreduceRunner, available_algorithms, build_allreduce,
+                                          check_size_and_channels, nothing, protocol_cost)
 from fabricsim.errors import ConfigError, InfeasibleError
 
 __all__ = ["COLLECTIVES", "available", "build", "collective", "reduce_scatter", "all_gather", "all_to_all",
@@ -139,10 +140,12 @@ def collective(sim, kind: str, nbytes: int, *, ranks: Sequence[int] | None = Non
         FlowGroup cache shared between runs of equal schedules.
     """
     k = lookup(kind)
-    if not isinstance(nbytes, (int,)) or isinstance(nbytes, bool) or nbytes < 0:
-        raise ConfigError(f"message size must be a non-negative number of bytes, got {nbytes!r}")
+    check_size_and_channels(nbytes, channels)
     layout, pairs = _group(sim.fabric, k.name, ranks, pairs)
     _check_data(k.name, layout, data)
+    if layout.p == 1 and algorithm != "auto":  # one rank: zero bytes moved, zero time, busbw reported as 0
+        return sim.env.process(nothing(CollectiveResult(algorithm or k.algorithms[0], "simple", 1, nbytes, 0.0, 0,
+                                                        kind=k.name)))
     schedule = build(sim.fabric, layout, k.name, nbytes, algorithm, protocol=protocol, calibration=calibration,
                      channels=channels, root=root, pairs=pairs)
 
@@ -196,7 +199,7 @@ class CollectiveRunner:
     def __init__(self, topology, *, calibration: Calibration = CALIBRATED, protocol: str = "auto"):
         self.allreduce = AllreduceRunner(topology, calibration=calibration, protocol=protocol)
         self._choice: dict = {}
-        self._groups: dict = {}
+        self._results: dict = {}  # runs are deterministic: an identical run alone is not simulated twice
 
     topology = property(lambda self: self.allreduce.topology)
     calibration = property(lambda self: self.allreduce.calibration)
@@ -217,13 +220,20 @@ class CollectiveRunner:
         k = lookup(kind)
         if algorithm == "auto":
             algorithm = self.choose(k.name, nbytes, ranks, root=root, pairs=pairs)
+        memo = None
+        if data is None and trace is None:
+            memo = (k.name, nbytes, algorithm, None if ranks is None else tuple(sorted(int(r) for r in ranks)), root,
+                    None if pairs is None else repr(pairs), channels)
+            if memo in self._results:
+                return self._results[memo]
         sim = self.simulation(trace=trace is not None, record="groups" if trace else None)
         proc = collective(sim, k.name, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
-                          calibration=self.calibration, data=data, root=root, pairs=pairs, channels=channels,
-                          groups=self._groups if data is None and trace is None else None)
+                          calibration=self.calibration, data=data, root=root, pairs=pairs, channels=channels)
         sim.run()
         if trace is not None:
             sim.write_trace(trace)
+        if memo is not None:
+            self._results[memo] = proc.value
         return proc.value
 
     def choose(self, kind: str, nbytes: int, ranks: Sequence[int] | None = None, *, root: int | None = None,
@@ -239,6 +249,8 @@ class CollectiveRunner:
             algos = available(sim.fabric, layout, k.name)
             if not algos:
                 raise InfeasibleError(f"no {k.name} algorithm applies to this group")
+            if len(algos) == 1:
+                return algos[0]
             times = {a: self.run(k.name, nbytes, a, ranks=ranks, root=root, pairs=pairs).time for a in algos}
             self._choice[key] = min(times, key=times.get)
         return self._choice[key]

@@ -21,8 +21,9 @@ Algorithms (per rank bandwidth B, per-step latency a, p ranks):
 - ``tree``: NCCL has none for these two collectives (its trees reduce towards a root and broadcast back,
   the shape of an all-reduce); refused with that reason.
 
-In data-carrying mode the ring steps move data step by step; the NVLS steps and each phase of the
-hierarchical forms apply their effect once (the phase's ring mechanics are proved by the ring schedules).
+In data-carrying mode every step moves data as its flows do: the flat ring by its own segments, the NVLS
+flows their parts of the shards (reduced in, or multicast from, the switch chips) and the hierarchical
+form's rings the shards each GPU owns between the phases (``base.carry``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step, parallel, sequence
-from fabricsim.collectives.nvls import nvls_phase, switch_islands
+from fabricsim.collectives.nvls import nvls_payload, nvls_phase, switch_islands
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
 from fabricsim.collectives.ring import ring_allgather, ring_reduce_scatter
 from fabricsim.errors import ConfigError, InfeasibleError
@@ -75,36 +76,39 @@ def _build(fabric, layout, nbytes, protocol, algorithm, calibration, channels, *
     raise ConfigError(f"unknown {what} algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
 
 
-def _nvls_step(fabric, islands, nbytes, calibration, scatter: bool, pattern, apply, label) -> Step:
-    """Every island at once: GPUs send N (scatter) or N/m (gather) into their switches, receive the rest."""
+def _nvls_step(fabric, islands, nbytes, calibration, scatter: bool, pattern, owned, label) -> Step:
+    """Every island at once: GPUs send N (scatter) or N/m (gather) into their switches, receive the rest.
+
+    ``owned(rank)`` lists the parts ``[a, b)`` (fractions of the buffer) that ``rank`` ends owning (scatter)
+    or starts owning (gather); the flows carry exactly those parts (``base.carry``), reduced in the switches
+    on their way up for a reduce-scatter, multicast from them for an all-gather.
+    """
     def traffic():
         parts = []
         for isl in islands:
             small = nbytes / len(isl)
             up, down = (nbytes, small) if scatter else (small, nbytes)
-            parts.append(nvls_phase(fabric, isl, up, down, calibration))
+            parts.append(nvls_phase(fabric, isl, up, down, calibration, fanin=len(isl)))  # NVLS_FANIN
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
-    return Step(pattern, traffic, "nvlink", apply, label, extra_latency=NVLS_LATENCY["nvlink"])
+
+    def carries():
+        out = []
+        for k, isl in enumerate(islands):
+            mine = [((label, k, j), a, b, r) for r in isl for j, (a, b) in enumerate(owned(r))]
+            out += nvls_payload(fabric, isl, rs=mine) if scatter else nvls_payload(fabric, isl, ag=mine)
+        return out
+    return Step(pattern, traffic, "nvlink", None, label, extra_latency=NVLS_LATENCY["nvlink"], carries=carries)
 
 
 def _nvls_single(fabric, layout, nbytes, protocol, calibration, scatter) -> Schedule:
     p = layout.p
-
-    def apply(data: dict) -> None:
-        b = shard_bounds(next(iter(data.values())).shape[0], p)
-        if scatter:
-            total = sum(data[r] for r in layout.ranks)
-            for j, r in enumerate(layout.ranks):
-                data[r][b[j]:b[j + 1]] = total[b[j]:b[j + 1]]
-        else:
-            full = np.concatenate([data[r][b[j]:b[j + 1]] for j, r in enumerate(layout.ranks)])
-            for r in layout.ranks:
-                data[r][:] = full
+    pos = {r: j for j, r in enumerate(layout.ranks)}
 
     def steps():
         if p > 1:
             yield _nvls_step(fabric, [layout.ranks], nbytes, calibration, scatter,
-                             ("nvls-rs" if scatter else "nvls-ag", layout.ident, nbytes), apply, "nvls")
+                             ("nvls-rs" if scatter else "nvls-ag", layout.ident, nbytes),
+                             lambda r: [(pos[r] / p, (pos[r] + 1) / p)], "nvls")
     return Schedule("nvls", steps(), protocol, "nvls", launch_latency=0.0)
 
 
@@ -118,64 +122,47 @@ def _hierarchical(fabric, layout, nbytes, protocol, calibration, scatter, island
     pos = {r: j for j, r in enumerate(layout.ranks)}
     columns = [[isl[s] for isl in islands] for s in range(m)]  # GPUs of local index s, one per island
 
-    def column_index(n: int, s: int) -> np.ndarray:
-        """Elements of the shards owned by column s: what its GPUs hold between the two phases."""
-        b = shard_bounds(n, layout.p)
-        return np.concatenate([np.arange(b[pos[r]], b[pos[r] + 1]) for r in columns[s]])
+    def shard(r) -> tuple[float, float]:  # rank r's final shard, as fractions of the buffer
+        return pos[r] / layout.p, (pos[r] + 1) / layout.p
 
-    def intra_effect(data: dict) -> None:
-        n = next(iter(data.values())).shape[0]
-        for isl in islands:
-            for s, r in enumerate(isl):
-                idx = column_index(n, s)
-                if scatter:  # r holds the island's sum of its column's shards
-                    data[r][idx] = sum(data[g][idx] for g in isl)
-                else:  # every GPU of the island receives every column's shards
-                    for g in isl:
-                        if g != r:
-                            data[g][idx] = data[r][idx]
-
-    def inter_effect(data: dict) -> None:
-        n = next(iter(data.values())).shape[0]
-        b = shard_bounds(n, layout.p)
-        for col in columns:
-            for r in col:
-                sl = slice(b[pos[r]], b[pos[r] + 1])
-                if scatter:
-                    data[r][sl] = sum(data[g][sl] for g in col)
-                else:
-                    for g in col:
-                        if g != r:
-                            data[g][sl] = data[r][sl]
+    def column(r) -> list[tuple[float, float]]:  # what GPU r owns between the phases: its column's shards
+        s = next(isl.index(r) for isl in islands if r in isl)
+        return [shard(g) for g in columns[s]]
 
     if intra == "nvls":
         step = _nvls_step(fabric, islands, nbytes, calibration, scatter, ("h-nvls", layout.ident, scatter, nbytes),
-                          intra_effect, "nvls intra")
+                          column, "nvls intra")
         inner = Schedule("nvls intra", iter([step]), protocol, "nvls", launch_latency=0.0)
     else:
-        build = ring_reduce_scatter if scatter else ring_allgather
-        inner = _with_effect(parallel([build(fabric, GroupLayout(list(isl), [list(isl)]), nbytes, protocol)
-                                       for isl in islands], "intra ring"), intra_effect)
-    build = ring_reduce_scatter if scatter else ring_allgather
-    outer = _with_effect(parallel([build(fabric, GroupLayout(col, [[r] for r in col]), nbytes / m, protocol)
-                                   for col in columns], "inter ring"), inter_effect)
+        inner = parallel([_carried_ring(fabric, isl, [list(isl)], nbytes, protocol, scatter, column)
+                          for isl in islands], "intra ring")
+    outer = parallel([_carried_ring(fabric, col, [[r] for r in col], nbytes / m, protocol, scatter,
+                                    lambda r: [shard(r)]) for col in columns], "inter ring")
     phases = [inner, outer] if scatter else [outer, inner]
     if len(islands) == 1:
         phases = [inner]
     return sequence(phases, f"hierarchical({intra}+ring)")
 
 
-def _with_effect(schedule: Schedule, effect) -> Schedule:
-    """The schedule's traffic and timing, with its data effect applied once, by its last step."""
+def _carried_ring(fabric, ranks: list[int], domains: list[list[int]], nbytes: float, protocol: Protocol,
+                  scatter: bool, owned) -> Schedule:
+    """A one-channel ring reduce-scatter (or all-gather) over ``ranks`` whose segment for rank r is
+    ``owned(r)``, the parts (fractions of the buffer) r ends owning (starts owning): the ring schedule's
+    traffic and timing, its data moved by its flows (``base.carry``).
+
+    Step s of a reduce-scatter: position i adds its partial sum of segment (i - s) into position i + 1,
+    where segment k is what position k - 1 ends owning; step t of an all-gather: position i forwards
+    segment (i - t), where segment k is what position k starts owning.
+    """
+    build = ring_reduce_scatter if scatter else ring_allgather
+    sched = build(fabric, GroupLayout(list(ranks), domains), nbytes, protocol, channels=1)
+    order = ranks  # one channel: ring_orders keeps the given order for these layouts
+    m, shift, op = len(ranks), 1 if scatter else 0, "add" if scatter else "put"
+
     def steps():
-        last = None
-        for st in schedule.steps:
-            if last is not None:
-                yield last
+        for s, st in enumerate(sched.steps):
             st.apply = None
-            last = st
-        if last is not None:
-            last.apply = effect
-            yield last
-    return Schedule(schedule.name, steps(), schedule.protocol, schedule.latency_algorithm,
-                    launch_latency=schedule.launch_latency, view=None)
+            st.carries = (lambda s=s: [(0, [(None, a, b, op) for a, b in owned(order[(i - s - shift) % m])])
+                                       for i in range(m)])
+            yield st
+    return Schedule(sched.name, steps(), sched.protocol, sched.latency_algorithm, launch_latency=sched.launch_latency)

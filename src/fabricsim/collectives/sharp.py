@@ -4,7 +4,7 @@ Inside every switch island the NVLink switches reduce-scatter the message (NVLS)
 reduced shard once into the InfiniBand fabric, where the switches add the shards of all islands up on an
 aggregation tree and send the sum back; NVLS multicasts the result inside each island. Per GPU the NIC
 carries N/m each way (m GPUs per island), against 2 (d-1)/d N/m for a ring across d islands, and no
-step count grows with d. The three phases are pipelined chunk by chunk (NVLS_CHUNK): stage r
+step count grows with d. The three phases are pipelined chunk by chunk (one NVLS stage, ``nvls.nvls_stage``): stage r
 reduce-scatters chunk r, aggregates chunk r-1 in the network and all-gathers chunk r-2.
 
 The aggregation point of a shard is the switch nearest to all its owners' NICs (the rail leaf when they
@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nvls import nvls_payload, nvls_phase, pipeline_chunks, switch_islands
+from fabricsim.collectives.nvls import nvls_payload, nvls_phase, nvls_stage, pipeline_chunks, switch_islands
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
 from fabricsim.errors import InfeasibleError
 from fabricsim.simulator.routing import stable_hash
@@ -111,7 +111,7 @@ def sharp_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol
         raise InfeasibleError("sharp needs SHARP-capable network switches; this fabric declares none "
                               "(build the scale-out fabric with sharp=True)")
     S = max(len(i) for i in islands)
-    chunks = pipeline_chunks(nbytes)
+    chunks = pipeline_chunks(nbytes, nvls_stage(fabric, islands))
     K = len(chunks)
     gi = fabric.gpu_index
     cache: dict = {}
@@ -157,7 +157,7 @@ def sharp_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol
     def nvls(phase: str, q: int):
         c = sizes(q)
         parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
-                            calibration) for isl, own in zip(islands, owned) if len(isl) > 1]
+                            calibration, fanin=len(isl)) for isl, own in zip(islands, owned) if len(isl) > 1]
         return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
 
     def network(q: int):

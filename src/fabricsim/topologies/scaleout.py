@@ -42,9 +42,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fabricsim.errors import ConfigError, InfeasibleError
+from dataclasses import replace
+
 from fabricsim.hardware import (
-    B200, GB200, H100, IB_NDR, NVLINK4, NVLINK5, NVLINK5_SWITCH, NVSWITCH_GEN3, PCIE5_X16, QUANTUM2_NDR,
-    LinkSpec, SwitchSpec,
+    B200, GB200, H100, IB_NDR, NETWORK_KINDS, NVLINK4, NVLINK5, NVLINK5_SWITCH, NVSWITCH_GEN3, PCIE5_X16,
+    QUANTUM2_NDR, LinkSpec, SwitchSpec,
 )
 from fabricsim.topologies.base import CutNode, Topology, tree_cut_flow
 from fabricsim.topologies.nvlink import (
@@ -91,7 +93,8 @@ def _ceil(x: float) -> int:
 
 def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int | None = None,
               network: str = "rail", nic: LinkSpec = IB_NDR, switch: SwitchSpec = QUANTUM2_NDR,
-              oversubscription: float = 1.0, planes: str = "aggregate", sharp: bool | None = None) -> Topology:
+              oversubscription: float = 1.0, planes: str = "aggregate", sharp: bool | None = None,
+              network_kind: str | None = None, net_latency: float | None = None) -> Topology:
     """NVLink domains joined by a two- or three-tier fat tree of InfiniBand/Ethernet switches.
 
     Parameters
@@ -115,6 +118,13 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         ``sharp=True``, which is what lets collectives offer algorithm "sharp". Default: as the switch
         model supports it (``SHARP_SWITCHES``: Quantum-2 and Quantum-X800 do, Ethernet switches do not);
         ``True`` for a switch model without SHARP is refused.
+    network_kind : {"ib", "roce", "cloud"}, optional
+        Latency character of the network (``hardware.NETWORK_KINDS``): NIC and switch traversal latencies.
+        Default: "ib" for InfiniBand NICs, "roce" for Ethernet ones. The NICs' and switches' own latencies
+        are replaced by the kind's.
+    net_latency : float, optional
+        One NIC traversal in seconds (GPU -> NIC or NIC -> GPU), overriding the kind's: e.g. a cloud
+        fabric's measured half round trip minus its switch hops.
 
     Returns
     -------
@@ -141,6 +151,7 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     if network not in NETWORKS:
         raise ConfigError(f"network must be one of {', '.join(NETWORKS)}; got {network!r}")
     check_planes(planes)
+    nic, switch, network_kind = _network_latencies(nic, switch, network_kind, net_latency)
     if isinstance(oversubscription, bool) or not isinstance(oversubscription, (int, float)) \
             or not oversubscription > 0 or math.isinf(oversubscription):
         raise ConfigError(f"oversubscription must be a positive number, got {oversubscription!r}")
@@ -207,6 +218,7 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         "last_domain_size": total - (n_domains - 1) * kind.size, "network": network,
         "rails": kind.rails if network == "rail" else 0, "planes": planes, "oversubscription": oversubscription,
         "radix": k, "nics_per_leaf": per_leaf, "leaves": n_leaves, "uplinks_per_leaf": uplinks, "sharp": sharp,
+        "network_kind": network_kind, "nic_latency": nic.latency, "switch_latency": switch.latency,
     }
     leaf_pod = [0] * n_leaves
     if n_leaves == 1:
@@ -291,12 +303,31 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         "one NIC per GPU; the GPU-NIC host link is never the bottleneck",
         f"rails: {'local GPU index mod ' + str(kind.rails) if network == 'rail' else 'none (NICs fill leaves in rank order)'}",
         "partial last domain: the remaining GPUs at its first positions, all its NVLink switches present",
-        "switch latency (A031, HDR) charged on every link into or out of a switch",
+        f"network kind {network_kind}: NIC traversal {nic.latency * 1e6:g} us, switch {switch.latency * 1e6:g} us "
+        "(hardware.NETWORK_KINDS), the switch latency charged on every link into or out of a switch",
     ]
     hardware = dict(kind.hardware, nic=nic, switch=switch)
     name = f"{domain}-{'ib' if nic.kind.startswith('ib') else 'eth'}"
     topo = Topology(dom.graph(), dom.gpus, dom.domains, name=name, hardware=hardware, meta=meta)
     return topo.validate().stamp()
+
+
+def _network_latencies(nic: LinkSpec, switch: SwitchSpec, kind: str | None,
+                       net_latency: float | None) -> tuple[LinkSpec, SwitchSpec, str]:
+    """The NIC and switch specs with the latencies of network ``kind`` (and ``net_latency`` for the NIC)."""
+    if kind is None:
+        kind = "ib" if str(nic.kind).startswith("ib") else "roce"
+    spec = NETWORK_KINDS.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        raise ConfigError(f"network_kind must be one of {', '.join(NETWORK_KINDS)}; got {kind!r}")
+    nic_latency = spec.nic_latency
+    if net_latency is not None:
+        if isinstance(net_latency, bool) or not isinstance(net_latency, (int, float)) \
+                or not 0 <= net_latency < 1e-2 or math.isnan(net_latency):
+            raise ConfigError(f"net_latency must be seconds between 0 and 10 ms, got {net_latency!r}")
+        nic_latency = float(net_latency)
+    return (replace(nic, latency=nic_latency, latency_source=spec.source),
+            replace(switch, latency=spec.switch_latency), kind)
 
 
 def _sizes(size: int, gpus: Any, count: Any) -> tuple[int, int]:

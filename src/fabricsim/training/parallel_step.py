@@ -257,6 +257,10 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
     traffic = {
         "tp": m * model.layers / p * per_block,
         "pp": pipe.p2p_bytes_per_rank,
+        "cp": (m * model.layers / p * (layout.cp - 1)
+               * (results["cp"][0].bytes_per_rank + results["cp"][1].bytes_per_rank)) if "cp" in results else 0.0,
+        "ep": (m * 4 * sum(w.moe_blocks for w in work) / p * results["ep"][0].bytes_per_rank)
+        if "ep" in results else 0.0,
         "dp": dp_sent / p,
     }
     forward = sum(m * fwd[k * p + crit] for k in range(v))
