@@ -75,9 +75,11 @@ def test_degraded_gpu_loses_planes_not_speed(rack):
     assert len(out) == 9 and all(d["bandwidth"] == 50e9 for d in out)
     assert {v for _, v in hurt.graph.out_edges("r0/gpu5")} == {f"r0/nvs{c}" for c in range(9)}
     assert hurt.injection_bandwidth("r0/gpu4") == rack.injection_bandwidth("r0/gpu4")
-    # the ring is as slow as its slowest member: half the busbw
-    ratio = AllreduceRunner(hurt).run(2**30, "ring").busbw / AllreduceRunner(rack).run(2**30, "ring").busbw
-    assert ratio == pytest.approx(0.5, abs=0.03)
+    # the ring is as slow as its slowest member: about half the busbw (one protocol for both, so that only
+    # the bandwidth differs)
+    ratio = (AllreduceRunner(hurt, protocol="simple").run(2**30, "ring").busbw
+             / AllreduceRunner(rack, protocol="simple").run(2**30, "ring").busbw)
+    assert 0.5 <= ratio <= 0.56  # bandwidth halves; the per-step latencies do not, so a little above 0.5
 
 
 def test_aggregate_crossbar_loses_lanes():
