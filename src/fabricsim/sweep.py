@@ -76,6 +76,7 @@ class SweepSpec:
     curve_sizes: tuple = DEFAULT_CURVE
     topology_options: dict = field(default_factory=dict)
     strict_algorithms: bool = False
+    calibration: object = None  # a Calibration (``--calibration FILE``); None: the shipped one
 
     def __post_init__(self) -> None:
         if self.mode not in ("step", "message"):
@@ -157,7 +158,7 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
     if curve is None:
         curve = spec.mode == "step" and gpus == spec.curve_gpus
     topo = _build(spec, gpus)
-    runner = AllreduceRunner(topo)
+    runner = AllreduceRunner(topo, **({"calibration": spec.calibration} if spec.calibration else {}))
     fabric = runner.simulation(record=None).fabric
     ranks = step_layout(topo, spec.step.tp).dp_groups[0] if spec.mode == "step" else None
     layout = GroupLayout.of(fabric, ranks)

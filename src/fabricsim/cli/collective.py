@@ -11,7 +11,7 @@ import time
 import click
 
 from fabricsim.cli.output import FORMATS, make_writer
-from fabricsim.cli.params import GPUS, SIZE, STEP_FACTOR
+from fabricsim.cli.params import GPUS, SIZE, STEP_FACTOR, calibration_option
 from fabricsim.collectives import KINDS, CollectiveRunner
 from fabricsim.collectives.check import count_wrong
 from fabricsim.collectives.records import DTYPES, REDOPS, dtype_name, dtype_size, nccl_size, record
@@ -93,9 +93,10 @@ change nothing (a simulation is deterministic: every iteration takes the same ti
     @click.option("--trace", type=click.Path(dir_okay=False), default=None,
                   help="Perfetto trace of the largest size (simulate only).")
     @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+    @calibration_option
     def command(topology_name, gpus, planes, algorithm, protocol, min_bytes, max_bytes, step_factor, step_bytes,
-                dtype, op, root, check, iters, warmup_iters, blocking, model, fmt, trace, quiet):
-        run_collective(name, topology_name=topology_name, gpus=gpus, planes=planes, algorithm=algorithm,
+                dtype, op, root, check, iters, warmup_iters, blocking, model, fmt, trace, quiet, calibration=None):
+        run_collective(name, calibration=calibration, topology_name=topology_name, gpus=gpus, planes=planes, algorithm=algorithm,
                        protocol=protocol, sizes=size_series(min_bytes, max_bytes, step_factor, step_bytes),
                        dtype=dtype, op=op, root=root, check=bool(check), model=model, fmt=fmt, trace=trace,
                        quiet=quiet, header=dict(min=min_bytes, max=max_bytes, factor=step_factor, step=step_bytes,
@@ -104,7 +105,7 @@ change nothing (a simulation is deterministic: every iteration takes the same ti
 
 
 def run_collective(name: str, *, topology_name, gpus, planes, algorithm, protocol, sizes, dtype, op, root, check,
-                   model, fmt, trace, quiet, header) -> None:
+                   model, fmt, trace, quiet, header, calibration=None) -> None:
     """Run ``sizes`` of collective ``name`` and write one row per size as it finishes."""
     k = KINDS[name]
     dtype = dtype_name(dtype)
@@ -116,7 +117,7 @@ def run_collective(name: str, *, topology_name, gpus, planes, algorithm, protoco
     p = topo.num_gpus
     if k.rooted and root >= p:
         raise ConfigError(f"--root {root} is not a rank of the {p} GPUs")
-    runner = CollectiveRunner(topo, protocol=protocol)
+    runner = CollectiveRunner(topo, protocol=protocol, **({"calibration": calibration} if calibration else {}))
     step = f"{header['factor']:g}(factor)" if header["factor"] else \
         (f"{header['step']}(bytes)" if header["step"] else "2(factor)")
     writer = make_writer(fmt, preamble=[

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from fabricsim.cli.params import calibration_option
 from fabricsim.cli.sweep import make_step_config, step_options
 
 
@@ -13,6 +14,7 @@ from fabricsim.cli.sweep import make_step_config, step_options
 @click.option("--algorithm", "-a", default="ring", show_default=True,
               help="Data-parallel all-reduce: ring, tree, hierarchical, nvls or auto.")
 @step_options
+@calibration_option
 @click.option("--network", type=click.Choice(["rail", "fat-tree"]), default=None, help="Scale-out network.")
 @click.option("--oversubscription", type=float, default=None, help="Scale-out leaf down:up ratio.")
 @click.option("--buckets", "show", type=int, default=12, show_default=True,
@@ -23,7 +25,7 @@ from fabricsim.cli.sweep import make_step_config, step_options
               help="Write the step's Perfetto/Chrome timeline (every stage, micro-batch and collective) to this "
                    "JSON file.")
 def step(topology, gpus, algorithm, model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
-         attention_flops, network, oversubscription, show, memory_check, trace) -> None:
+         attention_flops, network, oversubscription, show, memory_check, trace, calibration=None) -> None:
     """Simulate one training step and print its timeline, bucket by bucket."""
     from fabricsim.topologies.io import PRESETS, resolve
     from fabricsim.training import check_memory, simulate_step, write_step_trace
@@ -34,7 +36,8 @@ def step(topology, gpus, algorithm, model, precision, mfu, layout, scaling, batc
     options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
     topo = resolve(topology, gpus=gpus if topology in PRESETS else None, **options)
     memory = check_memory(topo, config) if memory_check else None
-    res = simulate_step(topo, config, trace=trace)
+    from fabricsim.collectives import AllreduceRunner
+    res = simulate_step(topo, config, trace=trace, runner=AllreduceRunner(topo, calibration=calibration) if calibration else None)
     m = config.model
     click.echo(m.describe())
     click.echo(f"{topo.num_gpus} GPUs on {topo.name or topology}: {res.layout.describe()}, {config.precision} "

@@ -7,6 +7,7 @@ import sys
 import click
 
 from fabricsim.cli.layout_options import layout_options
+from fabricsim.cli.params import calibration_option
 from fabricsim.errors import ConfigError
 from fabricsim.units import format_size, parse_size
 
@@ -78,10 +79,11 @@ def make_step_config(model, precision, mfu, layout, scaling, batch, global_batch
 @click.option("--oversubscription", type=float, default=None, help="Scale-out leaf down:up ratio.")
 @click.option("--out", "-o", "out_dir", default=DEFAULT_OUT, show_default=True, help="Directory for CSV, JSON, plots.")
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes [default: all cores].")
+@calibration_option
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNG and SVG plots.")
 def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, scaling, batch, global_batch, bucket,
           grad_bytes, attention_flops, mode, message_bytes, curve_gpus, network, oversubscription, out_dir, jobs,
-          plots) -> None:
+          plots, calibration=None) -> None:
     """Simulate a training step (or all-reduces) at every cluster size and algorithm.
 
     With no arguments: Llama 3 8B, data parallel, on GB200 NVL72 racks joined by 400G InfiniBand, from 8
@@ -114,7 +116,7 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, 
     options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
     spec = SweepSpec(topology=topology, sizes=size_list, algorithms=algos, mode=mode, step=config,
                      message_sizes=msg_sizes, curve_gpus=curve_gpus if mode == "step" else None,
-                     topology_options=options)
+                     topology_options=options, calibration=calibration)
     from fabricsim.sweep import plan_sweep
 
     planned = plan_sweep(spec)  # every size checked before the first one runs

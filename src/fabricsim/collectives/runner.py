@@ -84,11 +84,13 @@ def build(fabric, layout: GroupLayout, kind: str, nbytes: int, algorithm: str | 
     if k.name == "sendrecv":
         return p2p_schedule(fabric, pairs, nbytes, p2p_protocol(nbytes, protocol))
     if algorithm == "nvls":
-        proto = choose_protocol(nbytes, "simple")  # NVLS runs on Simple only, as in NCCL
+        # NVLS runs on Simple only, as in NCCL
+        proto = choose_protocol(nbytes, "simple", protocols=getattr(calibration, "protocols", None))
     else:
         # NCCL's ring/tree cost model of an all-reduce ranks the protocols the same way for its halves
         shape = "tree" if algorithm == "tree" else "ring"
-        proto = choose_protocol(nbytes, protocol, cost=protocol_cost(fabric, layout, nbytes, shape))
+        proto = choose_protocol(nbytes, protocol, cost=protocol_cost(fabric, layout, nbytes, shape),
+                                protocols=getattr(calibration, "protocols", None))
     if k.name == "reducescatter":
         return shards.reduce_scatter(fabric, layout, nbytes, proto, algorithm=algorithm, calibration=calibration,
                                      channels=channels)

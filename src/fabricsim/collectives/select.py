@@ -106,9 +106,10 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
     if algorithm not in ALGORITHMS or algorithm == "auto":
         raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     if algorithm in ("nvls", "sharp"):
-        proto = choose_protocol(nbytes, "simple")
+        proto = choose_protocol(nbytes, "simple", protocols=getattr(calibration, "protocols", None))
     else:
-        proto = choose_protocol(nbytes, protocol, cost=protocol_cost(fabric, layout, nbytes, algorithm))
+        proto = choose_protocol(nbytes, protocol, cost=protocol_cost(fabric, layout, nbytes, algorithm),
+                                protocols=getattr(calibration, "protocols", None))
     if algorithm == "ring":
         return ring_allreduce(fabric, layout, nbytes, proto, channels=channels)
     if algorithm == "tree":
