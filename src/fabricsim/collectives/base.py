@@ -228,7 +228,8 @@ class CollectiveResult:
 
     @property
     def algbw(self) -> float:
-        return self.nbytes / self.time if self.time > 0 else float("inf")
+        """nbytes / time; 0 for a zero-time collective (one rank, or no bytes), which moves nothing."""
+        return self.nbytes / self.time if self.time > 0 else 0.0
 
     @property
     def busbw(self) -> float:
@@ -247,7 +248,10 @@ class GroupLayout:
     def of(cls, fabric: Fabric, ranks: Sequence[int] | None) -> "GroupLayout":
         topo = fabric.topology
         p_all = topo.num_gpus
-        ranks = list(range(p_all)) if ranks is None else [int(r) for r in ranks]
+        try:
+            ranks = list(range(p_all)) if ranks is None else [int(r) for r in ranks]
+        except (TypeError, ValueError):
+            raise ConfigError(f"ranks must be a list of integers, got {ranks!r}") from None
         if len(ranks) < 1:
             raise ConfigError("a collective needs at least one rank")
         if len(set(ranks)) != len(ranks):

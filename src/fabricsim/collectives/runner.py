@@ -21,7 +21,8 @@ from fabricsim.collectives.kinds import KINDS, kind as lookup
 from fabricsim.collectives.p2p import normalise_pairs, p2p_protocol, ring_shift_pairs, send_recv as p2p_schedule
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
 from fabricsim.collectives import rooted, shards
-from fabricsim.collectives.select import AllreduceRunner, available_algorithms, build_allreduce, protocol_cost
+from fabricsim.collectives.select import (AllreduceRunner, available_algorithms, build_allreduce,
+                                          check_size_and_channels, nothing, protocol_cost)
 from fabricsim.errors import ConfigError, InfeasibleError
 
 __all__ = ["COLLECTIVES", "available", "build", "collective", "reduce_scatter", "all_gather", "all_to_all",
@@ -141,10 +142,12 @@ def collective(sim, kind: str, nbytes: int, *, ranks: Sequence[int] | None = Non
         FlowGroup cache shared between runs of equal schedules.
     """
     k = lookup(kind)
-    if not isinstance(nbytes, (int,)) or isinstance(nbytes, bool) or nbytes < 0:
-        raise ConfigError(f"message size must be a non-negative number of bytes, got {nbytes!r}")
+    check_size_and_channels(nbytes, channels)
     layout, pairs = _group(sim.fabric, k.name, ranks, pairs)
     _check_data(k.name, layout, data)
+    if layout.p == 1 and algorithm != "auto":  # one rank: zero bytes moved, zero time, busbw reported as 0
+        return sim.env.process(nothing(CollectiveResult(algorithm or k.algorithms[0], "simple", 1, nbytes, 0.0, 0,
+                                                        kind=k.name)))
     schedule = build(sim.fabric, layout, k.name, nbytes, algorithm, protocol=protocol, calibration=calibration,
                      channels=channels, root=root, pairs=pairs)
 

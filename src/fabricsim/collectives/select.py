@@ -133,9 +133,10 @@ def allreduce(sim, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm
     """Start an all-reduce in ``sim``; returns the SimPy process, whose value is a CollectiveResult."""
     if algorithm == "auto":
         raise ConfigError("algorithm 'auto' is resolved by AllreduceRunner.choose before a run")
-    if not isinstance(nbytes, int) or nbytes < 0:
-        raise ConfigError(f"message size must be a non-negative number of bytes, got {nbytes!r}")
+    _check_run(nbytes, algorithm, channels)
     layout = GroupLayout.of(sim.fabric, ranks)
+    if layout.p == 1:  # one rank: a zero-byte, zero-time operation on any fabric (busbw reported as 0)
+        return sim.env.process(nothing(CollectiveResult(algorithm, "simple", 1, nbytes, 0.0, 0)))
     schedule = build_allreduce(sim.fabric, layout, nbytes, algorithm, protocol=protocol,
                                calibration=calibration, channels=channels)
 
@@ -148,11 +149,58 @@ def allreduce(sim, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm
     return sim.env.process(body())
 
 
+#: Most channels a run accepts: a bound that keeps a run finite, above the 32 rings NCCL builds at most.
+MAX_RUN_CHANNELS = 64
+
+
+def _check_run(nbytes, algorithm, channels) -> None:
+    """The arguments every all-reduce entry point shares, checked before any work (ConfigError)."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    check_size_and_channels(nbytes, channels)
+
+
+def check_size_and_channels(nbytes, channels) -> None:
+    """A size in 0..2**50 bytes and ``channels`` None or in 1..MAX_RUN_CHANNELS (ConfigError), for any
+    collective's entry point."""
+    from fabricsim.units import MAX_BYTES
+
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= MAX_BYTES:
+        raise ConfigError(f"message size must be a non-negative whole number of bytes, at most 2**50, "
+                          f"got {nbytes!r}")
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)
+                                 or not 1 <= channels <= MAX_RUN_CHANNELS):
+        raise ConfigError(f"channels must be an integer in 1..{MAX_RUN_CHANNELS}, got {channels!r}")
+
+
+def nothing(result):
+    """A SimPy process body that returns ``result`` at once (a one-rank collective)."""
+    return result
+    yield  # a generator: SimPy runs it as a process that ends at once
+
+
 class AllreduceRunner:
-    """Simulates single all-reduces on one topology, reusing its routes across runs (for sweeps)."""
+    """Simulates single all-reduces on one topology, reusing its routes across runs (for sweeps).
+
+    Raises
+    ------
+    ConfigError
+        ``topology`` is not a Topology (build one with ``fabricsim.build(name)``), or an unknown
+        ``protocol``; :meth:`run` also refuses a size outside 0..2**50 bytes, an unknown algorithm and
+        ``channels`` outside 1..64.
+    """
 
     def __init__(self, topology, *, calibration: Calibration = CALIBRATED, protocol: str = "auto"):
         from fabricsim.simulator.engine import Simulation
+        from fabricsim.topologies.base import Topology
+
+        if not isinstance(topology, Topology):
+            hint = f" (build it with fabricsim.build({topology!r}))" if isinstance(topology, str) else ""
+            raise ConfigError(f"AllreduceRunner needs a Topology, got {type(topology).__name__}{hint}")
+        if not isinstance(calibration, Calibration):
+            raise ConfigError(f"calibration must be a Calibration, got {type(calibration).__name__}")
+        if protocol != "auto":
+            choose_protocol(0, protocol)  # ConfigError for an unknown name
 
         self.topology = topology
         self.calibration = calibration
@@ -170,6 +218,7 @@ class AllreduceRunner:
     def run(self, nbytes: int, algorithm: str = "ring", *, ranks: Sequence[int] | None = None,
             data: dict | None = None, trace: str | None = None, channels: int | None = None) -> CollectiveResult:
         """One all-reduce alone on an idle fabric; ``trace`` writes its Perfetto timeline."""
+        _check_run(nbytes, algorithm, channels)
         if algorithm == "auto":
             algorithm = self.choose(nbytes, ranks)
         sim = self.simulation(trace=trace is not None, record="groups" if trace else None)
@@ -198,7 +247,11 @@ def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Ca
     beyond the per-GPU bottleneck; all GPUs of the topology take part."""
 
     from fabricsim.collectives.protocol import NVLS_LATENCY
+    from fabricsim.topologies.base import Topology
 
+    if not isinstance(topology, Topology):
+        raise ConfigError(f"estimate_allreduce needs a Topology, got {type(topology).__name__}")
+    _check_run(nbytes, algorithm, None)
     p = topology.num_gpus
     domains = len(topology.domains)
     m = max(len(d) for d in topology.domains)
@@ -235,6 +288,8 @@ def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Ca
         intra = analytic.ring_allreduce_time(m, nbytes / wire, b_nvl, lat[("ring", "nvlink")])
         inter = analytic.ring_allreduce_time(domains, nbytes / wire / m, b_nic, lat[("ring", "net")])
         t = proto.launch_latency["ring"] + intra + inter
+    elif algorithm == "sharp":
+        raise InfeasibleError("sharp has no closed-form estimate; run it with --model simulate")
     elif algorithm == "nvls":
         if not nvl_kind:
             raise InfeasibleError("nvls needs NVLink switch chips")

@@ -52,6 +52,10 @@ ASSUMPTIONS = (
     "across nodes, one NIC per GPU in every preset), read from NCCL's constants and 'NVLS Head' log lines.",
     "CoreWeave's two-rack GB200 run is simulated as an NVLS tree and its 20-rack run as a ring: NCCL 2.26.2's "
     "choice is not printed; the busbw near one rack's (2 racks) and the ~5 ms fixed cost (20 racks) imply them.",
+    "The 20-rack ring rows are 14-22% pessimistic. In the simulation a ring channel crossing racks gets 48 GB/s "
+    "alone but 22 GB/s when 16 run together: inter-rack flows that cross leaves collide on spines under static "
+    "ECMP. InfiniBand adaptive routing, which spreads them, is not modelled (a hypothesis, not checked); the "
+    "protocol auto picks for these rings (LL, LL128) is the protocol-choice part of issue 10, not this one.",
     "CoreWeave's 64-H100 run with the SHARP manifest is simulated as an NVLS tree: its asymptote (387 GB/s) is "
     "the tree's network bound (382), not in-network reduction (which halves NIC traffic). That SHARP was "
     "inactive in that run is an inference.",
