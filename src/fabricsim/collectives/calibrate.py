@@ -148,6 +148,9 @@ def fit(topology, kind: str, measured: dict, *, fit_sizes=None, algorithm: str =
     fit_sizes = sorted(measured if fit_sizes is None else fit_sizes)
     if not fit_sizes:
         raise ConfigError("no sizes to fit on")
+    missing = [s for s in fit_sizes if s not in measured]
+    if missing:
+        raise ConfigError(f"size {missing[0]} is not in the measurements")
     y = np.log([measured[s] for s in fit_sizes])
     chooser = CollectiveRunner(topology, calibration=start)
     algorithms = {s: chooser.choose(kind, s) if algorithm == "auto" else algorithm for s in fit_sizes}
