@@ -66,8 +66,9 @@ def _group(fabric, kind: str, ranks, pairs):
 
 def build(fabric, layout: GroupLayout, kind: str, nbytes: int, algorithm: str | None = None, *,
           protocol: str = "auto", calibration: Calibration = CALIBRATED, channels: int | None = None,
-          root: int | None = None, pairs: list | None = None) -> Schedule:
-    """The schedule of one collective (``algorithm=None``: the kind's default; not ``"auto"``)."""
+          root: int | None = None, pairs: list | None = None, memo: dict | None = None) -> Schedule:
+    """The schedule of one collective (``algorithm=None``: the kind's default; not ``"auto"``); ``memo``
+    remembers all-reduce protocol choices (``AllreduceRunner.memo``)."""
     k = lookup(kind)
     algorithm = algorithm or k.algorithms[0]
     if algorithm == "auto":
@@ -76,7 +77,7 @@ def build(fabric, layout: GroupLayout, kind: str, nbytes: int, algorithm: str | 
         raise ConfigError(f"{k.name} has no root")
     if k.name == "allreduce":
         return build_allreduce(fabric, layout, nbytes, algorithm, protocol=protocol, calibration=calibration,
-                               channels=channels)
+                               channels=channels, memo=memo)
     if algorithm not in k.algorithms and not (k.name in ("reducescatter", "allgather") and algorithm == "tree"):
         hint = " (NCCL runs it as grouped send/recv)" if k.name in ("alltoall", "sendrecv") else ""
         raise ConfigError(f"{k.name} has no algorithm {algorithm!r}; use one of {', '.join(k.algorithms)}{hint}")
@@ -117,7 +118,8 @@ def _check_data(kind: str, layout: GroupLayout, data: dict | None) -> None:
 
 def collective(sim, kind: str, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm: str | None = None,
                protocol: str = "auto", calibration: Calibration = CALIBRATED, data: dict | None = None,
-               root: int | None = None, pairs=None, channels: int | None = None, groups: dict | None = None):
+               root: int | None = None, pairs=None, channels: int | None = None, groups: dict | None = None,
+               memo: dict | None = None):
     """Start one collective in ``sim``; returns the SimPy process, whose value is a CollectiveResult.
 
     Parameters
@@ -149,7 +151,7 @@ def collective(sim, kind: str, nbytes: int, *, ranks: Sequence[int] | None = Non
         return sim.env.process(nothing(CollectiveResult(algorithm or k.algorithms[0], "simple", 1, nbytes, 0.0, 0,
                                                         kind=k.name)))
     schedule = build(sim.fabric, layout, k.name, nbytes, algorithm, protocol=protocol, calibration=calibration,
-                     channels=channels, root=root, pairs=pairs)
+                     channels=channels, root=root, pairs=pairs, memo=memo)
 
     def body():
         start = sim.env.now

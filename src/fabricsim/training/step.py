@@ -342,15 +342,12 @@ def _bucket_sizes(grad_bytes: int, bucket: int) -> np.ndarray:
 
 def _concurrent_allreduce(runner: AllreduceRunner, groups: list, nbytes: int, algorithm: str):
     """Every group all-reduces ``nbytes`` at the same instant on an idle fabric; the slowest group's result."""
-    sim = runner.simulation(record=None)
-    procs = [allreduce(sim, int(nbytes), ranks=g, algorithm=algorithm, protocol=runner.protocol,
-                       calibration=runner.calibration) for g in groups]
-    sim.run()
-    return max((p.value for p in procs), key=lambda r: r.time)
+    return runner.run_concurrent(int(nbytes), groups, algorithm)
 
 
-def _resolve_algorithm(runner: AllreduceRunner, algorithm: str, nbytes: int, ranks) -> str:
-    return runner.choose(int(nbytes), ranks) if algorithm == "auto" else algorithm
+def _resolve_algorithm(runner: AllreduceRunner, algorithm: str, nbytes: int, groups) -> str:
+    """``auto``: the algorithm fastest with all ``groups`` running at once, as they do in the step."""
+    return runner.choose(int(nbytes), groups=groups) if algorithm == "auto" else algorithm
 
 
 def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | None = None,
@@ -421,7 +418,7 @@ def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | Non
             tp_result = CollectiveResult("ring reduce-scatter + all-gather", "simple", len(ranks), int(tp_bytes),
                                          rs.time + ag.time)
         else:
-            tp_result = runner.run(tp_bytes, _resolve_algorithm(runner, "auto", tp_bytes, ranks), ranks=ranks)
+            tp_result = runner.run(tp_bytes, _resolve_algorithm(runner, "auto", tp_bytes, [ranks]), ranks=ranks)
         per_pass = 2 * model.layers * (sequences / layout.dp) * tp_result.time
         tp_fwd = tp_bwd = per_pass
 
@@ -434,10 +431,11 @@ def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | Non
     results: dict[int, CollectiveResult] = {}
     algorithm = config.algorithm
     if len(sizes):
-        algorithm = _resolve_algorithm(runner, config.algorithm, int(sizes[0]), layout.dp_groups[0])
+        algorithm = _resolve_algorithm(runner, config.algorithm, int(sizes[0]), layout.dp_groups)
     if engine == "fast" or not len(sizes):
         for size in np.unique(sizes).tolist():
-            results[size] = _concurrent_allreduce(runner, layout.dp_groups, size, algorithm)
+            chosen = _resolve_algorithm(runner, config.algorithm, size, layout.dp_groups)
+            results[size] = _concurrent_allreduce(runner, layout.dp_groups, size, chosen)
         durations = np.array([results[s].time for s in sizes.tolist()], dtype=float)
         # end_i = max_j<=i (ready_j + sum_{k=j..i} d_k): a running maximum over a prefix sum
         csum = np.cumsum(durations)
@@ -486,7 +484,7 @@ def _events_chain(runner, layout: StepLayout, sizes, ready, algorithm, trace, fo
             i = yield released.get()
             start[i] = env.now
             procs = [allreduce(sim, int(sizes[i]), ranks=g, algorithm=algorithm, protocol=runner.protocol,
-                               calibration=runner.calibration) for g in layout.dp_groups]
+                               calibration=runner.calibration, memo=runner.memo) for g in layout.dp_groups]
             yield env.all_of(procs)
             end[i] = env.now
             results.setdefault(int(sizes[i]), max((p.value for p in procs), key=lambda r: r.time))
