@@ -12,12 +12,13 @@ from fabricsim.validation.report import summary_lines, table_header, table_line
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="Only the fast rows (all collectives; no training steps).")
+@click.option("--quick", is_flag=True, help="Only the fast rows (collectives below 1,000 GPUs; no training steps).")
+@click.option("--collectives", is_flag=True, help="Only collective rows, every system class (no training steps).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="docs", show_default=True,
               help="Directory for validation.md and validation.png (docs/ is the copy the project commits).")
 @click.option("--strict", is_flag=True, help="Exit 1 when any row is outside its bound or could not run.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG.")
-def validate(quick: bool, out_dir: str, strict: bool, no_plot: bool) -> None:
+def validate(quick: bool, collectives: bool, out_dir: str, strict: bool, no_plot: bool) -> None:
     """Run every published reference figure through the simulator and report the error.
 
     Prints simulated vs published per row with the error in percent and whether it is within the row's
@@ -25,12 +26,13 @@ def validate(quick: bool, out_dir: str, strict: bool, no_plot: bool) -> None:
     Reports only (exit 0) unless --strict.
     """
     click.echo(table_header())
-    report = run_validation(quick=quick, on_result=lambda r: click.echo(table_line(r)))
+    report = run_validation(quick=quick, collectives=collectives, on_result=lambda r: click.echo(table_line(r)))
     click.echo("")
     for line in summary_lines(report):
         click.echo(line)
     out = Path(out_dir)
-    command = "fabricsim validate" + (" --quick" if quick else "") + f" --out {out_dir}"
+    command = ("fabricsim validate" + (" --quick" if quick else "") + (" --collectives" if collectives else "")
+               + f" --out {out_dir}")
     png = None
     if not no_plot:
         png = out / "validation.png"
