@@ -227,6 +227,7 @@ def test_library_wrappers_run_inside_one_simulation():
     (lambda r: r.run("alltoall", 40, ranks=[0, 1, 2], data={0: np.zeros(5), 1: np.zeros(5), 2: np.zeros(5)}),
      ConfigError, "multiple of 3"),
     (lambda r: r.run("gather", 1024), ConfigError, "unknown collective"),
+    (lambda r: CollectiveRunner(build("dgx-h100-ib", gpus=264)).run("alltoall", 1024), InfeasibleError, "up to 256"),
 ])
 def test_bad_requests_are_refused_with_a_reason(call, error, needle):
     with pytest.raises(error, match=needle):

@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from fabricsim.cli.layout_options import layout_options
+from fabricsim.cli.params import GPUS, BoundedInt, BoundedFloat
 
 _SEARCHED = ("tp", "cp", "pp", "dp", "ep", "virtual_stages", "micro_batch", "zero", "recompute")
 
@@ -19,15 +20,16 @@ _SEARCHED = ("tp", "cp", "pp", "dp", "ep", "virtual_stages", "micro_batch", "zer
 @click.command()
 @click.option("--model", "-m", required=True, help="Model preset (e.g. llama3-405b, mixtral-8x7b) or a TOML file.")
 @click.option("--topology", "-t", default="gb200-nvl72-ib", show_default=True, help="Topology preset or file.")
-@click.option("--gpus", "-n", type=int, default=None, help="GPUs (presets; default: the preset's size).")
-@click.option("--global-batch", "-b", type=int, required=True, help="Sequences per step.")
+@click.option("--gpus", "-n", type=GPUS, default=None, help="GPUs (presets; default: the preset's size).")
+@click.option("--global-batch", "-b", type=BoundedInt(1, 10**9), required=True, help="Sequences per step.")
 @click.option("--precision", default="bf16", show_default=True, help="Tensor-core precision of the compute.")
 @layout_options
-@click.option("--simulate", "top", type=int, default=3, show_default=True,
+@click.option("--simulate", "top", type=BoundedInt(0, 1000), default=3, show_default=True,
               help="Simulate the best N estimates on the fabric (0: estimates only).")
-@click.option("--budget", type=float, default=150.0, show_default=True,
+@click.option("--budget", type=BoundedFloat(0.0, 1e6), default=150.0, show_default=True,
               help="Seconds after which no further simulation starts (the best estimate is always simulated).")
-@click.option("--rows", type=int, default=10, show_default=True, help="Rows of the table to print (0: all).")
+@click.option("--rows", type=BoundedInt(0, 10**6), default=10, show_default=True,
+              help="Rows of the table to print (0: all).")
 @click.option("--show-oom", is_flag=True, help="Keep the layouts that do not fit in memory, as rows.")
 @click.option("--out", "-o", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Write plan.csv and plan.json into this directory.")

@@ -20,6 +20,8 @@ compute delays (``sim.compute``). ``run()`` returns a SimulationResult.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,7 +115,12 @@ class Simulation:
         """Write the recorded timeline as Chrome/Perfetto trace-event JSON."""
         if self.tracer is None:
             raise ConfigError("this simulation was created without trace=True")
-        self.tracer.write(path, self.fabric)
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"a trace path must be a string or a path, got {type(path).__name__}")
+        try:
+            self.tracer.write(path, self.fabric)
+        except OSError as exc:
+            raise ConfigError(f"{os.fspath(path)}: cannot write the trace: {exc.strerror or exc}") from None
 
     def _trace_group(self, group, start, flow_finish) -> None:
         self.tracer.flows.append((group, start, flow_finish))

@@ -77,7 +77,7 @@ class StepComm:
         name = _NCCL[kind]
         algo = algorithm if kind == "all_reduce" else None
         procs = [collective(sim, name, nbytes, ranks=g, algorithm=algo, protocol=runner.protocol,
-                            calibration=runner.calibration) for g in groups]
+                            calibration=runner.calibration, memo=getattr(runner, "memo", None)) for g in groups]
         result = sim.run()
         ranks = sum(len(g) for g in groups)
         sent = float(sum(row[2] for row in result.groups))

@@ -212,7 +212,7 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
     kind = "all_reduce" if layout.zero == 0 else "reduce_scatter"
     algorithm = config.algorithm
     if kind == "all_reduce" and algorithm == "auto" and d > 1:
-        algorithm = runner.choose(int(min(bucket, max(gbytes))), dpcp[0])
+        algorithm = runner.choose(int(min(bucket, max(gbytes))), groups=dpcp)  # with every group running
     gbucket = bucket_params(d) * config.bytes_per_grad
     dur: dict = {}
     chains = []

@@ -492,18 +492,20 @@ def write_plan(result: PlanResult, out_dir: str, *, meta: dict | None = None) ->
 
 def format_table(result: PlanResult, *, rows: int = 10) -> list[str]:
     """The ranked table as text lines: layout, micro-batches, memory, step time, MFU, the breakdown."""
-    head = (f"{'#':>3}  {'layout':<58}{'m':>5}{'mem GB':>8}{'step s':>9}{'MFU':>7}{'compute':>9}{'bubble':>8}"
+    shown = result.candidates if not rows else result.candidates[:rows]
+    names = [c.layout.describe() + (f", mb {c.layout.micro_batch}" if c.layout.micro_batch > 1 else "")
+             for c in shown]
+    w = max([len("layout")] + [len(n) for n in names]) + 2
+    head = (f"{'#':>3}  {'layout':<{w}}{'m':>5}{'mem GB':>8}{'step s':>9}{'MFU':>7}{'compute':>9}{'bubble':>8}"
             + "".join(f"{k.upper():>7}" for k in KINDS) + "  source")
     lines = [head]
-    shown = result.candidates if not rows else result.candidates[:rows]
-    for i, c in enumerate(shown, start=1):
-        lay = c.layout.describe() + (f", mb {c.layout.micro_batch}" if c.layout.micro_batch > 1 else "")
+    for i, (c, lay) in enumerate(zip(shown, names), start=1):
         res = c.best
         if res is None:
-            lines.append(f"{i:>3}  {lay:<58}{c.micro_batches:>5}{c.memory.total / 1e9:>8.1f}"
+            lines.append(f"{i:>3}  {lay:<{w}}{c.micro_batches:>5}{c.memory.total / 1e9:>8.1f}"
                          f"  out of memory ({c.memory.capacity / 1e9:.0f} GB)")
             continue
-        lines.append(f"{i:>3}  {lay:<58}{c.micro_batches:>5}{c.memory.total / 1e9:>8.1f}{res.step_time:>9.3f}"
+        lines.append(f"{i:>3}  {lay:<{w}}{c.micro_batches:>5}{c.memory.total / 1e9:>8.1f}{res.step_time:>9.3f}"
                      f"{100 * res.mfu:>6.1f}%{res.compute:>9.3f}{res.bubble:>8.3f}"
                      + "".join(f"{res.exposed.get(k, 0.0):>7.3f}" for k in KINDS) + f"  {res.source}")
     if rows and len(result.candidates) > rows:
