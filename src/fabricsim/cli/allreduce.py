@@ -9,6 +9,7 @@ import click
 from fabricsim.collectives import ALGORITHMS, AllreduceRunner
 from fabricsim.collectives.select import estimate_allreduce
 from fabricsim.errors import ConfigError
+from fabricsim.simulator.trace import parse_ranks
 from fabricsim.topologies.io import resolve
 from fabricsim.units import format_size, parse_size
 
@@ -42,7 +43,10 @@ def message_sizes(min_bytes: int, max_bytes: int, step_factor: float) -> list[in
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
               help="Perfetto trace of the largest size (simulate only).")
-def allreduce(name, gpus, planes, algorithm, protocol, min_bytes, max_bytes, step_factor, model, fmt, trace):
+@click.option("--trace-ranks", default=None, metavar="RANKS",
+              help="GPU tracks the trace keeps, e.g. 0-7,64 (default: all).")
+def allreduce(name, gpus, planes, algorithm, protocol, min_bytes, max_bytes, step_factor, model, fmt, trace,
+              trace_ranks):
     """All-reduce time, algbw and busbw per message size, like nccl-tests' all_reduce_perf.
 
     busbw = algbw x 2(p-1)/p. Bandwidths are GB/s (1e9 B/s); sizes are bytes (count = float32 elements).
@@ -50,13 +54,17 @@ def allreduce(name, gpus, planes, algorithm, protocol, min_bytes, max_bytes, ste
     topo = resolve(name, gpus=gpus, planes=planes)
     sizes = message_sizes(parse_size(min_bytes), parse_size(max_bytes), step_factor)
     runner = AllreduceRunner(topo, protocol=protocol)
+    try:
+        selected = parse_ranks(trace_ranks, topo.num_gpus)
+    except ValueError as exc:
+        raise ConfigError(f"--trace-ranks: {exc}") from None
     rows = []
     for i, size in enumerate(sizes):
         if model == "analytic":
             res = estimate_allreduce(topo, size, algorithm, protocol=protocol)
         else:
             last = trace is not None and i == len(sizes) - 1
-            res = runner.run(size, algorithm, trace=trace if last else None)
+            res = runner.run(size, algorithm, trace=trace if last else None, trace_ranks=selected)
         rows.append({"size_bytes": size, "count": size // 4, "algorithm": res.algorithm, "protocol": res.protocol,
                      "time_us": res.time * 1e6, "algbw_GBps": res.algbw / 1e9, "busbw_GBps": res.busbw / 1e9})
         if fmt == "table":
