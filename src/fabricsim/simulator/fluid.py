@@ -175,10 +175,13 @@ class FluidNetwork:
         self.now = t
         if self._n_alive == 0:
             return _EMPTY_I, t
-        slack = _FINISH_RTOL * (t - self._t_upd)
-        if self.finish_rtol:
-            slack = np.maximum(slack, self.finish_rtol * (t - self._drain_at))
-        finished = np.flatnonzero(self._finish <= t + slack)
+        # candidates first (a superset: t_upd, drain_at >= 0), then each flow's own tolerance
+        finished = np.flatnonzero(self._finish <= t * (1 + _FINISH_RTOL + self.finish_rtol))
+        if finished.size:
+            slack = _FINISH_RTOL * (t - self._t_upd[finished])
+            if self.finish_rtol:
+                slack = np.maximum(slack, self.finish_rtol * (t - self._drain_at[finished]))
+            finished = finished[self._finish[finished] <= t + slack]
         # zero-byte flows whose drain starts now finish at once, like any flow already due
         starting = np.flatnonzero(self._pending <= t)
         if starting.size:
