@@ -218,30 +218,24 @@ def _run_data_schedule(topo, build_schedule, data):
 
 @pytest.mark.parametrize("topo", [star(5), build("dgx-h100-ib", gpus=20)], ids=["star5", "dgx-h100-ib-20"])
 def test_building_blocks_move_the_right_data(topo):
-    from fabricsim.collectives.ring import (_segments, default_channels, ring_allgather, ring_orders,
-                                            ring_reduce_scatter)
+    from fabricsim.collectives.ring import ring_allgather, ring_reduce_scatter
     from fabricsim.collectives.tree import tree_broadcast
 
     p, n = topo.num_gpus, 61
     rng = np.random.default_rng(1)
     inputs = {r: rng.integers(-99, 99, n).astype(np.int64) for r in range(p)}
-    # reduce-scatter: position i of channel c's ring ends owning segment i + 1 of that channel, reduced
+    shard = np.linspace(0, n, p + 1).astype(int)
+    # reduce-scatter: the rank at group position j ends owning shard j, reduced (NCCL's in-place output)
     data = {r: a.copy() for r, a in inputs.items()}
-    layout = _run_data_schedule(topo, ring_reduce_scatter, data)
+    _run_data_schedule(topo, ring_reduce_scatter, data)
     total = sum(inputs.values())
-    channels = default_channels(layout)
-    for c, order in enumerate(ring_orders(layout, channels)):
-        for i, r in enumerate(order):
-            lo, hi = _segments(n, channels, p)[c][(i + 1) % p]
-            assert np.array_equal(data[r][lo:hi], total[lo:hi])
-    # all-gather: position i owns segment i; afterwards every rank holds every segment
-    want = np.zeros(n, dtype=np.int64)
+    for j in range(p):
+        assert np.array_equal(data[j][shard[j]:shard[j + 1]], total[shard[j]:shard[j + 1]])
+    # all-gather: position j starts owning shard j; afterwards every rank holds every shard
+    want = np.concatenate([inputs[j][shard[j]:shard[j + 1]] for j in range(p)])
     data = {r: np.full(n, -1, dtype=np.int64) for r in range(p)}
-    for c, order in enumerate(ring_orders(layout, channels)):
-        for i, r in enumerate(order):
-            lo, hi = _segments(n, channels, p)[c][i]
-            data[r][lo:hi] = inputs[r][lo:hi]
-            want[lo:hi] = inputs[r][lo:hi]
+    for j in range(p):
+        data[j][shard[j]:shard[j + 1]] = inputs[j][shard[j]:shard[j + 1]]
     _run_data_schedule(topo, ring_allgather, data)
     assert all(np.array_equal(a, want) for a in data.values())
     # broadcast from the first rank

@@ -52,6 +52,17 @@ def run(caps, batches, **options):
     return finish, snaps, net
 
 
+def instants(snaps):
+    """Rate snapshots with events within 1e-9 (relative) of each other merged, the last state kept."""
+    out = []
+    for t, rates in snaps:
+        if out and t <= out[-1][0] * (1 + 1e-9) + 1e-12:
+            out[-1] = (out[-1][0], rates)
+        else:
+            out.append((t, rates))
+    return out
+
+
 def draining_oracle(net):
     """Max-min rates of the draining flows, solved from scratch."""
     flows = np.flatnonzero(net._draining)
@@ -70,6 +81,9 @@ def test_incremental_solver_matches_full_solver(workload):
     assert fast_finish.keys() == full_finish.keys()
     for tag, t in full_finish.items():
         assert fast_finish[tag] == pytest.approx(t, rel=1e-9, abs=1e-12)
+    # events closer than float noise may fall apart in one solver and together in the other: compare
+    # the state after each instant
+    fast_snaps, full_snaps = instants(fast_snaps), instants(full_snaps)
     assert len(fast_snaps) == len(full_snaps)
     for (ta, ra), (tb, rb) in zip(fast_snaps, full_snaps):
         assert ta == pytest.approx(tb, rel=1e-9, abs=1e-12)

@@ -18,8 +18,10 @@ QUICK = [r for r in load_reference() if r.quick]
 
 # Measured with `fabricsim validate` at commit time (see docs/validation.md).
 OUT_OF_BOUND = {
-    "B055-nvls-2": "-44.1% vs 10%: NVLS on 2 GPUs simulated 205.5 vs 367.5 GB/s",
-    "B055-nvls-3": "-16.1% vs 10%: NVLS on 3 GPUs simulated 308.2 vs 367.5 GB/s",
+    "B055-nvls-3": "-16.2% vs 10%: NVLS on 3 GPUs simulated 308.0 vs 367.5 GB/s (NCCL likely ran a ring)",
+    "B070": "+10.5% vs 10%: NVLS + IB SHARP on 32 H100 simulated 530 vs 480 GB/s",
+    "CW-2NVL72-512MiB": "-16.0% vs 10%: NVLS tree on two NVL72 racks simulated 415 vs 494 GB/s",
+    "CW-2NVL72-1GiB": "-10.6% vs 10%: NVLS tree on two NVL72 racks simulated 533 vs 596 GB/s",
 }
 
 
@@ -48,16 +50,40 @@ def test_xfail_list_names_real_rows():
     assert set(OUT_OF_BOUND) <= {r.id for r in QUICK}
 
 
-def test_bounds_follow_issue_6():
-    """Bounds are policy: a loosened bound fails here, not silently."""
+def test_bounds_follow_issues_6_and_10():
+    """Bounds are policy: a loosened bound fails here, not silently. Time rows 25%; bus bandwidth 10%,
+    except the mid-size points (1 MiB-256 MiB) of full message-size sweeps, 15% (issue 6)."""
     for r in load_reference():
         assert r.source, r.id
+        assert r.group in v.GROUPS, r.id
         if r.metric == "time":
             assert r.bound_pct == 25, r.id
-        elif r.group == "multi-node" or r.dataset == "allreduce_curves.csv":
+        elif r.dataset == "allreduce_curves.csv" or (r.id.startswith("AZ-") and r.nbytes < 512 * 2**20):
             assert r.bound_pct == 15, r.id
-        elif r.group == "single-node":
+        elif r.metric == "busbw":
             assert r.bound_pct == 10, r.id
+
+
+def test_every_system_class_has_evidence_of_both_kinds_where_published():
+    """Issue 10: the validation covers single node, one NVLink rack, multi-node and SHARP, with rows no
+    parameter was fitted on; small-message time rows exist for single node and multi-node."""
+    params = v.fitted_parameters()
+    rows = [r for r in load_reference() if r.metric in ("busbw", "time")]
+    for group in ("single-node", "nvlink-rack", "multi-node", "sharp"):
+        assert any(r.group == group and r.metric == "busbw" and not v.fitted_by(r, params) for r in rows), group
+    for group in ("single-node", "multi-node"):
+        assert any(r.group == group and r.metric == "time" and not v.fitted_by(r, params) for r in rows), group
+
+
+def test_summaries_split_by_class_size_and_fit():
+    report = validate(ids=["B053", "B069", "H100-8B", "H20-2N-NVLSTREE-8B", "CW-NVL72-4GiB"])
+    keys = {(s.group, s.size, s.fitted) for s in report.summaries()}
+    assert ("single-node", "large", True) in keys  # B053 is LINK_EFFICIENCY's row
+    assert ("multi-node", "large", False) in keys and ("multi-node", "small", False) in keys
+    assert ("nvlink-rack", "large", False) in keys
+    for s in report.summaries():
+        met = report.target_met(s)
+        assert met is None if s.fitted else met == (s.gmae_pct <= v.TARGET_PCT[s.size])
 
 
 def test_geomean_abs_error_is_symmetric():
@@ -139,6 +165,8 @@ def test_cli_validate_writes_report_and_plot(tmp_path):
     assert "geomean |error|" in result.output and "not fitted" in result.output
     md = (tmp_path / "validation.md").read_text()
     assert "## Summary" in md and "B053" in md and "![simulated vs published](validation.png)" in md
+    assert "one NVLink rack" in md and "SHARP" in md and "small (time)" in md
+    assert "## Assumptions no public source confirms" in md and "NVLS fan-in" in md
     assert (tmp_path / "validation.png").stat().st_size > 10_000
 
 

@@ -21,7 +21,7 @@ __all__ = [
     "H100", "H200", "B200", "GB200", "GPUS",
     "NVLINK4", "NVLINK5", "NVLINK_C2C", "IB_NDR", "IB_XDR", "ETH_400G", "ETH_800G", "PCIE5_X16", "LINKS",
     "NVSWITCH_GEN3", "NVLINK5_SWITCH", "NVLINK5_SWITCH_TRAY", "QUANTUM2_NDR", "QUANTUM_X800", "SPECTRUM_X800",
-    "SWITCHES", "gpu_preset",
+    "SWITCHES", "gpu_preset", "NetworkKind", "NETWORK_KINDS", "CLOUD_NIC_LATENCY", "FITTED_ROWS",
 ]
 
 TFLOPS = 1e12
@@ -162,6 +162,39 @@ SPECTRUM_X800 = SwitchSpec(
 )
 SWITCHES = {s.kind: s for s in (NVSWITCH_GEN3, NVLINK5_SWITCH, NVLINK5_SWITCH_TRAY, QUANTUM2_NDR, QUANTUM_X800,
                                 SPECTRUM_X800)}
+
+# --- network kinds -----------------------------------------------------------------------------------------
+# A cloud fabric's NIC traversal (GPU -> NIC -> wire, or back), fitted on one published small all-reduce:
+# 2 x 8 H100 on GCP A3 Mega (GPUDirect-TCPXO), 64 B in 122.9 us (row A3M-64B, in-place). With NVLink hops and
+# NCCL's LL latencies as on any fabric, 2 crossings x (2 NIC + 2 switch traversals) leave 26.5 us per NIC.
+CLOUD_NIC_LATENCY = 26.5e-6  # A3M-64B
+FITTED_ROWS = {"CLOUD_NIC_LATENCY": ["A3M-64B"]}
+
+@dataclass(frozen=True)
+class NetworkKind:
+    """The latency character of a scale-out fabric: one NIC traversal (GPU -> PCIe -> NIC pipeline, or back)
+    and one switch traversal. A GPU-to-GPU message across one leaf pays 2 NIC + 2 switch-link latencies."""
+
+    name: str
+    nic_latency: float
+    switch_latency: float
+    source: str = ""
+
+
+NETWORK_KINDS = {
+    "ib": NetworkKind("ib", NIC_LATENCY, IB_SWITCH_LATENCY,
+                      "InfiniBand: switch 0.6 us port to port (A031, HDR; NDR assumed the same); NIC 1 us: assumption. "
+                      "Checked on small messages across two H20 nodes (NVLS tree, issue 1244 rows): within 15%"),
+    "roce": NetworkKind("roce", NIC_LATENCY, 0.8e-6,
+                        "RoCE (Ethernet RDMA, e.g. Spectrum-X or Broadcom-based fabrics): same NIC as InfiniBand; "
+                        "switch 0.8 us port to port is an assumption (Ethernet switch ASICs of the same class are "
+                        "quoted at 0.25-0.85 us); no published collective measurement checks it"),
+    "cloud": NetworkKind("cloud", CLOUD_NIC_LATENCY, IB_SWITCH_LATENCY,
+                         "generic cloud GPU fabric: NIC traversal fitted on GCP A3 Mega (GPUDirect-TCPXO) small "
+                         "all-reduces (row A3M-64B); other clouds (AWS EFA over SRD, ...) differ and publish no "
+                         "figure: pass net_latency= from a measurement of your own fabric"),
+}
+
 
 # --- GPUs ------------------------------------------------------------------------------------------------
 H100 = GPU(

@@ -14,12 +14,14 @@ import os
 from fabricsim.errors import ConfigError
 
 __all__ = ["read_rows", "plot_step_time", "plot_exposed_share", "plot_scaling_efficiency", "plot_busbw_vs_size",
-           "plot_busbw_vs_gpus", "write_plots"]
+           "plot_busbw_vs_gpus", "plot_step_breakdown", "breakdown_columns", "write_plots"]
 
 _STYLE = {"ring": ("tab:blue", "o"), "tree": ("tab:orange", "s"), "hierarchical": ("tab:green", "^"),
           "nvls": ("tab:red", "D")}
-_INTS = {"gpus", "tp", "dp", "buckets", "bucket_bytes", "grad_bytes", "bytes"}
-_TEXT = {"topology", "model", "precision", "scaling", "algorithm", "protocol"}
+_INTS = {"gpus", "tp", "dp", "buckets", "bucket_bytes", "grad_bytes", "bytes", "cp", "pp", "ep", "virtual_stages",
+         "micro_batch", "micro_batches", "zero"}
+_TEXT = {"topology", "model", "precision", "scaling", "algorithm", "protocol", "recompute", "order", "layout",
+         "source", "schedule"}
 
 
 def read_rows(path) -> list[dict]:
@@ -180,6 +182,72 @@ def plot_scaling_efficiency(rows, ax=None):
     return ax
 
 
+# step-time breakdown: compute, the pipeline bubble, then exposed communication by kind. Each part may come
+# under the step's own names (``StepResult.row()``: compute_s, pp_bubble_s, tp_s ...) or the plan's
+# (compute_time_s, bubble_s, exposed_<kind>_s); the first present wins.
+_PARTS = (
+    (("compute_s", "compute_time_s"), "compute", "#9e9e9e"),
+    (("pp_bubble_s", "bubble_s"), "PP bubble", "#d9d9d9"),
+    (("tp_s", "exposed_tp_s"), "exposed TP", "tab:purple"),
+    (("cp_s", "exposed_cp_s"), "exposed CP", "tab:cyan"),
+    (("ep_s", "exposed_ep_s"), "exposed EP", "tab:orange"),
+    (("pp_p2p_s", "exposed_pp_s"), "exposed PP send/recv", "tab:brown"),
+    (("dp_s", "exposed_dp_s"), "exposed DP", "tab:blue"),
+)
+
+
+def breakdown_columns(rows) -> list[str]:
+    """The breakdown columns the rows carry, in drawing order (one per part), or [] when they carry no
+    breakdown (a compute column and at least one exposed-communication column)."""
+    have = set(rows[0]) if rows else set()
+    cols = [next(c for c in names if c in have) for names, _, _ in _PARTS if any(c in have for c in names)]
+    comm = [c for names, _, _ in _PARTS[2:] for c in names if c in have]
+    return cols if comm and cols and cols[0] in _PARTS[0][0] else []
+
+
+def _part(col: str):
+    return next((label, color) for names, label, color in _PARTS if col in names)
+
+
+def plot_step_breakdown(rows, ax=None):
+    """Stacked bars of the step per cluster size: compute, PP bubble, exposed TP, CP, EP, PP and DP
+    communication (one bar per size and algorithm); the simulated step time as a tick above each bar."""
+    cols = breakdown_columns(rows)
+    if not cols:
+        raise ConfigError("rows carry no step-time breakdown (need compute_s and tp_s, dp_s, ... columns, as "
+                          "StepResult.row() writes them, or compute_time_s and exposed_<kind>_s)")
+    ax = _axes(ax, size=(8.5, 4.8))
+    groups = _by_algorithm(rows)
+    sizes = sorted({r["gpus"] for r in rows})
+    width = 0.8 / len(groups)
+    drawn = set()
+    for g, (algorithm, line) in enumerate(groups.items()):
+        for r in line:
+            x = sizes.index(r["gpus"]) + (g - (len(groups) - 1) / 2) * width
+            bottom = 0.0
+            for col in cols:
+                value = r.get(col) or 0.0
+                label, color = _part(col)
+                ax.bar(x, value, width * 0.92, bottom=bottom, color=color, edgecolor="white", linewidth=0.4,
+                       label=None if col in drawn else label)
+                drawn.add(col)
+                bottom += value
+            if "step_time_s" in r:
+                ax.plot([x - width * 0.46, x + width * 0.46], [r["step_time_s"]] * 2, color="k", lw=1.2,
+                        label=None if "step" in drawn else "step time")
+                drawn.add("step")
+            if len(groups) > 1:
+                ax.text(x, bottom, algorithm, rotation=90, ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(sizes)))
+    ax.set_xticklabels([f"{s:,}" for s in sizes])
+    ax.set_xlabel("GPUs")
+    ax.set_ylabel("seconds per step")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(f"Where the step goes\n{_subtitle(rows)}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    return ax
+
+
 def plot_busbw_vs_size(rows, ax=None, *, gpus: int | None = None):
     """All-reduce busbw (GB/s, nccl-tests convention) vs message size at one cluster size (default: largest)."""
     from matplotlib.ticker import FixedLocator, NullLocator
@@ -238,10 +306,11 @@ def _save(ax, out_dir: str, stem: str) -> list[str]:
     return paths
 
 
-def write_plots(rows, out_dir: str, *, curve_rows=None) -> list[str]:
+def write_plots(rows, out_dir: str, *, curve_rows=None, breakdown: bool | None = None) -> list[str]:
     """Every plot the rows support, as PNG and SVG in ``out_dir``; returns the paths written.
 
-    Step rows give step_time, exposed_share and scaling_efficiency; message rows (or ``curve_rows``) give
+    Step rows give step_time, exposed_share and scaling_efficiency, and step_breakdown when they carry
+    breakdown columns (``breakdown=None``; True insists, False skips); message rows (or ``curve_rows``) give
     busbw_vs_size (and busbw_vs_gpus when there are several cluster sizes).
     """
     os.makedirs(out_dir, exist_ok=True)
@@ -253,6 +322,8 @@ def write_plots(rows, out_dir: str, *, curve_rows=None) -> list[str]:
             paths += _save(plot_exposed_share(rows), out_dir, "exposed_share")
             if all(r.get("scaling_eff") not in (None, "") for r in rows):
                 paths += _save(plot_scaling_efficiency(rows), out_dir, "scaling_efficiency")
+            if breakdown or (breakdown is None and breakdown_columns(rows)):
+                paths += _save(plot_step_breakdown(rows), out_dir, "step_breakdown")
         else:
             messages = rows
             if len({r["gpus"] for r in rows}) > 1:

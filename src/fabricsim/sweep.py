@@ -124,7 +124,8 @@ def plan_sweep(spec: SweepSpec) -> list[int]:
 
     Returns the sizes in the order they run. Raises the library's errors with one clear message.
     """
-    from fabricsim.training.step import _sequences, step_layout
+    from fabricsim.training.layout import rank_groups
+    from fabricsim.training.step import _sequences
 
     sizes = sorted(set(spec.sizes))
     for gpus in sizes:
@@ -132,7 +133,9 @@ def plan_sweep(spec: SweepSpec) -> list[int]:
         if topo.num_gpus != gpus:
             raise InfeasibleError(f"{spec.topology} cannot be sized to {gpus} GPUs (it has {topo.num_gpus})")
         if spec.mode == "step":
-            layout = step_layout(topo, spec.step.tp)
+            layout = spec.step.layout_for(gpus)
+            layout.check_model(spec.step.model.layers)
+            rank_groups(topo, layout)
             _sequences(spec.step, layout.dp)
             if not spec.step.peak_flops and "gpu" not in getattr(topo, "hardware", {}):
                 raise ConfigError(f"topology {spec.topology} names no GPU preset, so compute time is unknown")

@@ -33,16 +33,18 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from fabricsim.cli import allreduce, topology
+    from fabricsim.cli import collective, topology
 
     cli.add_command(topology.topology)
-    cli.add_command(allreduce.allreduce)
+    for command in collective.COMMANDS.values():  # allreduce, reducescatter, ... sendrecv
+        cli.add_command(command)
     from fabricsim.cli import validate
     cli.add_command(validate.validate)
     from fabricsim.cli import plot, step, sweep
     cli.add_command(sweep.sweep)
     cli.add_command(step.step)
     cli.add_command(plot.plot)
+    from fabricsim.cli import plan; cli.add_command(plan.plan)  # noqa: E702
 
 
 _register()

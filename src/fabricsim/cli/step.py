@@ -1,4 +1,4 @@
-"""``fabricsim step``: one training step in detail: the compute, TP time and every bucket's all-reduce."""
+"""``fabricsim step``: one training step in detail: the layout, where the time goes, every bucket."""
 
 from __future__ import annotations
 
@@ -17,24 +17,55 @@ from fabricsim.cli.sweep import make_step_config, step_options
 @click.option("--oversubscription", type=float, default=None, help="Scale-out leaf down:up ratio.")
 @click.option("--buckets", "show", type=int, default=12, show_default=True,
               help="Bucket rows to print (first and last halves); 0 for all.")
+@click.option("--memory-check/--no-memory-check", default=True, show_default=True,
+              help="Refuse a layout whose per-GPU memory exceeds the GPU's HBM.")
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
-              help="Write the step's Perfetto/Chrome timeline (compute and every bucket) to this JSON file.")
-def step(topology, gpus, algorithm, model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes,
-         attention_flops, network, oversubscription, show, trace) -> None:
+              help="Write the step's Perfetto/Chrome timeline (every stage, micro-batch and collective) to this "
+                   "JSON file.")
+def step(topology, gpus, algorithm, model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
+         attention_flops, network, oversubscription, show, memory_check, trace) -> None:
     """Simulate one training step and print its timeline, bucket by bucket."""
     from fabricsim.topologies.io import PRESETS, resolve
-    from fabricsim.training import simulate_step, write_step_trace
+    from fabricsim.training import check_memory, simulate_step, write_step_trace
     from fabricsim.units import format_size, format_time
 
-    config = make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes,
+    config = make_step_config(model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
                               attention_flops, algorithm=algorithm)
     options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
     topo = resolve(topology, gpus=gpus if topology in PRESETS else None, **options)
-    res = simulate_step(topo, config)
+    memory = check_memory(topo, config) if memory_check else None
+    res = simulate_step(topo, config, trace=trace)
     m = config.model
     click.echo(m.describe())
-    click.echo(f"{topo.num_gpus} GPUs on {topo.name or topology}: TP {res.tp} x DP {res.dp}, {config.precision} "
-               f"peak {res.peak_flops / 1e12:.0f} TFLOPS/GPU at MFU {config.mfu:.2f}, {res.tokens:,.0f} tokens per step")
+    click.echo(f"{topo.num_gpus} GPUs on {topo.name or topology}: {res.layout.describe()}, {config.precision} "
+               f"peak {res.peak_flops / 1e12:.0f} TFLOPS/GPU, {res.tokens:,.0f} tokens per step"
+               + (f", {res.micro_batches} micro-batches per replica" if res.pp > 1 or res.micro_batches > 1 else ""))
+    if memory is not None:
+        click.echo(f"memory: {memory.describe()}")
+    if res.pipeline is None:
+        _print_dp_step(res, config, show, format_size, format_time)
+    else:
+        click.echo("")
+        click.echo(f"  {'time by kind (critical stage)':<32}{'seconds':>12}{'share':>8}")
+        for kind, seconds in res.breakdown.items():
+            click.echo(f"  {kind:<32}{format_time(seconds):>12}{100 * seconds / res.step_time:>7.1f}%")
+        click.echo(f"  {'traffic per GPU per step':<32}" + ", ".join(f"{k} {format_size(int(v))}"
+                                                                   for k, v in res.traffic.items()))
+    click.echo("")
+    click.echo(f"step time        {format_time(res.step_time)}")
+    click.echo(f"compute          {format_time(res.compute_time)}")
+    click.echo(f"exposed          {format_time(res.exposed_comm)} ({100 * res.exposed_share:.1f}% of the step)")
+    click.echo(f"MFU              {100 * res.mfu:.1f}%")
+    click.echo(f"throughput       {res.tokens_per_s:,.0f} tokens/s")
+    if trace:
+        write_step_trace(res, trace)
+        click.echo(f"wrote {trace}")
+
+
+def _print_dp_step(res, config, show, format_size, format_time) -> None:
+    from fabricsim.collectives import busbw_factor
+
+    m = config.model
     click.echo(f"gradients {format_size(res.grad_bytes)} per GPU in {res.buckets} buckets of "
                f"{format_size(config.bucket_bytes)}, all-reduced with {res.algorithm} over {res.dp} ranks "
                f"({res.tp} group{'s' if res.tp > 1 else ''} at once)")
@@ -52,8 +83,6 @@ def step(topology, gpus, algorithm, model, precision, mfu, tp, scaling, batch, g
         idx = list(range(res.buckets))
         if show and res.buckets > show:
             idx = idx[:show // 2] + [None] + idx[-(show - show // 2):]
-        from fabricsim.collectives import busbw_factor
-
         for i in idx:
             if i is None:
                 click.echo(f"  {'...':>6}")
@@ -63,15 +92,5 @@ def step(topology, gpus, algorithm, model, precision, mfu, tp, scaling, batch, g
             click.echo(f"  {i:>6}{format_size(size):>11}{format_time(float(res.bucket_ready[i])):>11}"
                        f"{format_time(float(res.bucket_start[i])):>11}{format_time(float(res.bucket_end[i])):>11}"
                        f"{format_time(d):>12}{size / d * busbw_factor(res.dp) / 1e9:>12.1f}")
-    click.echo("")
-    click.echo(f"step time        {format_time(res.step_time)}")
-    click.echo(f"compute          {format_time(res.compute_time)}")
-    click.echo(f"communication    {format_time(res.comm_time)} (TP {format_time(res.tp_comm_time)}, "
-               f"DP {format_time(res.dp_comm_time)})")
-    click.echo(f"exposed          {format_time(res.exposed_comm)} ({100 * res.exposed_share:.1f}% of the step)")
-    click.echo(f"DP busbw         {res.busbw / 1e9:.1f} GB/s")
-    click.echo(f"MFU              {100 * res.mfu:.1f}%")
-    click.echo(f"throughput       {res.tokens_per_s:,.0f} tokens/s")
-    if trace:
-        write_step_trace(res, trace)
-        click.echo(f"wrote {trace}")
+    click.echo(f"\ncommunication    {format_time(res.comm_time)} (TP {format_time(res.tp_comm_time)}, "
+               f"DP {format_time(res.dp_comm_time)}); DP busbw {res.busbw / 1e9:.1f} GB/s")

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from fabricsim.cli.layout_options import layout_options
 from fabricsim.errors import ConfigError
 from fabricsim.units import format_size, parse_size
 
@@ -30,10 +31,9 @@ def step_options(command):
         click.option("--model", "-m", default="llama3-8b", show_default=True,
                      help="Model preset (llama3-8b, llama3-70b, llama3-405b, gpt3-175b) or a TOML model file."),
         click.option("--precision", default="bf16", show_default=True, help="Tensor-core precision of the compute."),
-        click.option("--mfu", type=float, default=DEFAULT_MFU, show_default=True,
-                     help="Share of dense peak the compute reaches (default from Megatron-LM/Llama 3 figures)."),
-        click.option("--tp", type=int, default=1, show_default=True,
-                     help="Tensor-parallel width inside an NVLink domain."),
+        click.option("--mfu", type=float, default=DEFAULT_MFU,
+                     help="Share of dense peak the model FLOPs reach [default: the GPU generation's documented "
+                          "efficiency]."),
         click.option("--scaling", type=click.Choice(["weak", "strong"]), default="weak", show_default=True,
                      help="weak: fixed sequences per data-parallel replica; strong: fixed global batch."),
         click.option("--batch", type=int, default=2, show_default=True,
@@ -47,16 +47,16 @@ def step_options(command):
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return layout_options(command)
 
 
-def make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes, attention_flops,
-                     algorithm="ring"):
+def make_step_config(model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
+                     attention_flops, algorithm="ring"):
     from fabricsim.training import StepConfig, resolve_model
 
-    return StepConfig(resolve_model(model), algorithm=algorithm, precision=precision, mfu=mfu, tp=tp,
-                      scaling=scaling, batch=batch, global_batch=global_batch, bucket_bytes=parse_size(bucket),
-                      bytes_per_grad=grad_bytes, attention_flops=attention_flops)
+    return StepConfig(resolve_model(model), algorithm=algorithm, precision=precision, mfu=mfu, scaling=scaling,
+                      batch=batch, global_batch=global_batch, bucket_bytes=parse_size(bucket),
+                      bytes_per_grad=grad_bytes, attention_flops=attention_flops, **layout)
 
 
 @click.command()
@@ -79,7 +79,7 @@ def make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bu
 @click.option("--out", "-o", "out_dir", default=DEFAULT_OUT, show_default=True, help="Directory for CSV, JSON, plots.")
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes [default: all cores].")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNG and SVG plots.")
-def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scaling, batch, global_batch, bucket,
+def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, scaling, batch, global_batch, bucket,
           grad_bytes, attention_flops, mode, message_bytes, curve_gpus, network, oversubscription, out_dir, jobs,
           plots) -> None:
     """Simulate a training step (or all-reduces) at every cluster size and algorithm.
@@ -105,7 +105,7 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scal
 
             size_list = (resolve(topology).num_gpus,)
     algos = tuple(a for a in algorithms.replace(" ", "").split(",") if a)
-    config = make_step_config(model, precision, mfu, tp, scaling, batch, global_batch, bucket, grad_bytes,
+    config = make_step_config(model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
                               attention_flops) if mode == "step" else None
     if curve_gpus is None:
         curve_gpus = 576 if 576 in size_list else None
@@ -118,7 +118,8 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, tp, scal
     from fabricsim.sweep import plan_sweep
 
     planned = plan_sweep(spec)  # every size checked before the first one runs
-    what = (f"{config.model.name}, {config.scaling} scaling, TP {config.tp}" if mode == "step"
+    what = (f"{config.model.name}, {config.scaling} scaling, TP {config.tp} CP {config.cp} PP {config.pp}"
+            if mode == "step"
             else f"all-reduce of {', '.join(format_size(s) for s in msg_sizes)}")
     click.echo(f"sweep: {topology}, {len(planned)} sizes {planned[0]}..{planned[-1]} GPUs, {', '.join(algos)}; "
                f"{what}", err=True)

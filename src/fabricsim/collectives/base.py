@@ -17,12 +17,13 @@ from typing import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
+from fabricsim.collectives.kinds import KINDS
 from fabricsim.collectives.protocol import Protocol
 from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.simulator.fabric import Fabric, FlowGroup
 
 __all__ = ["Step", "Schedule", "CollectiveResult", "GroupLayout", "busbw_factor", "run_schedule", "parallel",
-           "sequence"]
+           "sequence", "carry", "element"]
 
 
 def busbw_factor(p: int) -> float:
@@ -48,6 +49,7 @@ class Step:
     extra_latency: float | None = None  # overrides the protocol's step latency when set
     pipelined: bool = False  # steady pipeline stage: wire latency hidden behind earlier chunks
     base: tuple | None = None  # (pattern, traffic) of a superset; traffic() then returns indices into it
+    carries: Callable[[], list] | None = None  # per flow, the data it moves (see ``carry``)
 
     def arrays(self):
         """The step's (src, dst, nbytes, key) arrays, resolving a subset of a base."""
@@ -73,6 +75,61 @@ class Schedule:
         if step.extra_latency is not None:
             return step.extra_latency
         return self.protocol.step_latency.get((self.latency_algorithm, step.latency_class), 0.0)
+
+
+def element(fraction: float, n: int) -> int:
+    """The element index where ``fraction`` of an n-element buffer starts (the one rounding rule every
+    data-carrying schedule uses, so that parts computed by different schedules meet exactly)."""
+    return int(np.floor(fraction * n + 1e-7))
+
+
+def carry(data: dict, state: dict, node_rank: dict, arrays: tuple, payload: list) -> None:
+    """Move and reduce data buffers exactly as a step's flows do (data-carrying mode).
+
+    ``payload[i]`` describes flow ``i`` of ``arrays`` (its fabric endpoints come from the arrays, so a
+    flow that is missing or misrouted moves its data wrongly): ``(order, segments)``, each segment
+    ``(tag, a, b, op)`` a part ``[a, b)`` of the buffer (fractions of its length). The flow reads the part
+    from its source, a GPU's buffer or what a switch holds under ``tag``, and at its destination either
+    adds it (``"add"``: a switch reducing what reaches it, or a GPU accumulating) or overwrites with it
+    (``"put"``). Flows run in ``order`` (data reaching a switch before the switch forwards it), those of
+    one order at once (each reads its source as it was before any of them); a switch that never received
+    a part holds zeros.
+    """
+    src, dst = np.asarray(arrays[0]), np.asarray(arrays[1])
+    if len(payload) != len(src):
+        raise ValueError(f"{len(src)} flows but {len(payload)} payload entries")
+    n = next(iter(data.values())).shape[0]
+
+    def at(x: float) -> int:
+        return element(x, n)
+
+    by_order: dict = {}
+    for i, (order, _) in enumerate(payload):
+        by_order.setdefault(order, []).append(i)
+    for order in sorted(by_order):
+        moves = []  # flows of one order are simultaneous: every source is read before anything is written
+        for i in by_order[order]:
+            u, v = int(src[i]), int(dst[i])
+            for tag, a, b, op in payload[i][1]:
+                lo, hi = at(a), at(b)
+                if hi <= lo:
+                    continue
+                if u in node_rank:
+                    value = data[node_rank[u]][lo:hi].copy()
+                else:
+                    value = state.get((u, tag, lo, hi))
+                    value = np.zeros_like(data[next(iter(data))][lo:hi]) if value is None else value.copy()
+                moves.append((v, tag, lo, hi, op, value))
+        for v, tag, lo, hi, op, value in moves:
+            if v in node_rank:
+                target = data[node_rank[v]]
+                if op == "add":
+                    target[lo:hi] += value
+                else:
+                    target[lo:hi] = value
+            else:
+                held = state.get((v, tag, lo, hi))
+                state[(v, tag, lo, hi)] = value if op != "add" or held is None else held + value
 
 
 def parallel(schedules: Sequence[Schedule], name: str, *, key_stride: int = 64) -> Schedule:
@@ -111,10 +168,16 @@ def parallel(schedules: Sequence[Schedule], name: str, *, key_stride: int = 64) 
                         sched = schedules[j]
                         st.apply(sched.view(data) if sched.view is not None else data)
 
+            carries = None
+            if any(st.carries is not None for _, st in live):
+                def carries(live=live):
+                    return [entry for _, st in live for entry in
+                            (st.carries() if st.carries is not None else [(0, ())] * len(st.arrays()[0]))]
+
             yield Step(tuple((j, st.pattern) for j, st in live), traffic,
                        "net" if any(st.latency_class == "net" for _, st in live) else "nvlink", apply, name,
                        extra_latency=max(schedules[j].step_latency(st) for j, st in live),
-                       pipelined=all(st.pipelined for _, st in live), base=base)
+                       pipelined=all(st.pipelined for _, st in live), base=base, carries=carries)
 
     proto = schedules[0].protocol if schedules else None
     return Schedule(name, steps(), proto, schedules[0].latency_algorithm if schedules else "ring", launch_latency=0.0)
@@ -161,6 +224,7 @@ class CollectiveResult:
     nbytes: int
     time: float
     steps: int = 0
+    kind: str = "allreduce"  # which collective; ``nbytes`` follows nccl-tests' size for it (kinds.py)
 
     @property
     def algbw(self) -> float:
@@ -168,7 +232,8 @@ class CollectiveResult:
 
     @property
     def busbw(self) -> float:
-        return self.algbw * busbw_factor(self.ranks)
+        """algbw x the kind's nccl-tests factor (2(p-1)/p for all-reduce, (p-1)/p for all-gather...)."""
+        return self.algbw * KINDS[self.kind].factor(self.ranks)
 
 
 @dataclass
@@ -232,10 +297,14 @@ def run_schedule(sim, schedule: Schedule, *, data: dict | None = None, groups: d
     if launch > 0:
         yield env.timeout(launch)
     n = 0
+    state: dict = {}  # data-carrying mode: what switches hold
+    node_rank = {int(v): r for r, v in enumerate(fabric.gpu_index)} if data is not None else {}
     for step in schedule.steps:
         n += 1
         if data is not None and step.apply is not None:
             step.apply(data)
+        if data is not None and step.carries is not None:
+            carry(data, state, node_rank, step.arrays(), step.carries())
         cached = groups.get((proto.name, step.pattern))
         if cached is None:
             if step.base is not None:

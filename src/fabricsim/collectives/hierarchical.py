@@ -11,18 +11,17 @@ S = the largest island's GPU count, and in an island of m GPUs shard s belongs t
 of a small island therefore owns several shards and takes part in several inter-island collectives at
 once, which is what makes a partial node or rack slow the whole group down (up to 2x).
 
-The ring and tree schedules of phase 2 move data step by step. Phases 1 and 3 move bytes as rings (or
-NVLS) of the island's size; in data-carrying mode their effect is applied once per phase (owners receive
-the island's sum of their shards; then every GPU receives every shard), the ring mechanics themselves being
-proved by the ring schedules.
+In data-carrying mode every phase moves and reduces the data its flows carry (``base.carry`` for the
+intra-island rings and NVLS, the ring and tree schedules' own steps for phase 2), so a schedule that
+drops or misroutes a flow leaves a wrong result.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fabricsim.collectives.base import GroupLayout, Schedule, Step, parallel, sequence
-from fabricsim.collectives.nvls import nvls_phase, switch_islands
+from fabricsim.collectives.base import GroupLayout, Schedule, Step, element, parallel, sequence
+from fabricsim.collectives.nvls import nvls_payload, nvls_phase, switch_islands
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
 from fabricsim.collectives.ring import ring_allreduce
 from fabricsim.collectives.tree import tree_allreduce
@@ -32,13 +31,20 @@ __all__ = ["hierarchical_allreduce"]
 
 
 def _shard_bounds(n: int, shards: int) -> np.ndarray:
-    return np.linspace(0, n, shards + 1).astype(int)
+    return np.array([element(s / shards, n) for s in range(shards)] + [n])
 
 
 def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
                            intra: str = "ring", inter: str = "ring",
-                           calibration: Calibration | None = None) -> Schedule:
-    """Three-phase all-reduce over the group's islands; see the module docstring."""
+                           calibration: Calibration | None = None, inter_protocol: Protocol | None = None,
+                           levels: tuple[str, ...] = ("intra", "inter")) -> Schedule:
+    """Three-phase all-reduce over the group's islands; see the module docstring.
+
+    ``protocol`` times the intra-island phases and ``inter_protocol`` (default: the same) the
+    inter-island one: each level runs its own protocol, as NCCL tunes each of them. ``levels`` builds
+    only some of them (the phases are sequential, so each level's time is its own: what ``auto`` needs
+    to choose each level's protocol).
+    """
     if intra not in ("ring", "nvls") or inter not in ("ring", "tree"):
         raise ConfigError(f"hierarchical needs intra ring|nvls and inter ring|tree, got {intra!r}/{inter!r}")
     islands = switch_islands(fabric, layout) if intra == "nvls" else layout.domains
@@ -47,51 +53,57 @@ def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: P
     shard_bytes = nbytes / S
     gi = fabric.gpu_index
     ident = layout.ident
+    bounds = [s / S for s in range(S)] + [1.0]
+    # GPU k of an island of m GPUs owns shards k, k + m, ...: its share of the buffer
+    owned = [np.array([len(range(k, S, len(isl))) / S for k in range(len(isl))]) for isl in islands]
 
-    def owner_sums(data: dict) -> None:
-        n = next(iter(data.values())).shape[0]
-        b = _shard_bounds(n, S)
-        for isl, own in zip(islands, owners):
-            for s in range(S):
-                lo, hi = b[s], b[s + 1]
-                data[own[s]][lo:hi] = sum(data[g][lo:hi] for g in isl)
+    def island_shards(isl: list[int], tag) -> list[tuple]:
+        return [(tag, bounds[s], bounds[s + 1], isl[s % len(isl)]) for s in range(S)]
 
-    def spread(data: dict) -> None:
-        n = next(iter(data.values())).shape[0]
-        b = _shard_bounds(n, S)
-        for isl, own in zip(islands, owners):
-            for s in range(S):
-                lo, hi = b[s], b[s + 1]
-                for g in isl:
-                    if g != own[s]:
-                        data[g][lo:hi] = data[own[s]][lo:hi]
-
-    def intra_steps(phase: str, last_apply):
+    def intra_steps(phase: str):
         if intra == "nvls":
-            up, down = (nbytes, shard_bytes) if phase == "rs" else (shard_bytes, nbytes)
-
             def traffic():
-                # a GPU of an m-GPU island owns S/m shards on average: N/m bytes
-                parts = [nvls_phase(fabric, isl, up * S / len(isl) if phase == "ag" else up,
-                                    down * S / len(isl) if phase == "rs" else down, calibration)
-                         for isl in islands if len(isl) > 1]
+                parts = [nvls_phase(fabric, isl, nbytes if phase == "rs" else nbytes * own,
+                                    nbytes * own if phase == "rs" else nbytes, calibration, fanin=len(isl))
+                         for isl, own in zip(islands, owned) if len(isl) > 1]
                 return tuple(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(4))
-            yield Step(("h-nvls", ident, phase, nbytes), traffic, "nvlink", last_apply, f"nvls {phase}",
-                       extra_latency=NVLS_LATENCY["nvlink"])
-            return
-        # ring phase inside every island at once: island of m GPUs runs m-1 steps of N/m per GPU
-        steps = max(len(i) for i in islands) - 1
-        for t in range(steps):
-            live = [isl for isl in islands if len(isl) - 1 > t]
 
-            def traffic(live=live):
-                src = np.concatenate([gi[np.array(isl)] for isl in live])
-                dst = np.concatenate([gi[np.roll(np.array(isl), -1)] for isl in live])
-                nb = np.concatenate([np.full(len(isl), nbytes / len(isl)) for isl in live])
+            def carries():
+                out = []
+                for k, isl in enumerate(islands):
+                    if len(isl) > 1:
+                        sh = island_shards(isl, ("h", phase, k))
+                        out += nvls_payload(fabric, isl, sh if phase == "rs" else [], sh if phase == "ag" else [])
+                return out
+            yield Step(("h-nvls", ident, phase, nbytes), traffic, "nvlink", None, f"nvls {phase}",
+                       extra_latency=NVLS_LATENCY["nvlink"], carries=carries)
+            return
+        # a ring inside every island at once: in step t position i sends to position i+1 the shards of
+        # position i - t - 1 (reduce-scatter, added) or of position i - t (all-gather, copied), so that
+        # GPU k ends owning (then hands out) shards k, k + m, ...
+        steps = max(len(i) for i in islands) - 1
+        shift = 1 if phase == "rs" else 0
+        for t in range(steps):
+            live = [(k, isl) for k, isl in enumerate(islands) if len(isl) - 1 > t]
+
+            def traffic(live=live, t=t):
+                src = np.concatenate([gi[np.array(isl)] for _, isl in live])
+                dst = np.concatenate([gi[np.roll(np.array(isl), -1)] for _, isl in live])
+                nb = np.concatenate([nbytes * np.roll(owned[k], t + shift) for k, _ in live])
                 return src, dst, nb, np.zeros(src.shape[0], dtype=np.int64)
-            uniform = all(len(isl) - 1 > t for isl in islands)
-            yield Step(("h-ring", ident, nbytes, "all" if uniform else t), traffic, "nvlink",
-                       last_apply if t == steps - 1 else None, f"intra {phase}")
+
+            def carries(live=live, t=t):
+                out = []
+                for _, isl in live:
+                    m = len(isl)
+                    for i in range(m):
+                        seg = (i - t - shift) % m
+                        out.append((0, [(None, bounds[s], bounds[s + 1], "add" if phase == "rs" else "put")
+                                        for s in range(seg, S, m)]))
+                return out
+            uniform = all(len(isl) - 1 > t and S % len(isl) == 0 for isl in islands)
+            yield Step(("h-ring", ident, nbytes, "all" if uniform else (phase, t)), traffic, "nvlink", None,
+                       f"intra {phase}", carries=carries)
 
     def inter_schedule() -> Schedule:
         per_shard = []
@@ -99,16 +111,21 @@ def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: P
             group = [own[s] for own in owners]
             sub = GroupLayout(group, [[r] for r in group])
             build = ring_allreduce if inter == "ring" else tree_allreduce
-            sched = build(fabric, sub, shard_bytes, protocol)
+            sched = build(fabric, sub, shard_bytes, inter_protocol or protocol)
             sched.view = (lambda s=s, group=group: (lambda data: _shard_view(data, group, s, S)))()
             per_shard.append(sched)
         return parallel(per_shard, f"inter {inter}")
 
-    phases = [Schedule("intra reduce-scatter", intra_steps("rs", owner_sums), protocol, "ring", launch_latency=0.0)]
-    if len(islands) > 1:
+    phases = []
+    if "intra" in levels:
+        phases.append(Schedule("intra reduce-scatter", intra_steps("rs"), protocol, "ring", launch_latency=0.0))
+    if len(islands) > 1 and "inter" in levels:
         phases.append(inter_schedule())
-    phases.append(Schedule("intra all-gather", intra_steps("ag", spread), protocol, "ring", launch_latency=0.0))
+    if "intra" in levels:
+        phases.append(Schedule("intra all-gather", intra_steps("ag"), protocol, "ring", launch_latency=0.0))
     name = f"hierarchical({intra}+{inter})"
+    if not phases:
+        return Schedule(name, iter(()), protocol, "ring", launch_latency=0.0)
     sched = sequence(phases, name)
     sched.latency_algorithm = "tree" if inter == "tree" else "ring"
     return sched

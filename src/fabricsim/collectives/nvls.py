@@ -4,9 +4,14 @@ With NVLS the NVLink switch chips add up what the GPUs send and multicast the re
 N bytes over p GPUs each GPU sends N (its whole buffer, reduced in the switch, as a reduce-scatter) plus
 N/p (its reduced shard, multicast back, as an all-gather) and receives the same, so
 
-    T = a + N (1 + 1/p) / B
+    T = a + N [(1 + 1/p) + f log2 p] / B
 
-(plus the fill of a chunked pipeline, see ``nvls_allreduce``) against 2 (p-1)/p N / B for the best algorithm without in-network reduction. A GPU spreads this traffic
+(plus the fill of a chunked pipeline, see ``nvls_allreduce``) against 2 (p-1)/p N / B for the best
+algorithm without in-network reduction. B is NVLS's usable rate (``protocol.NVLS_EFFICIENCY``) and
+f log2 p the cost of waiting for p GPUs (``protocol.NVLS_FANIN``; zero on Hopper), charged as extra bytes
+on every stage's flows, so contention still acts on them. Charging it on the last, multicast-only stage
+as well is what makes the pipeline fill cost a full stage at NVLS speed (the ~0.5 ms the NVL72 rows show
+at 0.5-2 GiB). A GPU spreads this traffic
 over its switch chips in proportion to its links to each (all 18 planes of an NVL72, 5/4/4/5 on a DGX
 H100). An *island* is a set of GPUs attached to the same switch chips: a DGX node, an NVL72 rack, one rack
 of an NVL576 (whose second tier carries no reduction in this model).
@@ -19,10 +24,11 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.protocol import NVLS_CHUNK, NVLS_LATENCY, Calibration, Protocol
+from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol, nvls_stage_bytes
 from fabricsim.errors import InfeasibleError
 
-__all__ = ["switch_islands", "nvls_phase", "nvls_allreduce"]
+__all__ = ["switch_islands", "nvls_phase", "nvls_payload", "nvls_allreduce", "pipeline_chunks", "shards",
+           "nvlink_kind", "nvls_stage"]
 
 
 def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
@@ -36,6 +42,22 @@ def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
     return tuple(out)
 
 
+def nvlink_kind(fabric, rank: int) -> str:
+    """The kind of the NVLink ports between a GPU and its switch chips ("nvlink4", "nvlink5", ...)."""
+    lt = fabric.links
+    node = int(fabric.gpu_index[rank])
+    for chip, _ in _attachment(fabric, rank):
+        return str(lt.kind[lt.edge_index[(node, chip)]])
+    return ""
+
+
+def nvls_stage(fabric, islands: list[list[int]]) -> int:
+    """Bytes of one NVLS pipeline stage for these islands: NCCL's loop, channels x heads x 128 KiB, with
+    heads = the largest island's GPUs and NCCL's multi-node channel count across several islands."""
+    kind = nvlink_kind(fabric, islands[0][0])
+    return nvls_stage_bytes(kind, max(len(i) for i in islands), multi_node=len(islands) > 1)
+
+
 def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
     """The group's ranks split by the set of switch chips they attach to, in rank order."""
     islands: dict[tuple, list[int]] = {}
@@ -47,51 +69,104 @@ def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
     return list(islands.values())
 
 
-def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: Calibration):
+def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: Calibration, fanin: int = 0):
     """Arrays of the flows by which every GPU of ``island`` sends ``up`` bytes into its switch chips and
-    receives ``down`` bytes from them, spread over the chips by link bandwidth."""
+    receives ``down`` bytes from them (one figure for all, or one per GPU), spread over the chips by link
+    bandwidth: per GPU and chip, the flow up then the flow down. ``fanin`` is the island's size: every stage
+    of an NVLS kernel waits for that many GPUs (its multimem loads, and its per-step flags when it only
+    multicasts), so its bytes carry the fan-in cost (``protocol.NVLS_FANIN``); 0 or 1 for none."""
     src, dst, nbytes = [], [], []
-    for r in island:
+    ups, downs = np.broadcast_to(up, len(island)), np.broadcast_to(down, len(island))  # per GPU, or one for all
+    for r, up, down in zip(island, ups.tolist(), downs.tolist()):
         chips = _attachment(fabric, r)
         total = sum(bw for _, bw in chips)
         node = int(fabric.gpu_index[r])
         for chip, bw in chips:
             kind = fabric.links.kind[fabric.links.edge_index[(node, chip)]]
-            factor = calibration.nvls_factor(kind) * bw / total
+            factor = calibration.nvls_factor(kind, fanin) * bw / total
             src += [node, chip]
             dst += [chip, node]
             nbytes += [up * factor, down * factor]
     return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.array(nbytes), np.zeros(len(src), dtype=np.int64)
 
 
+def pipeline_chunks(nbytes: float, chunk: float) -> list[tuple[float, float]]:
+    """Parts ``[a, b)`` (fractions of the buffer) of each pipeline chunk: chunks of ``chunk`` bytes (one NVLS
+    stage, ``nvls_stage``), the last one holding the rest, so a larger message never has smaller chunks."""
+    K = max(1, math.ceil(nbytes / chunk)) if nbytes > 0 else 1
+    edges = [min(1.0, i * chunk / nbytes) for i in range(K)] + [1.0] if nbytes > 0 else [0.0, 1.0]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def shards(tag, a: float, b: float, owners: list[int]) -> list[tuple]:
+    """``[a, b)`` cut into one equal shard per owner: ``(tag, start, stop, owner)``."""
+    n = len(owners)
+    edges = [a + (b - a) * j / n for j in range(n)] + [b]
+    return [(tag, edges[j], edges[j + 1], o) for j, o in enumerate(owners)]
+
+
+def nvls_payload(fabric, island: list[int], rs: list[tuple] = (), ag: list[tuple] = (), *,
+                 orders: tuple[int, int] = (0, 1)) -> list:
+    """What each flow of ``nvls_phase(fabric, island, ...)`` carries, in its order (see ``base.carry``).
+
+    ``rs``: shards ``(tag, a, b, owner)`` being reduce-scattered: every GPU sends its part of every shard
+    to the switch chips, which add them up; each chip sends its sum of a shard to the shard's owner.
+    ``ag``: shards being all-gathered: the owner stores its shard into the chips, which multicast it to
+    every GPU. Each chip handles its share of every shard (by the link bandwidth of the island's first GPU).
+    """
+    chips = _attachment(fabric, island[0])
+    total = sum(bw for _, bw in chips)
+    cut, acc = {}, 0.0
+    for chip, bw in chips:
+        cut[chip] = (acc / total, (acc + bw) / total if chip != chips[-1][0] else 1.0)
+        acc += bw
+
+    def part(tag, a, b, chip, op):
+        lo, hi = cut[chip]
+        return (tag, chip, a + (b - a) * lo, a + (b - a) * hi, op)
+
+    out = []
+    for r in island:
+        for chip, _ in _attachment(fabric, r):
+            up = [part(t, a, b, chip, "add") for t, a, b, _ in rs]
+            up += [part(t, a, b, chip, "put") for t, a, b, o in ag if o == r]
+            down = [part(t, a, b, chip, "put") for t, a, b, o in rs if o == r]
+            down += [part(t, a, b, chip, "put") for t, a, b, _ in ag]
+            out += [(orders[0], [((t, c), a, b, op) for t, c, a, b, op in up]),
+                    (orders[1], [((t, c), a, b, op) for t, c, a, b, op in down])]
+    return out
+
+
 def nvls_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
                    calibration: Calibration) -> Schedule:
-    """All-reduce inside one switch island by in-switch reduction, pipelined in NVLS_CHUNK chunks.
+    """All-reduce inside one switch island by in-switch reduction, pipelined as NCCL's NVLS kernel loops.
 
     Stage r reduce-scatters chunk r while all-gathering chunk r-1, so K chunks take K + 1 stages:
-    T = a + N (1 + 1/p) / B + c (1 - 1/p) / B for chunk size c (one chunk: both phases in turn).
+    T = a + N [(1 + 1/p) + f log2 p] / B + c (1 - 1/p) / B for chunk size c (one chunk: both phases in
+    turn). Chunks are one NVLS stage (``nvls_stage``: channels x p x 128 KiB), the last one the rest.
     """
     islands = switch_islands(fabric, layout)
     if len(islands) > 1:
         raise InfeasibleError(f"NVLS alone covers one switch island; this group spans {len(islands)} "
                               "(use hierarchical or nvls with an inter-island tree/ring)")
     p = layout.p
-    K = max(1, math.ceil(nbytes / NVLS_CHUNK))
-    c = nbytes / K
-
-    def apply(data: dict) -> None:
-        total = sum(data[r] for r in layout.ranks)
-        for r in layout.ranks:
-            data[r][:] = total
+    chunks = pipeline_chunks(nbytes, nvls_stage(fabric, islands))
+    K = len(chunks)
+    ranks = layout.ranks
 
     def stage(r: int) -> Step:
-        rs, ag = r < K, r >= 1
-        up = (c if rs else 0.0) + (c / p if ag else 0.0)
-        down = (c / p if rs else 0.0) + (c if ag else 0.0)
-        kind = "first" if r == 0 else ("last" if r == K else "steady")
-        return Step(("nvls", layout.ident, c, kind), lambda: nvls_phase(fabric, layout.ranks, up, down, calibration),
-                    "nvlink", apply if r == K else None, "nvls",
-                    extra_latency=NVLS_LATENCY["nvlink"] if r == 0 else 0.0, pipelined=r > 0)
+        rs = chunks[r] if r < K else None
+        ag = chunks[r - 1] if r >= 1 else None
+        c_rs = (rs[1] - rs[0]) * nbytes if rs else 0.0
+        c_ag = (ag[1] - ag[0]) * nbytes if ag else 0.0
+        up, down = c_rs + c_ag / p, c_rs / p + c_ag
+
+        def carries():
+            return nvls_payload(fabric, ranks, shards(("rs", r), *rs, ranks) if rs else [],
+                                shards(("ag", r - 1), *ag, ranks) if ag else [])
+        return Step(("nvls", layout.ident, c_rs, c_ag, r == 0),
+                    lambda: nvls_phase(fabric, ranks, up, down, calibration, fanin=p), "nvlink", None, "nvls",
+                    extra_latency=NVLS_LATENCY["nvlink"] if r == 0 else 0.0, pipelined=r > 0, carries=carries)
 
     def steps():
         if p > 1:

@@ -12,20 +12,22 @@ over links whose usable bandwidth is below line rate. Three families of paramete
 - ``LINK_EFFICIENCY``: application-level share of line rate per link kind. Fitted: NVLink 4 on row B053
   (370 of 450 GB/s ring busbw on 8 H100), NVLink 5 on row B066 (700 of 900 GB/s on 8 B200), NICs on row
   A029 (48.5 of 50 GB/s per ConnectX-7).
-- ``NVLS_EFFICIENCY``: share of line rate reached by in-switch reduction. Fitted: NVLink 4 on row B054
-  (480 GB/s NVLS busbw on 8 H100), NVLink 5 on row B067 (850 GB/s on 8 B200).
+- NVLS (in-switch reduction, see ``nvls.py``): NCCL's own structure, from its source: ``NVLS_CHANNELS``
+  CTAs, each moving ``NVLS_CHUNK`` per head and step, so a pipeline stage is channels x heads x chunk; and
+  per switch generation one fitted number: Hopper's usable NVLS rate (``NVLS_EFFICIENCY``, row B054) and
+  Blackwell's fan-in cost per doubling of the group (``NVLS_FANIN``, row B067).
 
 Validation reports the rows used here apart from the rows that were not (DESIGN.md, issue 6).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fabricsim.errors import ConfigError
 
-__all__ = ["Protocol", "PROTOCOLS", "LINK_EFFICIENCY", "NVLS_EFFICIENCY", "NVLS_LATENCY", "NVLS_CHUNK", "choose_protocol",
-           "FITTED_ROWS", "Calibration", "CALIBRATED", "IDEAL"]
+__all__ = ["Protocol", "PROTOCOLS", "LINK_EFFICIENCY", "NVLS_EFFICIENCY", "NVLS_FANIN", "NVLS_LATENCY", "NVLS_CHUNK", "NVLS_CHANNELS",
+           "nvls_channels", "nvls_stage_bytes", "choose_protocol", "FITTED_ROWS", "Calibration", "CALIBRATED", "IDEAL"]
 
 US = 1e-6
 
@@ -68,21 +70,58 @@ LINK_EFFICIENCY = {
     "eth-800g": 48.5 / 50,
 }
 
-# Per-GPU NVLS throughput: each GPU moves N (1 + 1/p) bytes each way through the switch; busbw B_nvls on
-# p = 8 GPUs gives efficiency = B_nvls / (2 (p-1)/p) * (1 + 1/p) / line rate.
+# NVLS all-reduce is a stream of multimem loads (the switch returns the sum of the p GPUs' copies: the
+# reduce-scatter) and multimem stores (the switch multicasts a shard to all p: the all-gather), issued by a
+# fixed number of CTAs. Each GPU's links carry N (1 + 1/p) each way at NVLS's usable rate B_nvls. Every
+# load, and every stage's flags, wait for all p GPUs; with a bounded number of bytes in flight per GPU
+# (Little's law) the time per byte gains a term that grows with the depth of that fan-in, log2 p:
+#
+#     T = a + N [(1 + 1/p) + NVLS_FANIN log2 p] / B_nvls
+#
+# Per switch generation, one parameter each, as before issue 10 (two rows, B054 and B067):
+# - NVSwitch gen3 (Hopper, nvlink4): B_nvls = 308 GB/s fitted on B054 (480 GB/s busbw on 8 H100) and no
+#   fan-in term: H100 NVLS busbw grows from 5 to 8 GPUs exactly as the link traffic predicts (B055: 420, 440,
+#   460, 480 GB/s against 410, 439, 461, 478 simulated), so nothing is left for one.
+# - NVLink 5 switch (Blackwell, nvlink5): B_nvls = the ring's usable rate (LINK_EFFICIENCY, B066: NVLS moves
+#   bytes over the same ports) and NVLS_FANIN fitted on B067 (850 GB/s on 8 B200):
+#   1 + 1/8 + 3 f = 1.75 x 700 / 850 -> f = 0.1054. Without it a link-traffic-only model predicts 1,059 GB/s
+#   on a 72-GPU NVL72 against ~840 measured (issue 10); with it, 830. The NVL72 and multi-rack rows stay
+#   evidence. Why log2 p (a combining tree in the switch, or the slowest of p responses) is an assumption no
+#   public source confirms. Causes ruled out: switch ALU throughput (a chip of a DGX B200 and of an NVL72
+#   reduces the same 4 N of operands per all-reduce: 8 GPUs x N / 2 chips, 72 x N / 18), and NCCL's channel
+#   count (24 NVLS CTAs on both, NVLS_CHANNELS below).
 NVLS_EFFICIENCY = {
     "nvlink4": 480 / 1.75 * 1.125 / 450,  # B054
-    "nvlink5": 850 / 1.75 * 1.125 / 900,  # B067
+    "nvlink5": 700 / 900,  # B066 (LINK_EFFICIENCY's NVLink 5 share)
+}
+NVLS_FANIN = {
+    "nvlink4": 0.0,  # none needed on B055 (see above)
+    "nvlink5": (1.75 * 700 / 850 - 1.125) / 3,  # B067
 }
 
-# In-switch reduction runs chunk by chunk: the reduce-scatter of one chunk overlaps the all-gather of the
-# one before, so a message of K chunks takes K + 1 stages and a message of one chunk pays both phases in
-# turn. Fitted on the DGX H100 curve (allreduce_curves.csv, 2 MiB to 1 GiB), where time minus N/B levels
-# off near 50-100 us: the fill cost of one 16 MiB chunk at NVLS bandwidth.
-NVLS_CHUNK = 16 * 2**20
+# NCCL's NVLS constants, src/transport/nvls.cc (NCCL 2.2x): NVLS_NCHANNELS_SM90 16 (Hopper), SM100 24 inside
+# one NVLink domain (NVLS_NCHANNELS_SM100_NVL, one node or one MNNVL clique) and 32 across nodes (SM100), and
+# NCCL_NVLS_CHUNKSIZE 128 KiB per head and step. A pipeline stage (one loop of the NVLS kernel) moves
+# channels x heads x chunk bytes: 16 x 8 x 128 KiB = 16 MiB on a DGX H100 (what the DGX H100 curve was once
+# fitted to), 24 x 8 x 128 KiB = 24 MiB on a DGX B200 and 24 x 72 x 128 KiB = 216 MiB on an NVL72, whose
+# fill is the ~0.5 ms the NVL72 rows pay at 0.5-2 GiB. Heads = GPUs of the island (one head per GPU inside
+# a node; across nodes one per NIC, which is one per GPU in every preset): an assumption read from NCCL's
+# "NVLS Head" log lines (https://github.com/NVIDIA/nccl/issues/1357), not from its code.
+NVLS_CHUNK = 128 * 2**10
+NVLS_CHANNELS = {"nvlink4": {"domain": 16, "multi-node": 16}, "nvlink5": {"domain": 24, "multi-node": 32}}
 
-FITTED_ROWS = {"LINK_EFFICIENCY": ["B053", "B066", "A029"], "NVLS_EFFICIENCY": ["B054", "B067"],
-               "NVLS_CHUNK": ["allreduce_curves.csv"]}
+
+def nvls_channels(kind: str, multi_node: bool = False) -> int:
+    """NCCL's NVLS CTA count for NVLink ``kind`` (Hopper's 16 for unknown kinds)."""
+    return NVLS_CHANNELS.get(kind, NVLS_CHANNELS["nvlink4"])["multi-node" if multi_node else "domain"]
+
+
+def nvls_stage_bytes(kind: str, heads: int, multi_node: bool = False) -> int:
+    """Bytes one NVLS pipeline stage moves: channels x heads x NVLS_CHUNK."""
+    return nvls_channels(kind, multi_node) * max(1, heads) * NVLS_CHUNK
+
+
+FITTED_ROWS = {"LINK_EFFICIENCY": ["B053", "B066", "A029"], "NVLS_EFFICIENCY": ["B054"], "NVLS_FANIN": ["B067"]}
 
 def choose_protocol(nbytes: int, protocol: str = "auto", *, cost=None) -> Protocol:
     """The protocol for a message of ``nbytes``.
@@ -103,15 +142,25 @@ def choose_protocol(nbytes: int, protocol: str = "auto", *, cost=None) -> Protoc
 
 @dataclass(frozen=True)
 class Calibration:
-    """Which efficiencies a run applies: usable share of line rate per link kind, and of NVLS."""
+    """Which calibration a run applies: usable share of line rate per link kind, of NVLS, and NVLS's fan-in
+    cost per link kind."""
 
     link_efficiency: dict
     nvls_efficiency: dict
+    nvls_fanin: dict = field(default_factory=dict)
 
-    def nvls_factor(self, kind: str) -> float:
-        """Wire bytes per payload byte for in-switch reduction on ``kind`` links (on top of link efficiency)."""
-        return self.link_efficiency.get(kind, 1.0) / self.nvls_efficiency.get(kind, self.link_efficiency.get(kind, 1.0))
+    def nvls_factor(self, kind: str, fanin: int = 0) -> float:
+        """Wire bytes per payload byte of NVLS traffic on ``kind`` links, on top of link efficiency, when a
+        stage waits for ``fanin`` GPUs: (link / NVLS share) x (1 + f log2(fanin) / (1 + 1/fanin))."""
+        import math
+
+        link = self.link_efficiency.get(kind, 1.0)
+        factor = link / self.nvls_efficiency.get(kind, link)
+        f = self.nvls_fanin.get(kind, 0.0)
+        if fanin > 1 and f:
+            factor *= 1.0 + f * math.log2(fanin) / (1.0 + 1.0 / fanin)
+        return factor
 
 
-CALIBRATED = Calibration(LINK_EFFICIENCY, NVLS_EFFICIENCY)
-IDEAL = Calibration({}, {})  # line rate everywhere: what closed-form checks compare against
+CALIBRATED = Calibration(LINK_EFFICIENCY, NVLS_EFFICIENCY, NVLS_FANIN)
+IDEAL = Calibration({}, {})  # line rate everywhere, no fan-in cost: what closed-form checks compare against

@@ -67,6 +67,26 @@ def _segments(n: int, channels: int, p: int) -> list[list[tuple[int, int]]]:
     return out
 
 
+def _shard_segments(n: int, orders: list[list[int]], ranks: list[int], shift: int) -> list[list[tuple[int, int]]]:
+    """Segment bounds when segment k of channel c is part c of the shard of rank ``order_c[k - shift]``.
+
+    Shard j (elements ``j n/p .. (j+1) n/p``) belongs to group position j, as NCCL's reduce-scatter output
+    and all-gather input of rank j; each channel carries one of C parts of every shard.
+    """
+    p, C = len(ranks), len(orders)
+    pos = {r: j for j, r in enumerate(ranks)}
+    shard = np.linspace(0, n, p + 1).astype(int)
+    out = []
+    for c, order in enumerate(orders):
+        row = []
+        for k in range(p):
+            j = pos[order[(k - shift) % p]]
+            part = np.linspace(shard[j], shard[j + 1], C + 1).astype(int)
+            row.append((int(part[c]), int(part[c + 1])))
+        out.append(row)
+    return out
+
+
 class _RingPlan:
     """Node arrays and segment bounds shared by the ring schedules of one group."""
 
@@ -86,6 +106,7 @@ class _RingPlan:
         self.latency_class = "net" if layout.multi_domain else "nvlink"
         self.ident = layout.ident
         self.step_latency = self._pipeline_latency(fabric, layout, protocol)
+        self.segments = lambda n: _segments(n, self.channels, self.p)  # element bounds of every segment
 
     def _pipeline_latency(self, fabric, layout: GroupLayout, protocol: Protocol) -> float:
         """Ring latency (C102) per step: hop latencies summed along the ring, spread over its steps."""
@@ -116,7 +137,7 @@ class _RingPlan:
         """A ring step: position i of every channel sends segment ``segment_of(i)`` to position i+1."""
         def apply(data: dict) -> None:
             n = next(iter(data.values())).shape[0]
-            segs = _segments(n, self.channels, self.p)
+            segs = self.segments(n)
             moves = []
             for c, order in enumerate(self.orders):
                 for i in range(self.p):
@@ -156,13 +177,22 @@ def ring_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
 
 def ring_reduce_scatter(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
                         channels: int | None = None) -> Schedule:
-    """Ring reduce-scatter: afterwards position i of each channel's ring holds segment (i + 1) reduced."""
+    """Ring reduce-scatter of ``nbytes`` (the full input): p-1 steps of N/(C p) per rank and channel.
+
+    Afterwards the rank at group position j holds shard j (elements ``j n/p .. (j+1) n/p``) reduced,
+    as NCCL's in-place reduce-scatter leaves it. Contention-free: T = (p-1) a + (p-1)/p N/B.
+    """
     plan = _RingPlan(fabric, layout, nbytes, channels, protocol)
-    return Schedule("ring-reduce-scatter", _reduce_scatter_steps(plan), protocol, "ring")
+    plan.segments = lambda n: _shard_segments(n, plan.orders, layout.ranks, 1)
+    return Schedule("ring", _reduce_scatter_steps(plan), protocol, "ring")
 
 
 def ring_allgather(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
                    channels: int | None = None) -> Schedule:
-    """Ring all-gather of segments where position i starts owning segment i (``nbytes`` is the total)."""
+    """Ring all-gather of ``nbytes`` (the full output) where group position j starts owning shard j.
+
+    p-1 steps of N/(C p) per rank and channel; contention-free T = (p-1) a + (p-1)/p N/B.
+    """
     plan = _RingPlan(fabric, layout, nbytes, channels, protocol)
-    return Schedule("ring-allgather", _allgather_steps(plan, 0), protocol, "ring")
+    plan.segments = lambda n: _shard_segments(n, plan.orders, layout.ranks, 0)
+    return Schedule("ring", _allgather_steps(plan, 0), protocol, "ring")

@@ -13,10 +13,11 @@ from fabricsim.collectives.base import CollectiveResult, GroupLayout, Schedule, 
 from fabricsim.collectives.protocol import PROTOCOLS, Protocol
 from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.nvls import nvls_allreduce, switch_islands
+from fabricsim.collectives.nvls_tree import nvls_tree_allreduce
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
 from fabricsim.collectives import analytic
 from fabricsim.collectives.ring import MAX_CHANNELS, ring_allreduce
-from fabricsim.collectives.sharp import sharp_allreduce
+from fabricsim.collectives.sharp import sharp_allreduce, sharp_capable
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 
@@ -26,24 +27,25 @@ ALGORITHMS = ("ring", "tree", "hierarchical", "nvls", "sharp", "auto")
 
 
 def _has_nvls(fabric, layout: GroupLayout) -> bool:
+    """NVLS needs NVLink switch chips, and NCCL leaves it off for two GPUs or fewer in one island
+    (src/transport/nvls.cc: ``gpuCount <= 2``)."""
     try:
         islands = switch_islands(fabric, layout)
     except InfeasibleError:
         return False
-    return any(len(i) > 1 for i in islands)
+    return any(len(i) > 2 for i in islands) or (len(islands) > 1 and any(len(i) > 1 for i in islands))
 
 
 def available_algorithms(fabric, layout: GroupLayout) -> list[str]:
     """Algorithms that make sense for this group: ring and tree always; hierarchical across domains;
     NVLS where the GPUs hang off NVLink switch chips; SHARP where, in addition, several switch islands
-    are joined by network switches."""
+    are joined by network switches that the fabric declares SHARP-capable (``sharp=True``)."""
     algos = ["ring", "tree"]
     if layout.multi_domain:
         algos.append("hierarchical")
     if _has_nvls(fabric, layout):
         algos.append("nvls")
-        if layout.multi_domain and len(switch_islands(fabric, layout)) > 1 and \
-                any(k == "switch" for _, k in fabric.topology.graph.nodes(data="kind")):
+        if layout.multi_domain and len(switch_islands(fabric, layout)) > 1 and sharp_capable(fabric):
             algos.append("sharp")
     return algos
 
@@ -115,13 +117,13 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
         return hierarchical_allreduce(fabric, layout, nbytes, proto, intra="ring", inter="ring",
                                       calibration=calibration)
     if not _has_nvls(fabric, layout):
-        raise InfeasibleError(f"{algorithm} needs GPUs attached to NVLink switch chips (this fabric has none)")
+        raise InfeasibleError(f"{algorithm} needs more than two GPUs attached to the same NVLink switch chips "
+                              "(NCCL never runs NVLS on two GPUs or fewer)")
     if algorithm == "sharp":
         return sharp_allreduce(fabric, layout, nbytes, proto, calibration)
     if len(switch_islands(fabric, layout)) == 1:
         return nvls_allreduce(fabric, layout, nbytes, proto, calibration)
-    return hierarchical_allreduce(fabric, layout, nbytes, proto, intra="nvls", inter="tree",
-                                  calibration=calibration)
+    return nvls_tree_allreduce(fabric, layout, nbytes, proto, calibration)
 
 
 def allreduce(sim, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm: str = "ring",
@@ -242,8 +244,9 @@ def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Ca
     elif algorithm == "nvls":
         if not nvl_kind:
             raise InfeasibleError("nvls needs NVLink switch chips")
-        b = topology.injection_bandwidth(gpu) * calibration.nvls_efficiency.get(nvl_kind, 1.0)
-        t = analytic.nvls_allreduce_time(m if domains > 1 else p, nbytes, b, NVLS_LATENCY["nvlink"])
+        g = m if domains > 1 else p
+        b = b_nvl / calibration.nvls_factor(nvl_kind, g)  # NVLS's usable rate, with its fan-in cost
+        t = analytic.nvls_allreduce_time(g, nbytes, b, NVLS_LATENCY["nvlink"])
         if domains > 1:
             t += analytic.tree_allreduce_time(domains, nbytes / m, b_nic, NVLS_LATENCY["net"])
     else:

@@ -4,7 +4,7 @@ Inside every switch island the NVLink switches reduce-scatter the message (NVLS)
 reduced shard once into the InfiniBand fabric, where the switches add the shards of all islands up on an
 aggregation tree and send the sum back; NVLS multicasts the result inside each island. Per GPU the NIC
 carries N/m each way (m GPUs per island), against 2 (d-1)/d N/m for a ring across d islands, and no
-step count grows with d. The three phases are pipelined chunk by chunk (NVLS_CHUNK): stage r
+step count grows with d. The three phases are pipelined chunk by chunk (one NVLS stage, ``nvls.nvls_stage``): stage r
 reduce-scatters chunk r, aggregates chunk r-1 in the network and all-gathers chunk r-2.
 
 The aggregation point of a shard is the switch nearest to all its owners' NICs (the rail leaf when they
@@ -20,12 +20,12 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nvls import nvls_phase, switch_islands
-from fabricsim.collectives.protocol import NVLS_CHUNK, NVLS_LATENCY, Calibration, Protocol
+from fabricsim.collectives.nvls import nvls_payload, nvls_phase, nvls_stage, pipeline_chunks, switch_islands
+from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
 from fabricsim.errors import InfeasibleError
 from fabricsim.simulator.routing import stable_hash
 
-__all__ = ["aggregation_switch", "sharp_allreduce"]
+__all__ = ["aggregation_switch", "aggregation_tree", "sharp_allreduce", "sharp_capable"]
 
 
 def _kind(fabric, node: int) -> str:
@@ -71,48 +71,131 @@ def aggregation_switch(fabric, ranks: list[int], salt: int = 0, cache: dict | No
     return best[stable_hash(salt, len(best)) % len(best)]
 
 
+def sharp_capable(fabric) -> bool:
+    """Whether the fabric declares SHARP-capable network switches (node attribute ``sharp=True``)."""
+    return any(d.get("kind") == "switch" and d.get("sharp") is True
+               for _, d in fabric.topology.graph.nodes(data=True))
+
+
+def aggregation_tree(fabric, leaves: list[int], root: int, key: int) -> dict[int, int]:
+    """Parent of every switch of the SHARP tree joining ``leaves`` to ``root``: the union of each leaf's
+    route up to the root (ECMP-hashed with ``key``); a path stops where it meets the tree already built."""
+    lt = fabric.links
+    parent: dict[int, int] = {root: -1}
+    for leaf in leaves:
+        if leaf in parent:
+            continue
+        route = fabric.router.route(leaf, root, key)
+        path = route.links[route.ptr[0]:route.ptr[1]]
+        for link in path.tolist():
+            u, v = int(lt.src[link]), int(lt.dst[link])
+            if u in parent:
+                break
+            parent[u] = v
+    return parent
+
+
 def sharp_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
                     calibration: Calibration) -> Schedule:
-    """NVLS reduce-scatter, SHARP across islands, NVLS all-gather, pipelined in chunks."""
+    """NVLS reduce-scatter, SHARP across islands, NVLS all-gather, pipelined in chunks.
+
+    Shard s of a chunk is owned by GPU s of every island; the owners send it up the shard's aggregation
+    tree (rooted at ``aggregation_switch``): every switch adds what reaches it and forwards one stream to
+    its parent, and the root's sum comes down the same tree, each switch multicasting it to its children.
+    Per stage a NIC and every tree link carry c/S each way.
+    """
     islands = switch_islands(fabric, layout)
     if len(islands) < 2:
         raise InfeasibleError("sharp reduces across several switch islands; this group has one (use nvls)")
+    if not sharp_capable(fabric):
+        raise InfeasibleError("sharp needs SHARP-capable network switches; this fabric declares none "
+                              "(build the scale-out fabric with sharp=True)")
     S = max(len(i) for i in islands)
-    K = max(1, math.ceil(nbytes / NVLS_CHUNK))
-    c = nbytes / K
+    chunks = pipeline_chunks(nbytes, nvls_stage(fabric, islands))
+    K = len(chunks)
     gi = fabric.gpu_index
     cache: dict = {}
     owners = [[isl[s % len(isl)] for isl in islands] for s in range(S)]
-    agg = [aggregation_switch(fabric, group, salt=s, cache=cache) for s, group in enumerate(owners)]
+    trees = []  # per shard: (parent of every switch, leaf switch of every owner)
+    for s, group in enumerate(owners):
+        root = aggregation_switch(fabric, group, salt=s, cache=cache)
+        leaf = [_first_switch(fabric, r) for r in group]
+        trees.append((aggregation_tree(fabric, leaf, root, s), leaf))
 
-    def nvls(phase: str):
-        parts = [nvls_phase(fabric, isl, c if phase == "rs" else c / len(isl), c / len(isl) if phase == "rs" else c,
-                            calibration) for isl in islands if len(isl) > 1]
+    # the network flows of one chunk, all shards: owner -> leaf, switch -> parent, and back down
+    n_src, n_dst, n_shard, n_order, n_up = [], [], [], [], []
+    for s, (parent, leaf) in enumerate(trees):
+        height = {}
+        for u in parent:  # a switch's height: the longest climb from it to the root
+            h, v = 0, u
+            while parent[v] != -1:
+                v, h = parent[v], h + 1
+            height[u] = h
+        top = max(height.values())
+        for r, sw in zip(owners[s], leaf):
+            n_src += [int(gi[r]), sw]
+            n_dst += [sw, int(gi[r])]
+            n_shard += [s, s]
+            n_order += [0, 2 * top + 2]
+            n_up += [True, False]
+        for u, v in parent.items():
+            if v != -1:
+                n_src += [u, v]
+                n_dst += [v, u]
+                n_shard += [s, s]
+                n_order += [1 + top - height[u], top + 2 + height[v]]
+                n_up += [True, False]
+    n_src, n_dst = np.array(n_src, dtype=np.int64), np.array(n_dst, dtype=np.int64)
+    n_shard = np.array(n_shard, dtype=np.int64)
+
+    def sizes(q: int | None) -> float:
+        return (chunks[q][1] - chunks[q][0]) * nbytes if q is not None and 0 <= q < K else 0.0
+
+    # a GPU of an island of m GPUs owns the shards j = its position mod m: S/m of them, rounded
+    owned = [np.array([len(range(k, S, len(isl))) / S for k in range(len(isl))]) for isl in islands]
+
+    def nvls(phase: str, q: int):
+        c = sizes(q)
+        parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
+                            calibration, fanin=len(isl)) for isl, own in zip(islands, owned) if len(isl) > 1]
         return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
 
-    def network():
-        src, dst = [], []
-        for s, group in enumerate(owners):
-            for r in group:
-                src += [int(gi[r]), agg[s]]
-                dst += [agg[s], int(gi[r])]
-        return [np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.full(len(src), c / S),
-                np.zeros(len(src), dtype=np.int64)]
+    def network(q: int):
+        return [n_src, n_dst, np.full(len(n_src), sizes(q) / S), np.zeros(len(n_src), dtype=np.int64)]
 
-    pieces = {"rs": nvls("rs"), "net": network(), "ag": nvls("ag")}
+    def island_shards(q: int, isl: list[int], phase: str) -> list[tuple]:
+        a, b = chunks[q]
+        edges = [a + (b - a) * j / S for j in range(S)] + [b]
+        return [((phase, q, j), edges[j], edges[j + 1], isl[j % len(isl)]) for j in range(S)]
 
-    def apply(data: dict) -> None:
-        total = sum(data[r] for r in layout.ranks)
-        for r in layout.ranks:
-            data[r][:] = total
+    def network_payload(q: int) -> list:
+        a, b = chunks[q]
+        edges = [a + (b - a) * j / S for j in range(S)] + [b]
+        # up the tree switches add what reaches them; down it the root's sum overwrites the owners' shards
+        return [(o, [(("net", q, j), edges[j], edges[j + 1], "add" if up else "put")])
+                for j, o, up in zip(n_shard.tolist(), n_order, n_up)]
 
     def stage(r: int) -> Step:
         live = tuple(k for k, first in (("rs", 0), ("net", 1), ("ag", 2)) if first <= r < K + first)
+        q = {"rs": r, "net": r - 1, "ag": r - 2}
 
         def traffic():
+            pieces = {k: (network(q[k]) if k == "net" else nvls(k, q[k])) for k in live}
             return tuple(np.concatenate([pieces[k][i] for k in live]) for i in range(4))
-        return Step(("sharp", layout.ident, c, live), traffic, "net", apply if r == K + 1 else None, "sharp",
+
+        def carries():
+            out = []
+            for k in live:
+                if k == "net":
+                    out += network_payload(q[k])
+                    continue
+                for isl in islands:
+                    if len(isl) > 1:
+                        own = island_shards(q[k], isl, k)
+                        out += nvls_payload(fabric, isl, own if k == "rs" else [], own if k == "ag" else [])
+            return out
+        return Step(("sharp", layout.ident, tuple((k, sizes(q[k])) for k in live)), traffic, "net", None, "sharp",
                     extra_latency=NVLS_LATENCY["nvlink"] + NVLS_LATENCY["net"] if r == 0 else 0.0,
-                    pipelined=r > 0)
+                    pipelined=r > 0, carries=carries)
 
     return Schedule("sharp", (stage(r) for r in range(K + 2)), protocol, "nvls", launch_latency=0.0)

@@ -71,6 +71,22 @@ def default_chunks(nbytes: int) -> int:
     return max(1, min(MAX_CHUNKS, math.ceil(nbytes / 2 / CHUNK_TARGET)))
 
 
+def chunk_sizes(part_bytes: float, chunks: int | None = None) -> tuple[int, float, float]:
+    """(K, full chunk, last chunk) of ``part_bytes`` cut into pipeline chunks.
+
+    As NCCL does, chunks have a fixed size (CHUNK_TARGET) and the last one holds the rest, so a larger
+    message never has smaller chunks and its pipeline never fills faster: time grows with the message.
+    Beyond MAX_CHUNKS chunks, or when ``chunks`` is given, the part is cut into equal chunks.
+    """
+    if chunks is None:
+        K = max(1, min(MAX_CHUNKS, math.ceil(part_bytes / CHUNK_TARGET)))
+        if K < MAX_CHUNKS:
+            return K, (CHUNK_TARGET if K > 1 else part_bytes), part_bytes - (K - 1) * CHUNK_TARGET
+    else:
+        K = chunks
+    return K, part_bytes / K, part_bytes / K
+
+
 class _Tree:
     """One tree over ranks: parent, children, heights, depths, and fabric node arrays for its edges."""
 
@@ -126,9 +142,11 @@ def _trees(layout: GroupLayout, channels: int) -> list[_Tree]:
     return trees
 
 
-def _bounds(n: int, part: int, parts: int, chunks: int) -> np.ndarray:
+def _bounds(n: int, part: int, parts: int, chunks: int, full: float = 1.0, last: float = 1.0) -> np.ndarray:
+    """Element bounds of the chunks of ``part``: chunks-1 of relative size ``full``, the last ``last``."""
     h = np.linspace(0, n, parts + 1).astype(int)
-    return np.linspace(h[part], h[part + 1], chunks + 1).astype(int)
+    edges = np.append(np.arange(chunks) * full, (chunks - 1) * full + last) / ((chunks - 1) * full + last)
+    return (h[part] + np.floor(edges * (h[part + 1] - h[part]) + 1e-9)).astype(int)
 
 
 def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
@@ -138,9 +156,9 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
 
     C = channels or default_channels(layout)
     trees = _trees(layout, C)
-    K = chunks or default_chunks(nbytes / C)
     parts = len(trees)
-    chunk_bytes = nbytes / parts / K
+    K, chunk_bytes, last_bytes = chunk_sizes(nbytes / parts, chunks)
+    split = last_bytes != chunk_bytes  # the last chunk's flows are their own copies of the edges
     rounds = max(t.rounds(K) for t in trees)
     fill = max(t.H + max((t.depth[u] for u, _ in t.down_edges), default=-1) + 1 for t in trees)
     net = layout.multi_domain
@@ -160,15 +178,20 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
     e_src, e_dst = np.array(e_src, dtype=np.int64), np.array(e_dst, dtype=np.int64)
     e_tree, e_up, e_level = np.array(e_tree, dtype=np.int64), np.array(e_up), np.array(e_level, dtype=np.int64)
     gi = fabric.gpu_index
-    base_traffic = (gi[e_src], gi[e_dst], np.full(e_src.shape, chunk_bytes), e_tree)
-    base = (("tree-edges", layout.ident, C, chunk_bytes), lambda: base_traffic)
+    E = len(e_src)
+    copies = 2 if split else 1
+    base_traffic = (np.tile(gi[e_src], copies), np.tile(gi[e_dst], copies),
+                    np.repeat([chunk_bytes, last_bytes][:copies], E), np.tile(e_tree, copies))
+    base = (("tree-edges", layout.ident, C, chunk_bytes, last_bytes), lambda: base_traffic)
     state: dict = {}
 
     def active(t: int) -> np.ndarray:
-        return np.flatnonzero((t - e_level >= 0) & (t - e_level < K))
+        """Base indices of round t's flows: edge e carries chunk t - level(e), the last one from copy 2."""
+        e = np.flatnonzero((t - e_level >= 0) & (t - e_level < K))
+        return e + E * (t - e_level[e] == K - 1) if split else e
 
     def make_step(t: int) -> Step:
-        steady = fill <= t < K
+        steady = fill <= t < K - (1 if split else 0)
 
         def apply(data: dict) -> None:
             n = next(iter(data.values())).shape[0]
@@ -176,9 +199,9 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
                 state["acc"] = {r: data[r].copy() for r in layout.ranks}
             acc = state["acc"]
             moves = []
-            for e in active(t).tolist():
+            for e in (active(t) % E).tolist():
                 u, v, ti = int(e_src[e]), int(e_dst[e]), int(e_tree[e])
-                b = _bounds(n, ti, parts, K)
+                b = _bounds(n, ti, parts, K, chunk_bytes, last_bytes)
                 c = t - int(e_level[e])
                 lo, hi = b[c], b[c + 1]
                 if e_up[e]:
@@ -193,7 +216,7 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
                 else:
                     data[v][lo:hi] = payload
 
-        pattern = ("tree", layout.ident, C, K, chunk_bytes, "steady" if steady else t)
+        pattern = ("tree", layout.ident, C, K, chunk_bytes, last_bytes, "steady" if steady else t)
         return Step(pattern, lambda: active(t), "net" if net else "nvlink", apply, "tree",
                     extra_latency=per_fill_round if t < fill else 0.0, pipelined=t >= fill, base=base)
 
@@ -208,55 +231,10 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
 def tree_broadcast(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *, root: int | None = None,
                    chunks: int | None = None) -> Schedule:
     """Pipelined broadcast of ``nbytes`` from ``root`` (default: the group's first rank) down a chain
-    inside domains and a binary tree across them; every rank ends with the root's buffer."""
-    root = layout.ranks[0] if root is None else root
-    if root not in layout.ranks:
-        raise ValueError(f"root {root} is not in the group")
-    doms = [d if root not in d else [root] + [r for r in d if r != root] for d in layout.domains]
-    doms.sort(key=lambda d: root not in d)
-    inter = binary_tree(len(doms))  # re-rooted below at item 0, the root's domain
-    parent = {}
-    for k, chain in enumerate(doms):
-        for i, r in enumerate(chain):
-            if i:
-                parent[r] = chain[i - 1]
-            else:
-                up = _rerooted(inter, k)
-                parent[r] = -1 if up == -1 else doms[up][0]
-    tree = _Tree(parent)
-    K = chunks or default_chunks(2 * nbytes)
-    chunk_bytes = nbytes / K
-    gi = fabric.gpu_index
-    D = max(tree.depth[u] for u, _ in tree.down_edges) if tree.down_edges else -1
-    rounds = D + K if tree.down_edges else 0
-    net = layout.multi_domain
+    inside domains and a binary tree across them; every rank ends with the root's buffer (rooted.py)."""
+    from fabricsim.collectives.rooted import broadcast
 
-    def make_step(t: int) -> Step:
-        def live():
-            return [(u, v) for u, v in tree.down_edges if 0 <= t - tree.depth[u] < K]
-
-        def traffic():
-            edges = live()
-            return (gi[np.array([e[0] for e in edges], dtype=np.int64)],
-                    gi[np.array([e[1] for e in edges], dtype=np.int64)],
-                    np.full(len(edges), chunk_bytes), np.zeros(len(edges), dtype=np.int64))
-
-        def apply(data: dict) -> None:
-            n = next(iter(data.values())).shape[0]
-            b = np.linspace(0, n, K + 1).astype(int)
-            moves = []
-            for u, v in live():
-                c = t - tree.depth[u]
-                moves.append((v, b[c], b[c + 1], data[u][b[c]:b[c + 1]].copy()))
-            for v, lo, hi, payload in moves:
-                data[v][lo:hi] = payload
-
-        key = ("bcast", layout.ident, root, K, chunk_bytes)
-        if t <= D or t >= K:
-            key += (max(0, t - K + 1), min(t, D))
-        return Step(key, traffic, "net" if net else "nvlink", apply, "broadcast", pipelined=t > D)
-
-    return Schedule("broadcast", (make_step(t) for t in range(rounds)), protocol, "tree")
+    return broadcast(fabric, layout, nbytes, protocol, algorithm="tree", root=root, chunks=chunks)
 
 
 def _rerooted(parent: list[int], node: int) -> int:

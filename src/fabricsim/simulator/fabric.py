@@ -255,6 +255,10 @@ class Fabric:
         return FlowGroup(self.gpu_index[src_ranks], self.gpu_index[dst_ranks],
                          np.broadcast_to(np.asarray(nbytes, dtype=float), src_ranks.shape), key, label)
 
+    def links_used(self, group: FlowGroup) -> np.ndarray:
+        """Indices of the links the group's flows cross (sorted, unique)."""
+        return self._expand(group)[5]
+
     def path_latency(self, group: FlowGroup) -> float:
         """Longest path latency among the group's flows (s): the wire part of a step's latency."""
         lat = self._expand(group)[2]

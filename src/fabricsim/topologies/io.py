@@ -44,7 +44,8 @@ __all__ = [
 FORMATS = ("toml", "yaml", "graphml", "json", "dot")
 _SUFFIXES = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".graphml": "graphml", ".json": "json",
              ".dot": "dot", ".gv": "dot"}
-_SCALE_OUT_OPTIONS = ("gpus", "count", "network", "oversubscription", "planes", "nic", "switch")
+_SCALE_OUT_OPTIONS = ("gpus", "count", "network", "oversubscription", "planes", "nic", "switch", "sharp",
+                      "network_kind", "net_latency")
 
 
 @dataclass(frozen=True)

@@ -42,18 +42,23 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fabricsim.errors import ConfigError, InfeasibleError
+from dataclasses import replace
+
 from fabricsim.hardware import (
-    B200, GB200, H100, IB_NDR, LINKS, NVLINK4, NVLINK5, NVLINK5_SWITCH, NVSWITCH_GEN3, PCIE5_X16, QUANTUM2_NDR,
-    SWITCHES, LinkSpec, SwitchSpec,
+    B200, GB200, H100, IB_NDR, LINKS, NETWORK_KINDS, NVLINK4, NVLINK5, NVLINK5_SWITCH, NVSWITCH_GEN3,
+    PCIE5_X16, QUANTUM2_NDR, SWITCHES, LinkSpec, SwitchSpec,
 )
 from fabricsim.topologies.base import CutNode, Topology, tree_cut_flow
 from fabricsim.topologies.nvlink import (
     DGX_B200_LANES, DGX_H100_LANES, NVL72_GPUS, Domain, add_baseboard, add_nvl72, check_gpus, check_planes,
 )
 
-__all__ = ["scale_out", "DOMAINS", "NETWORKS"]
+__all__ = ["scale_out", "DOMAINS", "NETWORKS", "SHARP_SWITCHES"]
 
 NETWORKS = ("rail", "fat-tree")
+# switch models with in-network reduction: NVIDIA Quantum-2 ("SHARPv3 in-network computing", Quantum-2
+# product page) and Quantum-X800 ("SHARPv4", Quantum-X800 product page)
+SHARP_SWITCHES = {"ib-ndr-switch": "SHARPv3", "ib-xdr-switch": "SHARPv4"}
 _EPS = 1e-9
 
 
@@ -88,7 +93,8 @@ def _ceil(x: float) -> int:
 
 def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int | None = None,
               network: str = "rail", nic: LinkSpec = IB_NDR, switch: SwitchSpec = QUANTUM2_NDR,
-              oversubscription: float = 1.0, planes: str = "aggregate") -> Topology:
+              oversubscription: float = 1.0, planes: str = "aggregate", sharp: bool | None = None,
+              network_kind: str | None = None, net_latency: float | None = None) -> Topology:
     """NVLink domains joined by a two- or three-tier fat tree of InfiniBand/Ethernet switches.
 
     Parameters
@@ -110,6 +116,18 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         Leaf down:up bandwidth ratio (1.0 = non-blocking).
     planes : {"aggregate", "per-chip"}
         NVL72 racks as one crossbar or 18 switch chips.
+    sharp : bool, optional
+        Whether the network switches reduce in the network (SHARP): marks every leaf, spine and core
+        ``sharp=True``, which is what lets collectives offer algorithm "sharp". Default: as the switch
+        model supports it (``SHARP_SWITCHES``: Quantum-2 and Quantum-X800 do, Ethernet switches do not);
+        ``True`` for a switch model without SHARP is refused.
+    network_kind : {"ib", "roce", "cloud"}, optional
+        Latency character of the network (``hardware.NETWORK_KINDS``): NIC and switch traversal latencies.
+        Default: "ib" for InfiniBand NICs, "roce" for Ethernet ones. The NICs' and switches' own latencies
+        are replaced by the kind's.
+    net_latency : float, optional
+        One NIC traversal in seconds (GPU -> NIC or NIC -> GPU), overriding the kind's: e.g. a cloud
+        fabric's measured half round trip minus its switch hops.
 
     Returns
     -------
@@ -138,12 +156,20 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     if network not in NETWORKS:
         raise ConfigError(f"network must be one of {', '.join(NETWORKS)}; got {network!r}")
     check_planes(planes)
+    nic, switch, network_kind = _network_latencies(nic, switch, network_kind, net_latency)
     if isinstance(oversubscription, bool) or not isinstance(oversubscription, (int, float)) \
             or not oversubscription > 0 or math.isinf(oversubscription):
         raise ConfigError(f"oversubscription must be a positive number, got {oversubscription!r}")
     if nic.bandwidth > switch.port_bandwidth * (1 + _EPS):
         raise ConfigError(f"NIC {nic.kind} ({nic.bandwidth / 1e9:g} GB/s) is faster than a {switch.kind} port "
                           f"({switch.port_bandwidth / 1e9:g} GB/s); pick a faster switch")
+    if sharp is None:
+        sharp = switch.kind in SHARP_SWITCHES
+    elif not isinstance(sharp, bool):
+        raise ConfigError(f"sharp must be True or False, got {sharp!r}")
+    elif sharp and switch.kind not in SHARP_SWITCHES:
+        raise ConfigError(f"{switch.kind} switches do not reduce in the network (SHARP-capable: "
+                          f"{', '.join(SHARP_SWITCHES)})")
     n_domains, total = _sizes(kind.size, gpus, count)
     k = switch.ports
     ratio = nic.bandwidth / (oversubscription * switch.port_bandwidth)
@@ -196,7 +222,8 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         "domain": domain, "domain_size": kind.size, "domains": n_domains,
         "last_domain_size": total - (n_domains - 1) * kind.size, "network": network,
         "rails": kind.rails if network == "rail" else 0, "planes": planes, "oversubscription": oversubscription,
-        "radix": k, "nics_per_leaf": per_leaf, "leaves": n_leaves, "uplinks_per_leaf": uplinks,
+        "radix": k, "nics_per_leaf": per_leaf, "leaves": n_leaves, "uplinks_per_leaf": uplinks, "sharp": sharp,
+        "network_kind": network_kind, "nic_latency": nic.latency, "switch_latency": switch.latency,
     }
     leaf_pod = [0] * n_leaves
     if n_leaves == 1:
@@ -204,7 +231,7 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     elif n_leaves <= k:
         tiers = 2
         spines = [f"spine{s}" for s in range(uplinks)]
-        dom.nodes += [(s, {"kind": "switch", "tier": 1, "role": "spine", "model": switch.kind}) for s in spines]
+        dom.nodes += [(s, {"kind": "switch", "tier": 1, "role": "spine", "model": switch.kind, "sharp": sharp}) for s in spines]
         for leaf in leaf_ids:
             for s in spines:
                 dom.duplex(leaf, s, trunk)
@@ -222,11 +249,13 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         per_group = min(c for c in range(1, up + 1) if up % c == 0 and pods * (up // c) <= k)
         core_trunk = dict(trunk, bandwidth=switch.port_bandwidth * (up // per_group), lanes=up // per_group)
         cores = {(s, c): f"core{s * per_group + c}" for s in range(uplinks) for c in range(per_group)}
-        dom.nodes += [(n, {"kind": "switch", "tier": 2, "role": "core", "model": switch.kind, "group": s})
+        dom.nodes += [(n, {"kind": "switch", "tier": 2, "role": "core", "model": switch.kind, "group": s,
+                           "sharp": sharp})
                       for (s, _), n in cores.items()]
         for p in range(pods):
             pod_spines = [f"pod{p}/spine{s}" for s in range(uplinks)]
-            dom.nodes += [(n, {"kind": "switch", "tier": 1, "role": "spine", "model": switch.kind, "pod": p})
+            dom.nodes += [(n, {"kind": "switch", "tier": 1, "role": "spine", "model": switch.kind, "pod": p,
+                           "sharp": sharp})
                           for n in pod_spines]
             for leaf_index in range(p * per_pod, min(n_leaves, (p + 1) * per_pod)):
                 leaf_pod[leaf_index] = p
@@ -240,7 +269,7 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     for n, (leaf, (attrs, members)) in enumerate(zip(leaf_ids, leaves)):
         extra = {"pod": leaf_pod[n]} if tiers == 3 else {}
         dom.nodes.append((leaf, {"kind": "switch", "tier": 0, "role": "leaf", "model": switch.kind,
-                                 **attrs, **extra}))
+                                 "sharp": sharp, **attrs, **extra}))
         for nic_id, _ in members:
             dom.duplex(nic_id, leaf, wire)
     meta["tiers"] = tiers
@@ -279,7 +308,8 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         "one NIC per GPU; the GPU-NIC host link is never the bottleneck",
         f"rails: {'local GPU index mod ' + str(kind.rails) if network == 'rail' else 'none (NICs fill leaves in rank order)'}",
         "partial last domain: the remaining GPUs at its first positions, all its NVLink switches present",
-        "switch latency (A031, HDR) charged on every link into or out of a switch",
+        f"network kind {network_kind}: NIC traversal {nic.latency * 1e6:g} us, switch {switch.latency * 1e6:g} us "
+        "(hardware.NETWORK_KINDS), the switch latency charged on every link into or out of a switch",
     ]
     hardware = dict(kind.hardware, nic=nic, switch=switch)
     name = f"{domain}-{'ib' if nic.kind.startswith('ib') else 'eth'}"
@@ -294,6 +324,24 @@ def _spec(value: Any, known: dict, what: str) -> Any:
             raise ConfigError(f"unknown {what} {value!r}; known: {', '.join(known)}")
         return known[value]
     return value
+
+
+def _network_latencies(nic: LinkSpec, switch: SwitchSpec, kind: str | None,
+                       net_latency: float | None) -> tuple[LinkSpec, SwitchSpec, str]:
+    """The NIC and switch specs with the latencies of network ``kind`` (and ``net_latency`` for the NIC)."""
+    if kind is None:
+        kind = "ib" if str(nic.kind).startswith("ib") else "roce"
+    spec = NETWORK_KINDS.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        raise ConfigError(f"network_kind must be one of {', '.join(NETWORK_KINDS)}; got {kind!r}")
+    nic_latency = spec.nic_latency
+    if net_latency is not None:
+        if isinstance(net_latency, bool) or not isinstance(net_latency, (int, float)) \
+                or not 0 <= net_latency < 1e-2 or math.isnan(net_latency):
+            raise ConfigError(f"net_latency must be seconds between 0 and 10 ms, got {net_latency!r}")
+        nic_latency = float(net_latency)
+    return (replace(nic, latency=nic_latency, latency_source=spec.source),
+            replace(switch, latency=spec.switch_latency), kind)
 
 
 def _sizes(size: int, gpus: Any, count: Any) -> tuple[int, int]:

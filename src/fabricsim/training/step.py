@@ -48,13 +48,17 @@ import numpy as np
 
 from fabricsim.collectives import CALIBRATED, AllreduceRunner, CollectiveResult, allreduce, busbw_factor
 from fabricsim.errors import ConfigError, InfeasibleError
+from fabricsim.training.compute import block_flops, compute_efficiency
+from fabricsim.training.layout import DEFAULT_ORDER, Layout, rank_groups
 from fabricsim.training.models import Model
+from fabricsim.training.trace import write_step_trace
 
-__all__ = ["DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
+__all__ = ["BREAKDOWN_KINDS", "compute_rate", "check_memory", "DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
            "simulate_step", "write_step_trace"]
 
-DEFAULT_MFU = 0.45  # D149 (47% -> 42%), D151 (430 / 989 = 43%): see the module docstring
+DEFAULT_MFU = None  # the per-generation efficiency of compute.EFFICIENCY (see there for its source)
 DEFAULT_BUCKET = 25 * 2**20  # PyTorch DistributedDataParallel bucket_cap_mb default (25 MiB)
+BREAKDOWN_KINDS = ("compute", "pp_bubble", "pp_p2p", "tp", "cp", "ep", "dp")
 DEFAULT_GLOBAL_BATCH = 1152  # sequences, D149 (Megatron-LM GPT-3 175B strong scaling)
 
 
@@ -69,8 +73,10 @@ class StepConfig:
         Data-parallel all-reduce: "ring", "tree", "hierarchical", "nvls" or "auto".
     precision : str
         GPU tensor-core precision for the compute ("bf16", "fp8", "fp4").
-    mfu : float
-        Share of dense peak reached by the compute, in (0, 1].
+    mfu : float, optional
+        Share of dense peak the model FLOPs reach in compute, in (0, 1]; default: the documented
+        efficiency of the GPU generation and precision (``compute.EFFICIENCY``) applied to the FLOPs the
+        kernels execute (``compute.block_flops``).
     tp : int
         Tensor-parallel width, inside one NVLink domain.
     scaling : {"weak", "strong"}
@@ -83,12 +89,16 @@ class StepConfig:
         Count attention FLOPs (see ``Model.flops_per_token``).
     peak_flops : float, optional
         Per-GPU dense peak (FLOP/s) instead of the topology's GPU preset; ``inf`` gives zero compute.
+    cp, pp, dp, ep, virtual_stages, micro_batch, zero, recompute, sequence_parallel, order
+        The parallel layout (see ``layout.Layout``); ``dp`` defaults to what the GPU count leaves.
+    tp_comm_overlap : bool
+        Megatron's ``--tp-comm-overlap``: TP communication hidden behind the block's GEMMs where it fits.
     """
 
     model: Model
     algorithm: str = "ring"
     precision: str = "bf16"
-    mfu: float = DEFAULT_MFU
+    mfu: float | None = None
     tp: int = 1
     scaling: str = "weak"
     batch: int = 2
@@ -98,9 +108,20 @@ class StepConfig:
     activation_bytes: int = 2
     attention_flops: bool = False
     peak_flops: float | None = None
+    cp: int = 1
+    pp: int = 1
+    dp: int | None = None
+    ep: int = 1
+    virtual_stages: int = 1
+    micro_batch: int = 1
+    zero: int = 0
+    recompute: str = "none"
+    sequence_parallel: bool | None = None
+    order: str = DEFAULT_ORDER
+    tp_comm_overlap: bool = False
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.mfu, (int, float)) and 0 < self.mfu <= 1):
+        if self.mfu is not None and not (isinstance(self.mfu, (int, float)) and 0 < self.mfu <= 1):
             raise ConfigError(f"mfu must be in (0, 1], got {self.mfu!r}")
         if self.scaling not in ("weak", "strong"):
             raise ConfigError(f"scaling must be 'weak' or 'strong', got {self.scaling!r}")
@@ -110,6 +131,19 @@ class StepConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ConfigError(f"peak FLOP/s must be positive, got {self.peak_flops!r}")
+        self.layout_for(self.tp * self.cp * self.pp * (self.dp or 1))  # validates the layout options
+
+    def layout_for(self, gpus: int) -> Layout:
+        """The Layout of this step on ``gpus`` GPUs (``dp`` derived from the GPU count unless given)."""
+        return Layout.for_gpus(gpus, tp=self.tp, cp=self.cp, pp=self.pp, dp=self.dp, ep=self.ep,
+                               virtual_stages=self.virtual_stages, micro_batch=self.micro_batch, zero=self.zero,
+                               recompute=self.recompute, sequence_parallel=self.sequence_parallel, order=self.order)
+
+    @property
+    def data_parallel_only(self) -> bool:
+        """Whether the step is the plain DP (+TP) model: no pipeline, CP, EP or sharding."""
+        return (self.pp == 1 and self.cp == 1 and self.ep == 1 and self.zero == 0
+                and not getattr(self.model, "experts", 0))
 
 
 @dataclass(frozen=True)
@@ -131,6 +165,8 @@ class StepLayout:
 def step_layout(topology, tp: int) -> StepLayout:
     """TP groups of ``tp`` consecutive ranks inside each NVLink domain; DP group t = position t of each.
 
+    The data-parallel plus tensor-parallel case of :func:`fabricsim.training.layout.rank_groups`.
+
     Raises InfeasibleError when ``tp`` is wider than a domain or does not divide every domain's GPUs.
     """
     rank = {g: r for r, g in enumerate(topology.gpus)}
@@ -144,9 +180,8 @@ def step_layout(topology, tp: int) -> StepLayout:
             which = "the last, partial domain" if dom is domains[-1] and len(domains) > 1 else "a domain"
             raise InfeasibleError(f"--tp {tp} does not divide {which} of {len(dom)} GPUs "
                                   f"({topology.num_gpus} GPUs in all)")
-    tp_groups = [dom[i:i + tp] for dom in domains for i in range(0, len(dom), tp)]
-    dp_groups = [[g[t] for g in tp_groups] for t in range(tp)]
-    return StepLayout(tp_groups, dp_groups)
+    groups = rank_groups(topology, Layout(tp=tp, dp=topology.num_gpus // tp))
+    return StepLayout(groups.tp, groups.dp)
 
 
 @dataclass
@@ -174,6 +209,27 @@ class StepResult:
     bucket_start: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     bucket_end: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     bucket_results: dict = field(default_factory=dict, repr=False)  # size -> CollectiveResult (one group)
+    layout: Layout | None = None
+    micro_batches: int = 1
+    breakdown: dict = field(default_factory=dict)  # seconds of the critical stage by kind (BREAKDOWN_KINDS)
+    traffic: dict = field(default_factory=dict)  # bytes each GPU sends per step, by kind
+    pipeline: object = field(default=None, repr=False)  # pipeline.PipelineResult (pipelined steps)
+    dp_chains: list = field(default_factory=list, repr=False)  # per stage: (sizes, ready, start, end)
+    comm_results: dict = field(default_factory=dict, repr=False)
+    chunk_comm: dict = field(default_factory=dict, repr=False)  # (global chunk, "F"/"B") -> {kind: exposed s}
+    sim: object = field(default=None, repr=False)  # the Simulation, when a trace was asked for
+
+    @property
+    def pp(self) -> int:
+        return self.layout.pp if self.layout is not None else 1
+
+    @property
+    def cp(self) -> int:
+        return self.layout.cp if self.layout is not None else 1
+
+    @property
+    def ep(self) -> int:
+        return self.layout.ep if self.layout is not None else 1
 
     @property
     def comm_time(self) -> float:
@@ -211,6 +267,9 @@ class StepResult:
             "exposed_share": self.exposed_share, "tp_comm_s": self.tp_comm_time, "dp_comm_s": self.dp_comm_time,
             "busbw_GBps": self.busbw / 1e9, "mfu": self.mfu, "tokens_per_s": self.tokens_per_s,
             "tokens": self.tokens, "buckets": self.buckets, "grad_bytes": self.grad_bytes,
+            "pp": self.pp, "cp": self.cp, "ep": self.ep, "zero": self.layout.zero if self.layout else 0,
+            "virtual_stages": self.layout.virtual_stages if self.layout else 1, "micro_batches": self.micro_batches,
+            **{f"{k}_s": float(self.breakdown.get(k, 0.0)) for k in BREAKDOWN_KINDS},
         }
 
 
@@ -221,6 +280,24 @@ def _peak(topology, config: StepConfig) -> float:
     if gpu is None or not hasattr(gpu, "peak_flops"):
         raise ConfigError(f"topology {topology.name or ''} names no GPU preset: give the peak FLOP/s explicitly")
     return gpu.peak_flops(config.precision)
+
+
+def compute_rate(topology, config: StepConfig, peak: float) -> float:
+    """Sustained FLOP/s of one GPU on the FLOPs the kernels execute (``compute.block_flops``).
+
+    Default: ``peak x compute.EFFICIENCY[generation, precision]``. With ``config.mfu`` the rate is scaled so
+    that the model FLOPs (``Model.flops_per_token``) reach that share of peak, as the option promises.
+    """
+    model = config.model
+    if config.mfu is None:
+        if config.peak_flops is not None:
+            gpu = getattr(topology, "hardware", {}).get("gpu")
+            eff = compute_efficiency(gpu, config.precision) if gpu is not None else 1.0
+        else:
+            eff = compute_efficiency(topology.hardware["gpu"], config.precision)
+        return peak * eff
+    kernel = 3 * (sum(block_flops(model, i).total for i in range(model.layers)) + 2.0 * model.hidden * model.vocab)
+    return peak * config.mfu * kernel / model.flops_per_token(attention=config.attention_flops)
 
 
 def _sequences(config: StepConfig, dp: int) -> float:
@@ -277,21 +354,41 @@ def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | Non
     if engine not in ("fast", "events"):
         raise ConfigError(f"engine must be 'fast' or 'events', got {engine!r}")
     runner = runner or AllreduceRunner(topology, calibration=CALIBRATED)
-    layout = step_layout(topology, config.tp)
     gpus, model = topology.num_gpus, config.model
+    lay = config.layout_for(gpus)
+    lay.check_model(model.layers)
+    groups = rank_groups(topology, lay)
     peak = _peak(topology, config)
-    sequences = _sequences(config, layout.dp)
+    sequences = _sequences(config, lay.dp)
     tokens = sequences * model.seq_len
     flops = model.flops_per_token(attention=config.attention_flops) * tokens
-    compute = flops / (gpus * peak * config.mfu)
+    rate = compute_rate(topology, config, peak)
+    if not config.data_parallel_only:
+        from fabricsim.training.parallel_step import simulate_parallel_step
 
-    # tensor parallel: 2 all-reduces per layer forward, 2 backward, per sequence of each replica
+        return simulate_parallel_step(topology, config, lay, groups, runner, sequences=sequences, rate=rate,
+                                      peak=peak, model_flops=flops, trace=trace is not None)
+    layout = StepLayout(groups.tp, groups.dp)
+    kernel = sum(block_flops(model, i).total for i in range(model.layers)) + 2.0 * model.hidden * model.vocab
+    compute = 3 * kernel * tokens / (gpus * rate)
+
+    # tensor parallel: 2 all-reduces per layer forward, 2 backward, per sequence of each replica (with
+    # sequence parallelism each is an all-gather and a reduce-scatter of the same buffer)
     tp_result = None
     tp_fwd = tp_bwd = 0.0
     if layout.tp > 1:
         tp_bytes = model.seq_len * model.hidden * config.activation_bytes
         ranks = layout.tp_groups[0]
-        tp_result = runner.run(tp_bytes, _resolve_algorithm(runner, "auto", tp_bytes, ranks), ranks=ranks)
+        if lay.sequence_parallel:
+            from fabricsim.training.comm import StepComm
+
+            comm = StepComm(runner)
+            rs = comm.concurrent("reduce_scatter", tp_bytes, [ranks])
+            ag = comm.concurrent("all_gather", tp_bytes, [ranks])
+            tp_result = CollectiveResult("ring reduce-scatter + all-gather", "simple", len(ranks), int(tp_bytes),
+                                         rs.time + ag.time)
+        else:
+            tp_result = runner.run(tp_bytes, _resolve_algorithm(runner, "auto", tp_bytes, ranks), ranks=ranks)
         per_pass = 2 * model.layers * (sequences / layout.dp) * tp_result.time
         tp_fwd = tp_bwd = per_pass
 
@@ -322,11 +419,14 @@ def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | Non
     step = max(forward + backward, float(end[-1]) if len(end) else 0.0)
     dp_comm = float(np.sum(end - start)) if len(end) else 0.0
     busbw = (grad_bytes * busbw_factor(layout.dp) / dp_comm) if dp_comm > 0 else 0.0
+    breakdown = {"compute": compute, "tp": tp_fwd + tp_bwd, "dp": max(0.0, step - forward - backward)}
     return StepResult(gpus=gpus, tp=layout.tp, dp=layout.dp, algorithm=algorithm if len(sizes) else "-",
                       tokens=tokens, compute_time=compute, forward_time=forward, backward_time=backward,
                       tp_comm_time=tp_fwd + tp_bwd, dp_comm_time=dp_comm, step_time=step, grad_bytes=grad_bytes,
                       model_flops=flops, peak_flops=peak, busbw=busbw, tp_allreduce=tp_result, bucket_sizes=sizes,
-                      bucket_ready=ready, bucket_start=start, bucket_end=end, bucket_results=results)
+                      bucket_ready=ready, bucket_start=start, bucket_end=end, bucket_results=results, layout=lay,
+                      micro_batches=1, breakdown=breakdown,
+                      traffic={"tp": 0.0, "dp": 2 * (layout.dp - 1) / layout.dp * grad_bytes})
 
 
 def _events_chain(runner, layout: StepLayout, sizes, ready, algorithm, trace, forward, backward):
@@ -366,32 +466,28 @@ def _events_chain(runner, layout: StepLayout, sizes, ready, algorithm, trace, fo
     return start, end, results
 
 
-def write_step_trace(result: StepResult, path) -> None:
-    """A Perfetto / Chrome trace-event JSON of the step: compute, TP time and every bucket's all-reduce.
+def check_memory(topology, config: StepConfig):
+    """Refuse a layout whose busiest GPU needs more memory than its HBM (InfeasibleError with the numbers).
 
-    One track for the GPUs' compute (all ranks do the same work), one for the data-parallel stream.
-    Times in microseconds, as the format expects.
+    Uses ``fabricsim.training.memory`` (the per-GPU memory model) when it is installed; returns its report,
+    or None when there is no memory model or the topology names no GPU preset.
     """
-    import json
-
-    us = 1e6
-    events = [{"ph": "M", "name": "process_name", "pid": 0, "args": {"name": f"training step ({result.gpus} GPUs)"}},
-              {"ph": "M", "name": "thread_name", "pid": 0, "tid": 0, "args": {"name": "compute (every GPU)"}},
-              {"ph": "M", "name": "thread_name", "pid": 0, "tid": 1,
-               "args": {"name": f"data-parallel all-reduce ({result.algorithm}, {result.dp} ranks)"}}]
-
-    def slice_(tid, name, t0, t1, **args):
-        events.append({"ph": "X", "pid": 0, "tid": tid, "name": name, "ts": t0 * us, "dur": (t1 - t0) * us,
-                       "args": args})
-
-    slice_(0, "forward", 0.0, result.forward_time, tp_allreduce_s=result.tp_comm_time / 2)
-    slice_(0, "backward", result.forward_time, result.forward_time + result.backward_time,
-           tp_allreduce_s=result.tp_comm_time / 2)
-    for i in range(result.buckets):
-        slice_(1, f"bucket {i}", float(result.bucket_start[i]), float(result.bucket_end[i]),
-               bytes=int(result.bucket_sizes[i]), ready_us=float(result.bucket_ready[i]) * us)
-    with open(path, "w") as fh:
-        json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, fh)
+    try:
+        from fabricsim.training.memory import gpu_capacity, memory_report
+    except ImportError:
+        return None
+    capacity = gpu_capacity(topology)
+    if capacity is None:
+        return None
+    layout = config.layout_for(topology.num_gpus)
+    sequences = _sequences(config, layout.dp)
+    micro = max(1, int(sequences // (layout.dp * layout.micro_batch)))
+    report = memory_report(config.model, layout, capacity=capacity, grad_bytes=config.bytes_per_grad,
+                           micro_batches=micro)
+    if not report.fits():
+        raise InfeasibleError(f"{layout.describe()} does not fit in memory: {report.describe()} "
+                              "(raise --tp/--pp, use --zero or --recompute, or add GPUs)")
+    return report
 
 
 def with_options(config: StepConfig, **changes) -> StepConfig:

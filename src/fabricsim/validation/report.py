@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fabricsim.validation.validation import GroupSummary, RowResult, ValidationReport
+from fabricsim.validation.validation import (ASSUMPTIONS, GROUP_LABELS, TARGET_PCT, GroupSummary, RowResult,
+                                             ValidationReport)
 
 __all__ = ["format_value", "table_header", "table_line", "summary_lines", "write_markdown", "plot_validation"]
 
@@ -60,23 +61,29 @@ def table_line(r: RowResult) -> str:
     return "".join(c.ljust(w) for c, w in zip(cells, _WIDTH)).rstrip()
 
 
-def _summary_cells(s: GroupSummary) -> list[str]:
+_SIZE_LABEL = {"large": "large (busbw)", "small": "small (time)", "step": "-"}
+
+
+def _summary_cells(s: GroupSummary, report: ValidationReport | None = None) -> list[str]:
     gm = "-" if s.gmae_pct is None else f"{s.gmae_pct:.1f}%"
     worst = "-" if s.worst_pct is None else f"{s.worst_pct:+.1f}% ({s.worst_id})"
-    return [s.group, "fitted" if s.fitted else "not fitted", str(s.rows), str(s.compared), gm, worst,
-            str(s.out_of_bound), str(s.pending)]
+    met = report.target_met(s) if report is not None else None
+    target = "-" if met is None else f"{'met' if met else 'NOT met'} (<= {TARGET_PCT[s.size]:g}%)"
+    return [GROUP_LABELS.get(s.group, s.group), _SIZE_LABEL[s.size], "fitted" if s.fitted else "not fitted",
+            str(s.rows), str(s.compared), gm, target, worst, str(s.out_of_bound), str(s.pending)]
 
 
-_SUM_HEAD = ["group", "rows used for fitting?", "rows", "simulated", "geomean |error|", "worst", "out of bound",
-             "pending"]
+_SUM_HEAD = ["system class", "messages", "rows used for fitting?", "rows", "simulated", "geomean |error|",
+             "target (not fitted)", "worst", "out of bound", "pending"]
 
 
 def summary_lines(report: ValidationReport) -> list[str]:
-    """Per group, fitted and not-fitted rows apart: geometric-mean absolute error and worst row."""
-    widths = [15, 23, 6, 11, 17, 22, 14, 0]
+    """Per system class and message-size class, fitted and not-fitted rows apart: geometric-mean absolute
+    error, whether the not-fitted rows meet issue 10's target, and the worst row."""
+    widths = [25, 15, 23, 6, 11, 17, 22, 26, 14, 0]
     lines = ["".join(h.ljust(w) for h, w in zip(_SUM_HEAD, widths)).rstrip()]
     for s in report.summaries():
-        lines.append("".join(c.ljust(w) for c, w in zip(_summary_cells(s), widths)).rstrip())
+        lines.append("".join(c.ljust(w) for c, w in zip(_summary_cells(s, report), widths)).rstrip())
     return lines
 
 
@@ -97,7 +104,7 @@ def write_markdown(report: ValidationReport, path: str | Path, *, command: str =
     if plot:
         out += [f"![simulated vs published]({plot})", ""]
     out += ["## Summary", "", _md_row(_SUM_HEAD), _md_row(["---"] * len(_SUM_HEAD))]
-    out += [_md_row(_summary_cells(s)) for s in report.summaries()]
+    out += [_md_row(_summary_cells(s, report)) for s in report.summaries()]
     failures = report.failures
     out += ["", "## Rows outside their bound", ""]
     if failures:
@@ -113,6 +120,12 @@ def write_markdown(report: ValidationReport, path: str | Path, *, command: str =
         out += ["", "## Not yet modelled", ""]
         out += [f"- **{r.row.id}**: {r.detail} (published {format_value(r.row.published, r.row.unit)})"
                 for r in pending]
+    out += ["", "## Targets (issue 10)", "",
+            "On rows no parameter was fitted on, every system class should reach a geometric-mean error within "
+            f"{TARGET_PCT['large']:g}% for large messages (bus bandwidth) and {TARGET_PCT['small']:g}% for small "
+            "messages (time); the summary's 'target' column says whether it does."]
+    out += ["", "## Assumptions no public source confirms", ""]
+    out += [f"- {a}" for a in ASSUMPTIONS]
     out += ["", "## Calibrated parameters and the rows they were fitted on", ""]
     out += [f"- `{p}`: {', '.join(rows)}" for p, rows in report.parameters.items()] or ["None."]
     out += ["", "## All rows", "", _md_row(_HEAD), _md_row(["---"] * len(_HEAD))]
@@ -132,91 +145,90 @@ def write_markdown(report: ValidationReport, path: str | Path, *, command: str =
     return path
 
 
-_PANELS = (("busbw", "all-reduce bus bandwidth (GB/s)"), ("time", "all-reduce time (us)"),
-           ("training", "training step (MFU %, TFLOPS/GPU, scaling ratio)"))
-
-
-def _panel(metric: str) -> str:
-    return metric if metric in ("busbw", "time") else "training"
+def _x(r: RowResult) -> float:
+    """Where a row sits on its panel's x axis: message size, or GPU count for training steps."""
+    if r.row.nbytes is not None:
+        return float(r.row.nbytes)
+    return float(r.row.gpus[-1] if isinstance(r.row.gpus, tuple) else r.row.gpus)
 
 
 def plot_validation(report: ValidationReport, path: str | Path | None = None, *, ax=None):
-    """Simulated vs published, log-log, one panel per kind of metric, y = x line, colour by system.
+    """Signed error of every row against message size, one panel per system class.
 
-    Filled markers are rows no parameter was fitted on; hollow markers are fitted rows. Dotted lines
-    mark +-10% and +-25%. Returns the figure; writes it to ``path`` when given.
+    Circles are large-message rows (bus bandwidth), triangles small-message rows (time), squares training
+    steps (x = GPUs); filled markers are rows no parameter was fitted on, hollow markers fitted rows;
+    colour by system. Shaded bands mark the targets: +-10% (large) and +-25% (small). Returns the figure;
+    writes it to ``path`` when given. ``ax`` draws the first panel only.
     """
     import matplotlib
 
     if ax is None:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    done = [r for r in report.results if r.simulated is not None]
-    panels = [(k, label) for k, label in _PANELS if any(_panel(r.row.metric) == k for r in done)]
-    if ax is None:
-        fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 5.2), squeeze=False)
-        axes = list(axes[0])
-    else:
-        axes, fig = [ax], ax.figure
-        panels = panels[:1]
     from matplotlib.ticker import FuncFormatter, LogLocator
 
+    done = [r for r in report.results if r.simulated is not None]
+    groups = [g for g in GROUP_LABELS if any(r.row.group == g for r in done)]
+    if ax is None:
+        cols = min(3, max(1, len(groups)))
+        rows = -(-max(1, len(groups)) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.4 * rows), squeeze=False)
+        axes = [a for row in axes for a in row]
+        for a in axes[len(groups):]:
+            a.set_visible(False)
+    else:
+        axes, fig = [ax], ax.figure
+        groups = groups[:1]
     systems = sorted({r.row.system for r in done})
-    colours = dict(zip(systems, plt.get_cmap("tab10").colors))
-    for a, (kind, label) in zip(axes, panels):
-        rs = [r for r in done if _panel(r.row.metric) == kind]
-        vals = [v for r in rs for v in (r.simulated, r.row.published)]
-        lo, hi = min(vals) / 1.3, max(vals) * 1.3
-        line = [lo, hi]
-        a.plot(line, line, color="black", lw=1, label="y = x")
-        for f, style in ((1.10, ":"), (1.25, "--")):
-            a.plot(line, [v * f for v in line], color="grey", lw=0.8, ls=style)
-            a.plot(line, [v / f for v in line], color="grey", lw=0.8, ls=style,
-                   label=f"±{round((f - 1) * 100)}%")
-        curve = sorted((r for r in rs if r.row.dataset == "allreduce_curves.csv"), key=lambda r: r.row.nbytes)
-        if curve:  # a message-size sweep: joined in size order, its ends labelled with their sizes
-            a.plot([r.row.published for r in curve], [r.simulated for r in curve], color=colours[curve[0].row.system],
-                   lw=0.7, alpha=0.6, zorder=2)
-            for r in (curve[0], curve[-1]):
-                a.annotate(_size(r.row.nbytes), (r.row.published, r.simulated), xytext=(-4, 6),
-                           textcoords="offset points", fontsize=7, ha="right")
+    cmap = plt.get_cmap("tab20")
+    colours = {s: cmap(i % 20) for i, s in enumerate(systems)}
+    markers = {"large": "o", "small": "^", "step": "s"}
+    for a, group in zip(axes, groups):
+        rs = [r for r in done if r.row.group == group]
+        xs = [_x(r) for r in rs]
+        lo, hi = min(xs) / 2, max(xs) * 2
+        a.axhspan(-25, 25, color="0.93", zorder=0, label="±25% (small)")
+        a.axhspan(-10, 10, color="0.85", zorder=0, label="±10% (large)")
+        a.axhline(0, color="black", lw=0.8)
         for system in systems:
-            for fitted in (False, True):
-                pts = [r for r in rs if r.row.system == system and r.fitted == fitted]
-                if not pts:
-                    continue
-                c = colours[system]
-                a.scatter([r.row.published for r in pts], [r.simulated for r in pts], s=30, zorder=3,
-                          facecolors="none" if fitted else c, edgecolors=c, linewidths=1.3,
-                          label=f"{system}{' (fitted)' if fitted else ''}")
-        bad = [r for r in rs if not r.within_bound]
-        if bad:
-            a.scatter([r.row.published for r in bad], [r.simulated for r in bad], s=90, zorder=2,
-                      facecolors="none", edgecolors="firebrick", linewidths=0.9, label="outside its bound")
-        for r in bad:
-            if r.row.dataset != "allreduce_curves.csv":
-                a.annotate(r.row.id, (r.row.published, r.simulated), xytext=(7, -3), textcoords="offset points",
-                           fontsize=7, color="firebrick")
-        a.set_xscale("log")
-        a.set_yscale("log")
+            for size, marker in markers.items():
+                for fitted in (False, True):
+                    pts = [r for r in rs if r.row.system == system and r.row.size_class == size
+                           and r.fitted == fitted]
+                    if not pts:
+                        continue
+                    c = colours[system]
+                    a.scatter([_x(r) for r in pts], [r.error_pct for r in pts], marker=marker, s=34, zorder=3,
+                              facecolors="none" if fitted else c, edgecolors=c, linewidths=1.2,
+                              label=f"{system}{' (fitted)' if fitted else ''}")
+        for r in rs:
+            if not r.within_bound:
+                a.annotate(r.row.id, (_x(r), r.error_pct), xytext=(5, 3), textcoords="offset points", fontsize=6,
+                           color="firebrick")
+        a.set_xscale("log", base=2)
         a.set_xlim(lo, hi)
-        a.set_ylim(lo, hi)
-        for axis in (a.xaxis, a.yaxis):
-            axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-            axis.set_minor_locator(LogLocator(subs="auto"))
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-        a.set_aspect("equal")
-        a.set_xlabel(f"published {label}")
-        a.set_ylabel(f"simulated {label}")
-        a.set_title(label.split(" (")[0])
+        training = group == "training-step"
+        if not training:
+            a.xaxis.set_major_locator(LogLocator(base=2, numticks=12))
+            a.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _size(int(v)) if v >= 1 else ""))
+        a.tick_params(axis="x", labelsize=7, rotation=45)
+        errs = [abs(r.error_pct) for r in rs]
+        lim = max(30.0, min(100.0, max(errs) * 1.15))
+        a.set_ylim(-lim, lim)
+        a.set_xlabel("GPUs" if training else "message size")
+        a.set_ylabel("simulated / published - 1 (%)")
+        a.set_title(GROUP_LABELS[group])
         a.grid(True, which="major", alpha=0.3)
-        a.legend(fontsize=7, loc="upper left")
-    fig.suptitle("fabricsim vs published measurements (hollow marker: row a parameter was fitted on)", fontsize=10)
+        handles, labels = a.get_legend_handles_labels()
+        seen = {}
+        for h, lab in zip(handles, labels):
+            seen.setdefault(lab, h)
+        a.legend(seen.values(), seen.keys(), fontsize=6, loc="lower left")
+    fig.suptitle("fabricsim vs published measurements by system class (o busbw, ^ time, s training; "
+                 "hollow: row a parameter was fitted on)", fontsize=9)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=130)
+        fig.savefig(path, dpi=120)
         plt.close(fig)
     return fig

@@ -32,10 +32,43 @@ from typing import Callable, Iterable, Sequence
 from fabricsim.errors import ConfigError, FabricsimError
 
 __all__ = ["ReferenceRow", "RowResult", "GroupSummary", "ValidationReport", "REFERENCE_PATH", "GROUPS",
+           "GROUP_LABELS", "SIZE_CLASSES", "TARGET_PCT", "ASSUMPTIONS", "size_class",
            "load_reference", "fitted_parameters", "validate", "geomean_abs_error", "training_step_function"]
 
 REFERENCE_PATH = Path(__file__).with_name("data") / "reference.csv"
-GROUPS = ("single-node", "multi-node", "training-step")
+GROUPS = ("single-node", "nvlink-rack", "multi-node", "sharp", "training-step")
+# System classes as the issue names them (issue 10): one 8-GPU node, one NVLink rack (NVL72), several nodes or
+# racks joined by a network, in-network reduction (InfiniBand SHARP); training steps apart.
+GROUP_LABELS = {"single-node": "single node", "nvlink-rack": "one NVLink rack", "multi-node": "multi-node / multi-rack",
+                "sharp": "SHARP", "training-step": "training step"}
+# What the comparison rests on but no public source confirms (kept in the generated report; issue 10).
+ASSUMPTIONS = (
+    "NVLS fan-in cost grows with log2 of the island's GPU count (NVLS_FANIN, Blackwell only). Fitted on one "
+    "8-GPU row (B067) and confirmed only by the NVL72 and two-rack CoreWeave rows; the mechanism (a combining "
+    "tree in the switch, or waiting for the slowest of p responses) is inferred, not published.",
+    "Blackwell NVLS moves bytes at the ring's usable NVLink rate (700 of 900 GB/s, B066). Hopper keeps its own "
+    "NVLS rate (B054) and no fan-in term, since H100 NVLS busbw from 5 to 8 GPUs follows link traffic alone.",
+    "NCCL's NVLS pipeline stage is channels x heads x 128 KiB with one head per GPU of the island (one per NIC "
+    "across nodes, one NIC per GPU in every preset), read from NCCL's constants and 'NVLS Head' log lines.",
+    "CoreWeave's two-rack GB200 run is simulated as an NVLS tree and its 20-rack run as a ring: NCCL 2.26.2's "
+    "choice is not printed; the busbw near one rack's (2 racks) and the ~5 ms fixed cost (20 racks) imply them.",
+    "CoreWeave's 64-H100 run with the SHARP manifest is simulated as an NVLS tree: its asymptote (387 GB/s) is "
+    "the tree's network bound (382), not in-network reduction (which halves NIC traffic). That SHARP was "
+    "inactive in that run is an inference.",
+    "The only SHARP evidence left is one slide value (B070, 480 GB/s on 32 H100); SHARP's switch reduction "
+    "throughput and job-level resource limits are not modelled, and nothing was fitted on B070.",
+    "H200 and H20 rows use the DGX H100 preset: same NVLink 4 and NVSwitch gen3; the GB200 rows use one "
+    "400G NDR NIC per GPU (CoreWeave's Quantum-X800 fabric may differ).",
+    "Network latencies: InfiniBand switch 0.6 us (A031, HDR figure) and NIC traversal 1 us (assumption); RoCE "
+    "switch 0.8 us (assumption, no validation row); the cloud kind's NIC traversal (26.5 us) is fitted on one "
+    "GCP A3 Mega (GPUDirect-TCPXO) row and stands for that fabric only: AWS EFA and others publish no figure.",
+    "Small messages across nodes are checked on 2 x 8 H20 with NCCL_ALGO=NVLSTree (InfiniBand, 3 rows) and on "
+    "2 x 8 H100 on GCP A3 Mega with NCCL's default choice (4 rows besides the fitted one); A3 Mega's 200 Gb/s "
+    "NICs are simulated as 400G Ethernet ones (bandwidth does not matter below 64 KiB).",
+)
+# Message-size classes: large-message rows compare bus bandwidth, small-message rows compare time.
+SIZE_CLASSES = {"busbw": "large", "time": "small"}
+TARGET_PCT = {"large": 10.0, "small": 25.0}
 COLLECTIVE_METRICS = ("busbw", "time")
 TRAINING_METRICS = ("mfu", "tflops_per_gpu", "mfu_ratio", "tflops_ratio")
 FITTED_SOURCES = ("fabricsim.collectives.protocol", "fabricsim.hardware", "fabricsim.training",
@@ -73,6 +106,11 @@ class ReferenceRow:
     config: dict = field(default_factory=dict)
 
     @property
+    def size_class(self) -> str:
+        """``"large"`` (bus bandwidth), ``"small"`` (time) or ``"step"`` (training-step metrics)."""
+        return size_class(self.metric)
+
+    @property
     def keys(self) -> set[str]:
         """Every id by which calibration may name this row."""
         return {self.id, *self.refs, *([self.same_as] if self.same_as else [])}
@@ -105,11 +143,17 @@ class RowResult:
         return None if err is None else abs(err) <= self.row.bound_pct
 
 
+def size_class(metric: str) -> str:
+    """The message-size class of a metric: ``"large"`` for busbw, ``"small"`` for time, else ``"step"``."""
+    return SIZE_CLASSES.get(metric, "step")
+
+
 @dataclass(frozen=True)
 class GroupSummary:
-    """Rows of one group, fitted or not: how many, their geometric-mean and worst error, how many fail."""
+    """Rows of one group and size class, fitted or not: how many, geometric-mean and worst error, failures."""
 
     group: str
+    size: str
     fitted: bool
     rows: int
     compared: int
@@ -128,26 +172,36 @@ class ValidationReport:
     parameters: dict[str, list[str]]
 
     def summaries(self) -> list[GroupSummary]:
-        """One summary per group and fitted/not-fitted split that has rows, in GROUPS order."""
+        """One summary per group, size class and fitted/not-fitted split that has rows, in GROUPS order."""
         out = []
         for group in GROUPS:
-            for fitted in (False, True):
-                rs = [r for r in self.results if r.row.group == group and r.fitted == fitted]
-                if not rs:
-                    continue
-                done = [r for r in rs if r.simulated is not None]
-                worst = max(done, key=lambda r: abs(r.error_pct), default=None)
-                out.append(GroupSummary(
-                    group, fitted, len(rs), len(done),
-                    geomean_abs_error([(r.simulated, r.row.published) for r in done]) if done else None,
-                    worst.error_pct if worst else None, worst.row.id if worst else "",
-                    sum(r.status in ("out-of-bound", "error") for r in rs), sum(r.status == "pending" for r in rs)))
+            for size in ("large", "small", "step"):
+                for fitted in (False, True):
+                    rs = [r for r in self.results
+                          if r.row.group == group and r.row.size_class == size and r.fitted == fitted]
+                    if rs:
+                        out.append(_summary(group, size, fitted, rs))
         return out
+
+    def target_met(self, summary: GroupSummary) -> bool | None:
+        """Whether a not-fitted class meets issue 10's target (geomean within TARGET_PCT); None if n/a."""
+        if summary.fitted or summary.gmae_pct is None or summary.size not in TARGET_PCT:
+            return None
+        return summary.gmae_pct <= TARGET_PCT[summary.size]
 
     @property
     def failures(self) -> list[RowResult]:
         """Rows outside their bound or that could not run (pending rows are not failures)."""
         return [r for r in self.results if r.status in ("out-of-bound", "error")]
+
+
+def _summary(group: str, size: str, fitted: bool, rs: list[RowResult]) -> GroupSummary:
+    done = [r for r in rs if r.simulated is not None]
+    worst = max(done, key=lambda r: abs(r.error_pct), default=None)
+    return GroupSummary(group, size, fitted, len(rs), len(done),
+                        geomean_abs_error([(r.simulated, r.row.published) for r in done]) if done else None,
+                        worst.error_pct if worst else None, worst.row.id if worst else "",
+                        sum(r.status in ("out-of-bound", "error") for r in rs), sum(r.status == "pending" for r in rs))
 
 
 def geomean_abs_error(pairs: Iterable[tuple[float, float]]) -> float:
@@ -304,18 +358,27 @@ class _Collectives:
         self.calibration = calibration
         self._runners: dict = {}
 
-    def runner(self, name: str, gpus: int):
+    def runner(self, name: str, gpus: int, options: dict | None = None):
+        """The runner of preset ``name`` at ``gpus`` GPUs; ``options`` are preset options from a row's
+        ``config`` (``nic`` and ``switch`` by their kind names in ``fabricsim.hardware``)."""
+        from fabricsim import hardware
         from fabricsim.collectives import CALIBRATED, AllreduceRunner
         from fabricsim.topologies.io import build
 
-        key = (name, gpus)
+        options = dict(options or {})
+        key = (name, gpus, tuple(sorted(options.items())))
         if key not in self._runners:
-            self._runners[key] = AllreduceRunner(build(name, gpus=gpus),
+            for opt, table in (("nic", hardware.LINKS), ("switch", hardware.SWITCHES)):
+                if opt in options:
+                    if options[opt] not in table:
+                        raise ConfigError(f"unknown {opt} {options[opt]!r}; known: {', '.join(table)}")
+                    options[opt] = table[options[opt]]
+            self._runners[key] = AllreduceRunner(build(name, gpus=gpus, **options),
                                                  calibration=self.calibration or CALIBRATED)
         return self._runners[key]
 
     def run(self, row: ReferenceRow) -> tuple[float, str]:
-        runner = self.runner(row.topology, row.gpus)
+        runner = self.runner(row.topology, row.gpus, row.config)
         candidates = row.algorithm.split("|")
         results = [runner.run(row.nbytes, algo) for algo in candidates]
         best = min(results, key=lambda r: r.time)

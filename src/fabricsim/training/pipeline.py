@@ -1,0 +1,254 @@
+"""Pipeline parallelism: 1F1B and interleaved 1F1B as SimPy processes, one per stage, exchanging
+activations and their gradients as point-to-point flows on the fabric.
+
+Schedules (Narayanan et al., "Efficient Large-Scale Language Model Training on GPU Clusters Using
+Megatron-LM", arXiv:2104.04473, section 2.2; Megatron-Core's ``forward_backward_pipelining_with_interleaving``):
+stage ``s`` of ``p`` holds ``v`` model chunks; chunk ``k`` of stage ``s`` is global chunk ``g = k p + s``, so a
+micro-batch's forward walks the stages ``v`` times around. With ``m`` micro-batches there are ``m v``
+virtual micro-batches per stage. Stage ``s`` first runs ``W_s`` warm-up forwards (``p - s - 1`` for
+1F1B; ``2 (p - s - 1) + (v - 1) p`` interleaved, at most ``m v``), then alternates one forward and one
+backward, then drains the remaining backwards. Virtual micro-batch ``i`` is micro-batch
+``(i // (p v)) p + i % p`` of chunk ``(i % (p v)) // p`` going forward (chunks in reverse going backward);
+Megatron requires ``m`` to be a multiple of ``p`` for the interleaved schedule and so does this module.
+
+Every operation waits for its input: a forward for the activation of the previous global chunk, a
+backward for the gradient from the next one (the last chunk's backward for its own forward). The stage
+computes for the operation's time, then sends its output asynchronously (Llama 3's asynchronous P2P,
+Megatron's overlapped P2P) and moves on. No formula produces the bubble: it is whatever idle time this
+schedule leaves. With free communication and equal stages, the step is ``(m + p - 1)(t_f + t_b)`` for
+1F1B, a bubble of ``(p - 1) / (m + p - 1)``, and ``(m v + p - 1)(t_f + t_b) / v`` interleaved, a bubble of
+``(p - 1) / (v m + p - 1)`` (the tests' oracle).
+
+Scale: the data-parallel replicas, tensor ranks and context ranks of a stage run the same schedule in
+lock-step (they are symmetric and wait for each other at every collective), so ONE process per stage
+stands for all of them, and each stage boundary's sends are ONE flow group holding the pairs of every
+replica (``gpus / p`` flows): 8,192 GPUs in 16 stages is 16 processes and one group per send, contending
+with each other on the fabric. A group completes when its slowest flow does, which is when the slowest
+replica could proceed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fabricsim.errors import ConfigError
+
+__all__ = ["PipelineSpec", "PipelineResult", "schedule_ops", "simulate_pipeline"]
+
+
+@dataclass
+class PipelineSpec:
+    """What the pipeline simulation needs.
+
+    ``forward[g]`` / ``backward[g]``: seconds of one micro-batch's forward / backward on global chunk ``g``
+    (``p v`` chunks); ``stage_ranks[s]``: the ranks of stage ``s`` (every replica), position-aligned so
+    that ``stage_ranks[s][i]`` sends to ``stage_ranks[s+1][i]``; ``p2p_bytes``: bytes each rank sends per
+    activation (the same back for its gradient). ``gate[s][k]``: the earliest time chunk ``k`` of stage ``s``
+    may finish its first forward (parameters gathered: ZeRO-1/2 overlapped all-gather), optional.
+    """
+
+    stages: int
+    virtual: int
+    micro_batches: int
+    forward: list
+    backward: list
+    stage_ranks: list | None = None
+    p2p_bytes: float = 0.0
+    gate: list | None = None
+    label: str = ""
+
+    def __post_init__(self):
+        p, v, m = self.stages, self.virtual, self.micro_batches
+        if len(self.forward) != p * v or len(self.backward) != p * v:
+            raise ConfigError(f"pipeline needs {p * v} chunk times, got {len(self.forward)}/{len(self.backward)}")
+        if m < 1:
+            raise ConfigError("a pipeline needs at least one micro-batch")
+        if v > 1 and m % p:
+            raise ConfigError(f"the interleaved schedule needs the micro-batches ({m}) to be a multiple of the "
+                              f"pipeline stages ({p}), as Megatron-LM requires")
+
+
+@dataclass
+class PipelineResult:
+    """When each stage did what: ``ops[s]`` = list of (kind "F"/"B", chunk k, micro-batch, start, end)."""
+
+    time: float
+    ops: list
+    sends: list = field(default_factory=list)  # (boundary label, start, end)
+    p2p_bytes_per_rank: float = 0.0
+
+    def busy(self, s: int) -> float:
+        return float(sum(e - b for _, _, _, b, e in self.ops[s]))
+
+    def last_backward(self, s: int, k: int) -> tuple[float, float]:
+        """(start, end) of the final backward of chunk ``k`` on stage ``s`` (when its gradients are done)."""
+        rows = [(b, e) for kind, kk, _, b, e in self.ops[s] if kind == "B" and kk == k]
+        return max(rows, key=lambda r: r[1])
+
+    def first_forward_start(self, s: int) -> float:
+        return min(b for kind, _, _, b, _ in self.ops[s] if kind == "F")
+
+
+def schedule_ops(p: int, v: int, m: int, s: int) -> list[tuple[str, int, int]]:
+    """The operations of stage ``s`` in order: (kind, local chunk, micro-batch); see the module docstring."""
+    total = m * v
+    if v == 1:
+        warmup = min(p - s - 1, m)
+    else:
+        warmup = min((p - s - 1) * 2 + (v - 1) * p, total)
+
+    def which(i: int, forward: bool) -> tuple[int, int]:
+        chunk = (i % (p * v)) // p
+        if not forward:
+            chunk = v - 1 - chunk
+        return chunk, (i // (p * v)) * p + i % p
+
+    ops = [("F", *which(i, True)) for i in range(warmup)]
+    for i in range(total - warmup):
+        ops.append(("F", *which(warmup + i, True)))
+        ops.append(("B", *which(i, False)))
+    ops += [("B", *which(i, False)) for i in range(total - warmup, total)]
+    return ops
+
+
+class _Overlap(Exception):
+    """Two sends over one stage boundary overlapped in time: the shortcut is not exact, simulate flows."""
+
+
+def boundary_times(make_sim, spec: PipelineSpec) -> dict | None:
+    """Each stage boundary's send (all replicas) timed alone on an idle fabric, when that is exact.
+
+    It is exact when no two boundaries' flow groups share a link (checked on their routes): then sends of
+    different boundaries never contend, and a send alone on its links lasts what it lasts alone. Returns
+    ``{(from, to): seconds}``, or None when some links are shared (the flows must then be simulated).
+    """
+    p = spec.stages
+    pairs = {(s, s + 1) for s in range(p - 1)} | {(s + 1, s) for s in range(p - 1)}
+    if spec.virtual > 1:
+        pairs |= {(p - 1, 0), (0, p - 1)}
+    sim = make_sim()
+    fabric = sim.fabric
+    groups = {}
+    used = []
+    for a, b in sorted(pairs):
+        groups[(a, b)] = fabric.group_by_rank(np.asarray(spec.stage_ranks[a]), np.asarray(spec.stage_ranks[b]),
+                                              float(spec.p2p_bytes), label=f"pp {a}->{b}")
+        used.append(fabric.links_used(groups[(a, b)]))
+    allused = np.concatenate(used)
+    if np.unique(allused).shape[0] != allused.shape[0]:
+        return None
+    times = {}
+    for key, group in groups.items():
+        one = make_sim()
+        one.fabric.transfer_group(group)
+        times[key] = one.run().time
+    return times
+
+
+def simulate_pipeline(sim, spec: PipelineSpec, *, trace_ranks: bool = False, make_sim=None) -> PipelineResult:
+    """Run the schedule on ``sim`` (a Simulation whose fabric carries the P2P flows); returns the timeline.
+
+    Without ``stage_ranks`` or with ``p2p_bytes == 0`` communication is free (the oracle case). With
+    ``make_sim`` (a factory of fresh Simulations of the same fabric), sends take their boundary's
+    stand-alone time when ``boundary_times`` proves that exact and no two sends over one boundary
+    overlap in time; otherwise (checked while running) every send is simulated as flows on ``sim``.
+    """
+    free = spec.stage_ranks is None or spec.p2p_bytes <= 0 or spec.stages == 1
+    if make_sim is not None and not free and not trace_ranks:
+        times = boundary_times(make_sim, spec)
+        if times is not None:
+            try:
+                return _run(make_sim(), spec, trace_ranks, times)
+            except _Overlap:
+                pass
+    return _run(sim, spec, trace_ranks, None)
+
+
+def _run(sim, spec: PipelineSpec, trace_ranks: bool, times: dict | None) -> PipelineResult:
+    env, fabric = sim.env, sim.fabric
+    p, v, m = spec.stages, spec.virtual, spec.micro_batches
+    chunks = p * v
+    done: dict = {}  # (kind, g, j) -> event fired when the output of that op has arrived where it is needed
+    ops_log: list = [[] for _ in range(p)]
+    sends: list = []
+    free = spec.stage_ranks is None or spec.p2p_bytes <= 0 or p == 1
+
+    def event(key):
+        ev = done.get(key)
+        if ev is None:
+            ev = done[key] = env.event()
+        return ev
+
+    groups: dict = {}
+    in_flight: dict = {}  # boundary -> end of its latest send (shortcut mode)
+
+    def flow_group(s_from: int, s_to: int, what: str):
+        key = (s_from, s_to)
+        if key not in groups:
+            src = np.asarray(spec.stage_ranks[s_from], dtype=np.int64)
+            dst = np.asarray(spec.stage_ranks[s_to], dtype=np.int64)
+            groups[key] = fabric.group_by_rank(src, dst, float(spec.p2p_bytes), label=f"pp {what} {s_from}->{s_to}")
+        return groups[key]
+
+    def deliver(target_key, s_from, s_to, what):
+        target = event(target_key)
+        if free:
+            target.succeed()
+            return
+        t0 = env.now
+        if times is not None:
+            if in_flight.get((s_from, s_to), -1.0) > t0:
+                raise _Overlap
+            d = times[(s_from, s_to)]
+            in_flight[(s_from, s_to)] = t0 + d
+            ev = env.timeout(d)
+        else:
+            ev = fabric.transfer_group(flow_group(s_from, s_to, what))
+
+        def arrived(_ev, t0=t0, label=f"{what} {s_from}->{s_to}"):
+            sends.append((label, t0, env.now))
+            target.succeed()
+        ev.callbacks.append(arrived)
+
+    def stage(s: int):
+        gates = spec.gate[s] if spec.gate is not None else None
+        first_fwd_of = set()
+        for kind, k, j in schedule_ops(p, v, m, s):
+            g = k * p + s
+            if kind == "F":
+                if g > 0:
+                    yield event(("F", g - 1, j))
+                start = env.now
+                yield sim.compute(s, float(spec.forward[g]), f"F{j} chunk {k}") if trace_ranks \
+                    else env.timeout(float(spec.forward[g]))
+                if gates is not None and k not in first_fwd_of:
+                    first_fwd_of.add(k)
+                    if env.now < gates[k]:
+                        yield env.timeout(gates[k] - env.now)
+                ops_log[s].append(("F", k, j, start, env.now))
+                if g < chunks - 1:
+                    deliver(("F", g, j), s, (s + 1) % p, "act")
+                else:
+                    event(("F", g, j)).succeed()
+            else:
+                if g < chunks - 1:
+                    yield event(("B", g + 1, j))
+                else:
+                    yield event(("F", g, j))
+                start = env.now
+                yield sim.compute(s, float(spec.backward[g]), f"B{j} chunk {k}") if trace_ranks \
+                    else env.timeout(float(spec.backward[g]))
+                ops_log[s].append(("B", k, j, start, env.now))
+                if g > 0:
+                    deliver(("B", g, j), s, (s - 1) % p, "grad")
+
+    procs = [env.process(stage(s)) for s in range(p)]
+    sim.run()
+    for s, proc in enumerate(procs):
+        if not proc.triggered:  # pragma: no cover - a schedule bug, never a user error
+            raise RuntimeError(f"pipeline stage {s} deadlocked")
+    end = max(ops[-1][4] for ops in ops_log)
+    per_rank = 0.0 if free else float(spec.p2p_bytes) * len(sends) / p
+    return PipelineResult(end, ops_log, sends, per_rank)

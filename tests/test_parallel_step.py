@@ -1,0 +1,97 @@
+"""Steps of full layouts: sharded data parallelism's traffic, pipeline composition, CP, the CLI."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fabricsim.cli.main import cli
+from fabricsim.errors import ConfigError, InfeasibleError
+from fabricsim.topologies.io import build
+from fabricsim.training import Model, StepConfig, simulate_step
+from fabricsim.training.sharding import bucket_chain, dp_bytes_per_gpu
+
+SMALL = Model("small", layers=8, hidden=1024, ffn=4096, heads=8, vocab=8192, seq_len=1024)
+
+
+@pytest.fixture(scope="module")
+def topo():
+    return build("dgx-h100-ib", gpus=16)
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2, 3])
+def test_data_parallel_traffic_equals_closed_form(topo, zero):
+    """Bytes each GPU sends for DP, measured from the simulated flows, equal the ZeRO closed forms:
+    ZeRO-3 with one micro-batch moves 3 x the parameter bytes (x (d-1)/d), the others 2 x."""
+    cfg = StepConfig(SMALL, tp=4, zero=zero, scaling="strong", global_batch=4, pp=1)
+    res = simulate_step(topo, cfg)
+    d = 4
+    param_bytes = 2 * SMALL.params / 4
+    assert res.micro_batches == 1 and res.dp == d
+    expected = dp_bytes_per_gpu(zero, param_bytes, param_bytes, d, 1)
+    assert res.traffic["dp"] == pytest.approx(expected, rel=1e-6)
+    factor = {0: 2, 1: 2, 2: 2, 3: 3}[zero]
+    assert res.traffic["dp"] == pytest.approx(factor * (d - 1) / d * param_bytes, rel=1e-6)
+
+
+def test_pipeline_step_breakdown_adds_up(topo):
+    res = simulate_step(topo, StepConfig(SMALL, tp=4, pp=2, zero=1, scaling="strong", global_batch=16))
+    assert res.pp == 2 and res.micro_batches == 8
+    b = res.breakdown
+    assert b["pp_bubble"] > 0 and b["compute"] > 0
+    assert sum(b.values()) == pytest.approx(res.step_time, rel=1e-6)
+    assert res.step_time >= res.pipeline.time
+    assert 0 < res.mfu < 1
+
+
+def test_interleaving_shrinks_the_bubble(topo):
+    base = dict(tp=4, pp=2, scaling="strong", global_batch=8)
+    plain = simulate_step(topo, StepConfig(SMALL, **base))
+    inter = simulate_step(topo, StepConfig(SMALL, virtual_stages=2, **base))
+    assert inter.breakdown["pp_bubble"] < plain.breakdown["pp_bubble"]
+
+
+def test_context_parallel_and_recompute(topo):
+    base = dict(tp=2, cp=2, scaling="strong", global_batch=4)
+    res = simulate_step(topo, StepConfig(SMALL, **base))
+    assert res.cp == 2 and res.breakdown["cp"] >= 0
+    full = simulate_step(topo, StepConfig(SMALL, recompute="full", **base))
+    assert full.compute_time > res.compute_time * 1.2  # a forward more in every backward
+
+
+def test_layout_refusals(topo):
+    with pytest.raises(InfeasibleError, match="more than the model's 8 layers"):
+        simulate_step(topo, StepConfig(SMALL, pp=16, scaling="strong", global_batch=16))
+    with pytest.raises(InfeasibleError, match="micro-batches"):
+        simulate_step(topo, StepConfig(SMALL, tp=4, pp=2, micro_batch=3, scaling="strong", global_batch=4))
+    with pytest.raises(ConfigError, match="--zero"):
+        StepConfig(SMALL, zero=5)
+
+
+def test_bucket_chain_waits_for_ready_and_previous():
+    start, end = bucket_chain([1.0, 1.5, 5.0], [1.0, 1.0, 1.0])
+    assert start.tolist() == [1.0, 2.0, 5.0] and end.tolist() == [2.0, 3.0, 6.0]
+
+
+def test_cli_step_pipeline_and_trace(tmp_path):
+    path = tmp_path / "t.json"
+    out = CliRunner().invoke(cli, ["step", "-t", "dgx-h100-ib", "-n", "32", "-m", "llama3-8b", "--tp", "8",
+                                   "--pp", "2", "--zero", "1", "--scaling", "strong", "--global-batch", "8",
+                                   "--no-memory-check", "--trace", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "pp_bubble" in out.output and "TP 8 (SP) x PP 2 x DP 2" in out.output
+    names = {e["args"]["name"] for e in json.loads(path.read_text())["traceEvents"] if e["ph"] == "M"}
+    assert {"stage 0 (16 GPUs in lock-step)", "stage 1 (16 GPUs in lock-step)"} <= names
+    assert any(n.startswith("act 0->1") for n in names)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tp", "3"], "does not divide"),
+    (["--pp", "64", "-n", "64"], "more than the model's 32 layers"),
+    (["--zero", "7"], "--zero"),
+    (["--ep", "3"], "--ep 3 must divide"),
+])
+def test_cli_step_refusals_are_one_line(args, message):
+    out = CliRunner().invoke(cli, ["step", "-t", "dgx-h100-ib", "-n", "32", "-m", "llama3-8b", *args])
+    assert out.exit_code == 2
+    assert message in out.output and "Traceback" not in out.output
