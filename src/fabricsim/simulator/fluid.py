@@ -37,6 +37,12 @@ _FINISH_RTOL = 1e-9
 # Tolerance of the incremental solver's optimality check ("this link is full", "no flow is faster").
 _CHECK_RTOL = 1e-9
 _EMPTY_I = np.zeros(0, dtype=np.int64)
+# (attribute, dtype, value of an unused slot): unused slots never finish, never start and weigh nothing
+_SLOTS = [("_rem", float, 0.0), ("_t_upd", float, 0.0), ("_rate", float, 0.0), ("_finish", float, np.inf),
+          ("_pending", float, np.inf), ("_drain_at", float, 0.0), ("_tag", np.int64, 0), ("_weight", float, 1.0),
+          ("_draining", bool, False), ("_alive", bool, False), ("_bneck", np.int64, -1),
+          ("_f_start", np.int64, 0), ("_f_end", np.int64, 0)]
+_ENTRIES = [("_e_flow", np.int64, 0), ("_e_link", np.int64, 0)]
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -88,24 +94,26 @@ class FluidNetwork:
         self._init_slots()
 
     def _init_slots(self) -> None:
-        self._rem = np.zeros(0)  # bytes left at time _t_upd
-        self._t_upd = np.zeros(0)
-        self._rate = np.zeros(0)
-        self._finish = np.zeros(0)  # projected finish (inf unless draining)
-        self._pending = np.zeros(0)  # drain start of flows still in their latency phase (inf otherwise)
-        self._drain_at = np.zeros(0)
-        self._tag = np.zeros(0, dtype=np.int64)
-        self._weight = np.zeros(0)
-        self._draining = np.zeros(0, dtype=bool)
-        self._alive = np.zeros(0, dtype=bool)
-        self._bneck = np.zeros(0, dtype=np.int64)  # a link where the flow is limited (-1: none yet)
-        self._f_start = np.zeros(0, dtype=np.int64)  # entries of flow i: [_f_start[i], _f_end[i])
-        self._f_end = np.zeros(0, dtype=np.int64)
-        self._e_flow = np.zeros(0, dtype=np.int64)
-        self._e_link = np.zeros(0, dtype=np.int64)
+        # per-flow arrays (slots) and per-(flow, link) entries, over-allocated and grown by doubling so
+        # that adding a few flows to many costs no copy of them all; unused slots hold inert values
+        for name, dtype, fill in _SLOTS + _ENTRIES:
+            setattr(self, name, np.full(0, fill, dtype=dtype))
+        self._ns = 0  # slots in use (finished flows keep theirs until compaction)
+        self._ne = 0  # entries in use
         self._idx_order = np.zeros(0, dtype=np.int64)  # entries [0, _n_indexed) sorted by link
         self._idx_ptr = np.zeros(self.n_links + 1, dtype=np.int64)
         self._n_indexed = 0
+
+    def _grow(self, slots: int, entries: int) -> None:
+        for fields, used, need in ((_SLOTS, self._ns, slots), (_ENTRIES, self._ne, entries)):
+            cap = getattr(self, fields[0][0]).shape[0]
+            if need <= cap:
+                continue
+            cap = max(need, 2 * cap, 1024)
+            for name, dtype, fill in fields:
+                new = np.full(cap, fill, dtype=dtype)
+                new[:used] = getattr(self, name)[:used]
+                setattr(self, name, new)
 
     # --- state ------------------------------------------------------------------------------------------
     @property
@@ -130,31 +138,33 @@ class FluidNetwork:
         n = len(path_ptr) - 1
         if n <= 0:
             return
-        dead = self._alive.shape[0] - self._n_alive
+        dead = self._ns - self._n_alive
         if dead > 4096 and dead > self._n_alive:
             self._compact()
-        drain_at = np.asarray(drain_at, dtype=float)
-        e0 = self._e_flow.shape[0]
-        n0 = self._alive.shape[0]
-        self._rem = np.concatenate([self._rem, np.asarray(nbytes, dtype=float)])
-        self._t_upd = np.concatenate([self._t_upd, drain_at])
-        self._rate = np.concatenate([self._rate, np.zeros(n)])
-        self._finish = np.concatenate([self._finish, np.full(n, np.inf)])
-        self._pending = np.concatenate([self._pending, drain_at])
-        self._drain_at = np.concatenate([self._drain_at, drain_at])
-        self._tag = np.concatenate([self._tag, np.asarray(tags, dtype=np.int64)])
-        self._weight = np.concatenate([self._weight, np.ones(n) if weight is None else np.asarray(weight, dtype=float)])
-        self._draining = np.concatenate([self._draining, np.zeros(n, dtype=bool)])
-        self._alive = np.concatenate([self._alive, np.ones(n, dtype=bool)])
-        self._bneck = np.concatenate([self._bneck, np.full(n, -1, dtype=np.int64)])
         path_ptr = np.asarray(path_ptr, dtype=np.int64)
-        self._f_start = np.concatenate([self._f_start, e0 + path_ptr[:-1]])
-        self._f_end = np.concatenate([self._f_end, e0 + path_ptr[1:]])
-        counts = np.diff(path_ptr)
-        self._e_flow = np.concatenate([self._e_flow, n0 + np.repeat(np.arange(n, dtype=np.int64), counts)])
-        self._e_link = np.concatenate([self._e_link, np.asarray(path_links, dtype=np.int64)])
+        m = int(path_ptr[-1] - path_ptr[0])
+        ns, ne = self._ns, self._ne
+        self._grow(ns + n, ne + m)
+        drain_at = np.asarray(drain_at, dtype=float)
+        sl = slice(ns, ns + n)
+        self._rem[sl] = nbytes
+        self._t_upd[sl] = drain_at
+        self._rate[sl] = 0.0
+        self._finish[sl] = np.inf
+        self._pending[sl] = drain_at
+        self._drain_at[sl] = drain_at
+        self._tag[sl] = tags
+        self._weight[sl] = 1.0 if weight is None else weight
+        self._draining[sl] = False
+        self._alive[sl] = True
+        self._bneck[sl] = -1
+        self._f_start[sl] = ne + path_ptr[:-1] - path_ptr[0]
+        self._f_end[sl] = ne + path_ptr[1:] - path_ptr[0]
+        self._e_flow[ne:ne + m] = ns + np.repeat(np.arange(n, dtype=np.int64), np.diff(path_ptr))
+        self._e_link[ne:ne + m] = path_links
+        self._ns, self._ne = ns + n, ne + m
         self._n_alive += n
-        tail = self._e_flow.shape[0] - self._n_indexed
+        tail = self._ne - self._n_indexed
         if tail > 1024 and 8 * tail > self._n_indexed:
             self._reindex()
 
@@ -235,7 +245,7 @@ class FluidNetwork:
     def _entries_on(self, links: np.ndarray) -> np.ndarray:
         """Entries (of draining flows) on ``links`` (sorted, unique link ids)."""
         entries = self._idx_order[_ranges(self._idx_ptr[links], self._idx_ptr[links + 1])]
-        tail_link = self._e_link[self._n_indexed:]
+        tail_link = self._e_link[self._n_indexed:self._ne]
         if tail_link.size:
             pos = np.minimum(np.searchsorted(links, tail_link), links.size - 1)
             on = np.flatnonzero(links[pos] == tail_link) + self._n_indexed
@@ -266,7 +276,7 @@ class FluidNetwork:
             self._finish_set(flows)
             self._set_loads(links, self._exact_loads(links)[0])
             return
-        in_s = np.zeros(self._alive.shape[0], dtype=bool)
+        in_s = np.zeros(self._ns, dtype=bool)
         flows = np.unique(self._e_flow[self._entries_on(seeds)])
         new = flows
         while True:
@@ -355,25 +365,27 @@ class FluidNetwork:
             self._busy_since[links] = np.nan
 
     def _reindex(self) -> None:
-        """Sort every entry by link (the index the component search reads)."""
-        order = np.argsort(self._e_link, kind="stable")
-        self._idx_order = order
+        """Sort every entry by link (the index the solver's look-ups read)."""
+        links = self._e_link[:self._ne]
+        self._idx_order = np.argsort(links, kind="stable")
         self._idx_ptr = np.zeros(self.n_links + 1, dtype=np.int64)
-        np.cumsum(np.bincount(self._e_link, minlength=self.n_links), out=self._idx_ptr[1:])
-        self._n_indexed = self._e_flow.shape[0]
+        np.cumsum(np.bincount(links, minlength=self.n_links), out=self._idx_ptr[1:])
+        self._n_indexed = self._ne
 
     def _compact(self) -> None:
         """Drop finished flows and their entries (slot numbers change; the index is rebuilt)."""
-        keep = self._alive
+        ns, ne = self._ns, self._ne
+        keep = self._alive[:ns]
         new_index = np.cumsum(keep) - 1
-        keep_entry = keep[self._e_flow]
-        counts = (self._f_end - self._f_start)[keep]
-        for name in ("_rem", "_t_upd", "_rate", "_finish", "_pending", "_drain_at", "_tag", "_weight",
-                     "_draining", "_alive", "_bneck"):
-            setattr(self, name, getattr(self, name)[keep])
-        self._e_flow = new_index[self._e_flow[keep_entry]]
-        self._e_link = self._e_link[keep_entry]
+        e_flow = self._e_flow[:ne]
+        keep_entry = keep[e_flow]
+        counts = (self._f_end[:ns] - self._f_start[:ns])[keep]
+        for name, _, _ in _SLOTS:
+            setattr(self, name, getattr(self, name)[:ns][keep])
+        self._e_flow = new_index[e_flow[keep_entry]]
+        self._e_link = self._e_link[:ne][keep_entry]
         ptr = np.zeros(counts.shape[0] + 1, dtype=np.int64)
         np.cumsum(counts, out=ptr[1:])
         self._f_start, self._f_end = ptr[:-1].copy(), ptr[1:].copy()
+        self._ns, self._ne = int(keep.sum()), int(keep_entry.sum())
         self._reindex()
