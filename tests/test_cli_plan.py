@@ -30,6 +30,7 @@ def test_plan_restricted_search():
     assert res.exit_code == 0, res.output
     rows = [l for l in res.output.splitlines()[3:] if l.strip()]
     assert rows and all("TP 8" in r and "PP 2" in r and "ZeRO-1" in r and "full recompute" in r for r in rows)
+    assert len(rows) > 1  # the dimensions not given (micro-batch, virtual stages) are searched
 
 
 def test_plan_refusals():
@@ -38,8 +39,12 @@ def test_plan_refusals():
         (("--model", "llama3-8b", "--topology", "dgx-h100-ib", "--gpus", "16", "--global-batch", "1",
           "--cp", "1", "--tp", "1", "--pp", "1"), "no layout"),
         (("--model", "llama3-405b", "--topology", "dgx-h100-ib", "--gpus", "8", "--global-batch", "8"), "fits in"),
-        (("--model", "llama3-8b", "--global-batch", "8", "--tp", "x"), "--tp must be"),
     ]:
         res = run(*args)
         assert res.exit_code == 2, (args, res.output)
         assert res.output.strip().count("\n") == 0 and message in res.output, res.output
+
+
+def test_plan_bad_option_value_is_a_usage_error():
+    res = run("--model", "llama3-8b", "--global-batch", "8", "--tp", "x")
+    assert res.exit_code == 2 and "'x' is not a valid integer" in res.output

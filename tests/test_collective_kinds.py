@@ -227,7 +227,35 @@ def test_library_wrappers_run_inside_one_simulation():
     (lambda r: r.run("alltoall", 40, ranks=[0, 1, 2], data={0: np.zeros(5), 1: np.zeros(5), 2: np.zeros(5)}),
      ConfigError, "multiple of 3"),
     (lambda r: r.run("gather", 1024), ConfigError, "unknown collective"),
+    (lambda r: CollectiveRunner(build("dgx-h100-ib", gpus=264)).run("alltoall", 1024), InfeasibleError, "up to 256"),
 ])
 def test_bad_requests_are_refused_with_a_reason(call, error, needle):
     with pytest.raises(error, match=needle):
         call(CollectiveRunner(build("dgx-h100-ib", gpus=16)))
+
+
+@pytest.mark.parametrize("name", ["dgx-h100", "gb200-nvl72"])
+@pytest.mark.parametrize("kind_name", ["reducescatter", "allgather"])
+def test_nvls_halves_at_line_rate_take_latency_plus_n_over_b(name, kind_name):
+    # in-switch: the heavy side of every GPU moves N once, spread over its switch chips by link bandwidth
+    topo = build(name)
+    runner = CollectiveRunner(topo, calibration=IDEAL)
+    inject = topo.injection_bandwidth(topo.gpus[0])
+    for nbytes in (2**20, 2**30):
+        res = runner.run(kind_name, nbytes, "nvls")
+        assert res.time == pytest.approx(25e-6 + nbytes / inject, rel=1e-9)  # NVLS_LATENCY["nvlink"] + N/B
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), kind_name=st.sampled_from([k for k in KINDS if k != "allreduce"]),
+       n=st.integers(1, 200), nbytes=st.integers(1, 2**30))
+def test_random_groups_always_end_with_the_right_data(data, kind_name, n, nbytes):
+    from fabricsim.collectives.check import count_wrong
+
+    topo = build("dgx-h100-ib", gpus=24)
+    ranks = sorted(data.draw(st.sets(st.integers(0, 23), min_size=2, max_size=12)))
+    runner = CollectiveRunner(topo)
+    algorithm = data.draw(st.sampled_from(runner.available(kind_name, ranks)))
+    root = data.draw(st.sampled_from(ranks)) if KINDS[kind_name].rooted else None
+    count = max(n - n % len(ranks), len(ranks)) if kind_name == "alltoall" else n
+    assert count_wrong(runner, kind_name, nbytes, algorithm, ranks=ranks, root=root, count=count, seed=n) == 0

@@ -95,3 +95,27 @@ def test_cli_step_refusals_are_one_line(args, message):
     out = CliRunner().invoke(cli, ["step", "-t", "dgx-h100-ib", "-n", "32", "-m", "llama3-8b", *args])
     assert out.exit_code == 2
     assert message in out.output and "Traceback" not in out.output
+
+
+def test_memory_refusal_names_the_numbers():
+    from fabricsim.training import check_memory, model_preset
+
+    big = StepConfig(model_preset("llama3-405b"), tp=8)
+    with pytest.raises(InfeasibleError, match=r"does not fit in memory: .* GB per GPU of 186 GB"):
+        check_memory(build("gb200-nvl72-ib", gpus=1024), big)
+    fits = check_memory(build("gb200-nvl72-ib", gpus=1024), StepConfig(model_preset("llama3-405b"), tp=8, pp=16,
+                                                                        zero=1, scaling="strong", global_batch=512))
+    assert fits is None or fits.fits()
+
+
+def test_sweep_takes_the_layout_options(tmp_path):
+    model = tmp_path / "m.toml"
+    model.write_text('name = "m"\nlayers = 4\nhidden = 512\nffn = 2048\nheads = 8\nvocab = 4096\nseq_len = 512\n')
+    out = CliRunner().invoke(cli, ["sweep", "-t", "dgx-h100-ib", "-m", str(model), "--tp", "2", "--pp", "2",
+                                   "--zero", "1", "--sizes", "8,16", "-a", "ring", "--no-plots", "-o",
+                                   str(tmp_path / "out"), "--jobs", "1"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads((tmp_path / "out" / "step.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert {r["pp"] for r in rows} == {2} and {r["zero"] for r in rows} == {1}
+    assert all(r["pp_bubble_s"] > 0 for r in rows)

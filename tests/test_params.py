@@ -62,3 +62,10 @@ def test_bad_values_exit_2_naming_the_option(args):
 
 def test_step_factor_bound_is_finite():
     assert math.isfinite(STEP_FACTOR.maximum)
+
+
+def test_channel_bound_matches_the_library():
+    from fabricsim.cli.params import MAX_CHANNELS_OPTION
+    from fabricsim.collectives.select import MAX_RUN_CHANNELS
+
+    assert CHANNELS.max == MAX_CHANNELS_OPTION == MAX_RUN_CHANNELS

@@ -96,6 +96,11 @@ def test_pruning_keeps_the_estimate_best(model, capacity, gpus):
         return Estimate(compute=1.0 + len(calls), bubble=0.0, exposed={}, model_flops=1.0, peak=1.0,
                         source="simulated")
 
+    res = plan(model, fab, 64, top=3, simulate=simulate, budget=0.0)  # spent: only the best is simulated
+    assert len(calls) == 1 and res.simulated == 1
+    assert res.candidates[0].simulated is not None
+    assert res.candidates[0].estimate.step_time == pytest.approx(t, rel=1e-12)
+    calls.clear()
     res = plan(model, fab, 64, top=3, simulate=simulate)
     assert len(calls) == 3 and res.simulated == 3
     assert min(c.estimate.step_time for c in res.candidates[:3]) == pytest.approx(t, rel=1e-12)

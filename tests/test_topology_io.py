@@ -85,8 +85,11 @@ def test_dot_export(tmp_path):
     save(t, str(path))
     text = path.read_text()
     assert text.startswith('digraph "dgx-b200" {') and text.rstrip().endswith("}")
-    assert text.count(" -> ") == t.graph.number_of_edges()
+    assert text.count(" -> ") == t.graph.number_of_edges() // 2  # one edge per full-duplex link
+    assert text.count('dir="both"') == t.graph.number_of_edges() // 2
     assert 'label="450 GB/s"' in text
+    ranks = [line for line in text.splitlines() if "rank=same" in line]
+    assert len(ranks) == 2 and all(f'"n0/gpu{i}";' in ranks[1] for i in range(8))  # switches, then GPUs
     with pytest.raises(ConfigError, match="export only"):
         load(str(path))
 

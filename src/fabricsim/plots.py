@@ -9,6 +9,7 @@ returns the axes.
 from __future__ import annotations
 
 import csv
+import math
 import os
 
 from fabricsim.errors import ConfigError
@@ -24,8 +25,20 @@ _TEXT = {"topology", "model", "precision", "scaling", "algorithm", "protocol", "
          "source", "schedule"}
 
 
+# columns each kind of row must fill in every row (what the figures read)
+_NEEDED = {"step": ("gpus", "algorithm", "step_time_s", "compute_time_s", "exposed_share"),
+           "message": ("gpus", "algorithm", "bytes", "busbw_GBps")}
+
+
 def read_rows(path) -> list[dict]:
-    """Rows of a sweep CSV with numbers converted; ConfigError if the file is missing or not a sweep's."""
+    """Rows of a sweep CSV with numbers converted.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, binary, not a sweep's CSV, or a row is cut short (fewer fields than the
+        header, as when a run was interrupted mid-row) or misses a value a figure needs.
+    """
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -35,8 +48,13 @@ def read_rows(path) -> list[dict]:
         raise ConfigError(f"cannot read results file {os.fspath(path)!r}: {exc}") from None
     if not rows or "gpus" not in rows[0] or "algorithm" not in rows[0]:
         raise ConfigError(f"{os.fspath(path)!r} holds no sweep rows (expected columns gpus, algorithm, ...)")
+    kind = _kind(rows)
     out = []
     for i, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+            raise ConfigError(f"{os.fspath(path)!r} line {i}: the row has {fields} fields where the header has "
+                              f"{len(rows[0]) - (None in rows[0])} (a file cut short, or not a sweep's CSV)")
         conv = {}
         for key, value in row.items():
             if key in _TEXT or value in (None, ""):
@@ -44,8 +62,13 @@ def read_rows(path) -> list[dict]:
                 continue
             try:
                 conv[key] = int(value) if key in _INTS else float(value)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ConfigError(f"{os.fspath(path)!r} line {i}: {key} = {value!r} is not a number") from None
+            if not math.isfinite(conv[key]) or (key in _INTS and conv[key] < (1 if key == "gpus" else 0)):
+                raise ConfigError(f"{os.fspath(path)!r} line {i}: {key} = {value!r} is out of range")
+        empty = [k for k in _NEEDED[kind] if conv.get(k) in (None, "")]
+        if empty:
+            raise ConfigError(f"{os.fspath(path)!r} line {i}: no value for {empty[0]}")
         out.append(conv)
     return out
 
@@ -103,11 +126,12 @@ def _gpu_axis(ax, rows) -> None:
 
 def _subtitle(rows) -> str:
     r = rows[0]
+    topology = r.get("topology") or "?"
     if "model" in r:
-        tp = f", TP {r['tp']}" if r.get("tp", 1) > 1 else ""
-        return (f"{r['model']} on {r['topology']}, {r['precision']}, {r['scaling']} scaling{tp}, "
-                f"{_size(r['bucket_bytes'])} buckets")
-    return f"{r['topology']}"
+        tp = f", TP {r['tp']}" if (r.get("tp") or 1) > 1 else ""
+        bucket = f", {_size(r['bucket_bytes'])} buckets" if r.get("bucket_bytes") not in (None, "") else ""
+        return f"{r['model']} on {topology}, {r.get('precision', '?')}, {r.get('scaling', '?')} scaling{tp}{bucket}"
+    return topology
 
 
 def _size(nbytes: float) -> str:
@@ -313,6 +337,8 @@ def write_plots(rows, out_dir: str, *, curve_rows=None, breakdown: bool | None =
     breakdown columns (``breakdown=None``; True insists, False skips); message rows (or ``curve_rows``) give
     busbw_vs_size (and busbw_vs_gpus when there are several cluster sizes).
     """
+    if rows:
+        _kind(rows)  # refuse rows no figure can use before creating the folder
     os.makedirs(out_dir, exist_ok=True)
     paths: list[str] = []
     messages = curve_rows

@@ -138,7 +138,8 @@ def plan_sweep(spec: SweepSpec) -> list[int]:
             rank_groups(topo, layout)
             _sequences(spec.step, layout.dp)
             if not spec.step.peak_flops and "gpu" not in getattr(topo, "hardware", {}):
-                raise ConfigError(f"topology {spec.topology} names no GPU preset, so compute time is unknown")
+                raise ConfigError(f"topology {spec.topology} names no GPU preset, so compute time is unknown: "
+                                  "give --peak-flops or --gpu (StepConfig(peak_flops=...))")
     if spec.mode == "step" and spec.curve_gpus is not None and spec.curve_gpus not in sizes:
         raise ConfigError(f"the busbw curve's size ({spec.curve_gpus} GPUs) is not one of the sweep's sizes")
     return sizes

@@ -15,7 +15,7 @@ from fabricsim.errors import ConfigError
 
 __all__ = [
     "KiB", "MiB", "GiB", "TiB", "KB", "MB", "GB", "TB",
-    "MAX_BYTES", "MIN_RATE", "MAX_RATE", "MAX_LATENCY",
+    "MAX_BYTES", "MIN_RATE", "MAX_RATE", "MAX_IDEAL_RATE", "MAX_LATENCY",
     "parse_size", "parse_rate", "parse_flops", "parse_time",
     "format_size", "format_rate", "format_time",
 ]
@@ -27,6 +27,8 @@ KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
 MAX_BYTES = 2**50
 #: Physical range of one link's one-way bandwidth: 1 B/s to 1 PB/s (an NVL72 crossbar port is 9e11 B/s).
 MIN_RATE, MAX_RATE = 1.0, 1e15
+#: Fastest link a program may build to idealise "free" communication (files stay within MAX_RATE).
+MAX_IDEAL_RATE = 1e30
 #: Largest per-hop latency a fabric may carry (1 s; real hops are 1e-7 to 1e-5 s).
 MAX_LATENCY = 1.0
 

@@ -113,6 +113,8 @@ def run_collective(name: str, *, topology_name, gpus, planes, algorithm, protoco
     dtype = dtype_name(dtype)
     if model == "analytic" and name != "allreduce":
         raise ConfigError("--model analytic estimates all-reduce only; simulate the others")
+    if trace is not None and model == "analytic":
+        raise ConfigError("--trace needs --model simulate (a closed-form estimate has no timeline)")
     if check and op != "sum":
         raise ConfigError(f"--check reduces with sum; -o {op} can be timed but not checked")
     topo = resolve(topology_name, gpus=gpus, planes=planes)

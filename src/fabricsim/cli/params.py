@@ -30,9 +30,9 @@ __all__ = [
     "MAX_GPUS", "MAX_CHANNELS_OPTION", "MAX_STEP_FACTOR",
 ]
 
-#: Largest GPU count an option accepts (the scale-out builders go further, but a run stays tractable).
-MAX_GPUS = 131_072
-#: Largest ``--channels`` (NCCL uses at most 32 rings; the collectives cap further per fabric).
+#: Largest GPU count an option accepts; each preset refuses more than it holds with its own limit.
+MAX_GPUS = 2**31 - 1
+#: Largest ``--channels``: the library's own bound (collectives.select.MAX_RUN_CHANNELS; a test keeps them equal).
 MAX_CHANNELS_OPTION = 64
 #: Largest ``--step-factor``; with at most ``MAX_SIZES`` (collectives' size series) this bounds any sweep.
 MAX_STEP_FACTOR = 2.0**20

@@ -4,33 +4,36 @@ from __future__ import annotations
 
 import click
 
-from fabricsim.cli.sweep import make_step_config, step_options
+from fabricsim.cli.params import GPUS, OVERSUBSCRIPTION, BoundedInt
+from fabricsim.cli.sweep import make_step_config, peak_flops_of, peak_options, step_options
 
 
 @click.command()
 @click.option("--topology", "-t", default="gb200-nvl72-ib", show_default=True, help="Topology preset or file.")
-@click.option("--gpus", "-n", type=int, default=576, show_default=True, help="GPUs (presets only).")
+@click.option("--gpus", "-n", type=GPUS, default=576, show_default=True, help="GPUs (presets only).")
 @click.option("--algorithm", "-a", default="ring", show_default=True,
               help="Data-parallel all-reduce: ring, tree, hierarchical, nvls or auto.")
 @step_options
 @click.option("--network", type=click.Choice(["rail", "fat-tree"]), default=None, help="Scale-out network.")
-@click.option("--oversubscription", type=float, default=None, help="Scale-out leaf down:up ratio.")
-@click.option("--buckets", "show", type=int, default=12, show_default=True,
+@click.option("--oversubscription", type=OVERSUBSCRIPTION, default=None, help="Scale-out leaf down:up ratio.")
+@click.option("--buckets", "show", type=BoundedInt(0, 10**6), default=12, show_default=True,
               help="Bucket rows to print (first and last halves); 0 for all.")
 @click.option("--memory-check/--no-memory-check", default=True, show_default=True,
               help="Refuse a layout whose per-GPU memory exceeds the GPU's HBM.")
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
               help="Write the step's Perfetto/Chrome timeline (every stage, micro-batch and collective) to this "
                    "JSON file.")
+@peak_options
 def step(topology, gpus, algorithm, model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
-         attention_flops, network, oversubscription, show, memory_check, trace) -> None:
+         attention_flops, network, oversubscription, show, memory_check, trace, peak_flops, gpu_name) -> None:
     """Simulate one training step and print its timeline, bucket by bucket."""
     from fabricsim.topologies.io import PRESETS, resolve
     from fabricsim.training import check_memory, simulate_step, write_step_trace
     from fabricsim.units import format_size, format_time
 
     config = make_step_config(model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
-                              attention_flops, algorithm=algorithm)
+                              attention_flops, algorithm=algorithm,
+                              peak_flops=peak_flops_of(peak_flops, gpu_name, precision))
     options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
     topo = resolve(topology, gpus=gpus if topology in PRESETS else None, **options)
     memory = check_memory(topo, config) if memory_check else None
@@ -91,6 +94,6 @@ def _print_dp_step(res, config, show, format_size, format_time) -> None:
             size = int(res.bucket_sizes[i])
             click.echo(f"  {i:>6}{format_size(size):>11}{format_time(float(res.bucket_ready[i])):>11}"
                        f"{format_time(float(res.bucket_start[i])):>11}{format_time(float(res.bucket_end[i])):>11}"
-                       f"{format_time(d):>12}{size / d * busbw_factor(res.dp) / 1e9:>12.1f}")
+                       f"{format_time(d):>12}{size / d * busbw_factor(res.dp) / 1e9 if d > 0 else 0.0:>12.1f}")
     click.echo(f"\ncommunication    {format_time(res.comm_time)} (TP {format_time(res.tp_comm_time)}, "
                f"DP {format_time(res.dp_comm_time)}); DP busbw {res.busbw / 1e9:.1f} GB/s")

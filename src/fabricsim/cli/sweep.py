@@ -7,20 +7,15 @@ import sys
 import click
 
 from fabricsim.cli.layout_options import layout_options
+from fabricsim.cli.params import (FLOPS, GPUS, MAX_GPUS, MFU, OVERSUBSCRIPTION, BoundedInt, IntList, Size,
+                                  SizeList)
 from fabricsim.errors import ConfigError
-from fabricsim.units import format_size, parse_size
+from fabricsim.units import KiB, format_size, parse_size
+
+BUCKET = Size(minimum=KiB)
+BATCH = BoundedInt(1, 10**7)
 
 DEFAULT_OUT = "./fabricsim-out"
-
-
-def _int_list(text: str, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{what} must be positive integers, got {text!r}")
-    return values
 
 
 def step_options(command):
@@ -31,17 +26,19 @@ def step_options(command):
         click.option("--model", "-m", default="llama3-8b", show_default=True,
                      help="Model preset (llama3-8b, llama3-70b, llama3-405b, gpt3-175b) or a TOML model file."),
         click.option("--precision", default="bf16", show_default=True, help="Tensor-core precision of the compute."),
-        click.option("--mfu", type=float, default=DEFAULT_MFU,
+        click.option("--mfu", type=MFU, default=DEFAULT_MFU,
                      help="Share of dense peak the model FLOPs reach [default: the GPU generation's documented "
                           "efficiency]."),
         click.option("--scaling", type=click.Choice(["weak", "strong"]), default="weak", show_default=True,
                      help="weak: fixed sequences per data-parallel replica; strong: fixed global batch."),
-        click.option("--batch", type=int, default=2, show_default=True,
+        click.option("--batch", type=BATCH, default=2, show_default=True,
                      help="Weak scaling: sequences per data-parallel replica per step."),
-        click.option("--global-batch", type=int, default=DEFAULT_GLOBAL_BATCH, show_default=True,
+        click.option("--global-batch", type=BATCH, default=DEFAULT_GLOBAL_BATCH, show_default=True,
                      help="Strong scaling: sequences per step in all."),
-        click.option("--bucket", default="25MiB", show_default=True, help="Gradient bucket size."),
-        click.option("--grad-bytes", type=int, default=2, show_default=True, help="Bytes per gradient (bf16: 2)."),
+        click.option("--bucket", type=BUCKET, default="25MiB", show_default=True,
+                     help="Gradient bucket size (at least 1 KiB)."),
+        click.option("--grad-bytes", type=BoundedInt(1, 16), default=2, show_default=True,
+                     help="Bytes per gradient (bf16: 2)."),
         click.option("--attention-flops/--no-attention-flops", default=False, show_default=True,
                      help="Count attention FLOPs (12 L h s per token) on top of 6 x parameters."),
     ]
@@ -50,38 +47,62 @@ def step_options(command):
     return layout_options(command)
 
 
+def peak_options(command):
+    """The GPU's peak compute, for fabric files that name no GPU preset (``step`` and ``sweep``)."""
+    from fabricsim.hardware import GPUS as GPU_PRESETS
+
+    command = click.option("--peak-flops", type=FLOPS, default=None,
+                           help="Per-GPU dense peak FLOP/s at --precision (e.g. '2250 TFLOPS'), instead of the "
+                                "fabric's GPU preset.")(command)
+    command = click.option("--gpu", "gpu_name", type=click.Choice(sorted(GPU_PRESETS), case_sensitive=False),
+                           default=None, help="GPU preset whose peak FLOP/s to use (for fabric files).")(command)
+    return command
+
+
+def peak_flops_of(peak_flops, gpu_name, precision):
+    """Peak FLOP/s from --peak-flops or --gpu (None: the fabric's own GPU preset)."""
+    if peak_flops is not None and gpu_name is not None:
+        raise click.UsageError("give --peak-flops or --gpu, not both")
+    if gpu_name is not None:
+        from fabricsim.hardware import gpu_preset
+
+        return gpu_preset(gpu_name).peak_flops(precision)
+    return peak_flops
+
+
 def make_step_config(model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
-                     attention_flops, algorithm="ring"):
+                     attention_flops, algorithm="ring", peak_flops=None):
     from fabricsim.training import StepConfig, resolve_model
 
     return StepConfig(resolve_model(model), algorithm=algorithm, precision=precision, mfu=mfu, scaling=scaling,
                       batch=batch, global_batch=global_batch, bucket_bytes=parse_size(bucket),
-                      bytes_per_grad=grad_bytes, attention_flops=attention_flops, **layout)
+                      bytes_per_grad=grad_bytes, attention_flops=attention_flops, peak_flops=peak_flops, **layout)
 
 
 @click.command()
 @click.option("--topology", "-t", default="gb200-nvl72-ib", show_default=True,
               help="Topology preset family (sized to each point) or a topology file (one size).")
-@click.option("--sizes", default=None, help="Comma-separated GPU counts [default: 8 to --max-gpus doubling, "
-                                            "plus 72, 576, 4608].")
-@click.option("--max-gpus", type=int, default=8192, show_default=True, help="Largest default size.")
+@click.option("--sizes", type=IntList(), default=None,
+              help="Comma-separated GPU counts [default: 8 to --max-gpus doubling, plus 72, 576, 4608].")
+@click.option("--max-gpus", type=GPUS, default=8192, show_default=True, help="Largest default size.")
 @click.option("--algorithms", "-a", default="ring,tree,hierarchical,nvls", show_default=True,
               help="All-reduce algorithms; each runs where the fabric has it ('auto' picks per size).")
 @step_options
 @click.option("--mode", type=click.Choice(["step", "message"]), default="step", show_default=True,
               help="step: one training step per point; message: all-reduces of --bytes.")
-@click.option("--bytes", "message_bytes", default="1M,16M,256M,1G", show_default=True,
+@click.option("--bytes", "message_bytes", type=SizeList(), default="1M,16M,256M,1G", show_default=True,
               help="Message mode: comma-separated all-reduce sizes.")
-@click.option("--curve-gpus", type=int, default=None,
+@click.option("--curve-gpus", type=BoundedInt(0, MAX_GPUS), default=None,
               help="Step mode: GPUs of the busbw-vs-message-size curve [default: 576 if swept]; 0 for none.")
 @click.option("--network", type=click.Choice(["rail", "fat-tree"]), default=None, help="Scale-out network.")
-@click.option("--oversubscription", type=float, default=None, help="Scale-out leaf down:up ratio.")
+@click.option("--oversubscription", type=OVERSUBSCRIPTION, default=None, help="Scale-out leaf down:up ratio.")
 @click.option("--out", "-o", "out_dir", default=DEFAULT_OUT, show_default=True, help="Directory for CSV, JSON, plots.")
-@click.option("--jobs", "-j", type=int, default=None, help="Worker processes [default: all cores].")
+@click.option("--jobs", "-j", type=BoundedInt(1, 256), default=None, help="Worker processes [default: all cores].")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNG and SVG plots.")
+@peak_options
 def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, scaling, batch, global_batch, bucket,
           grad_bytes, attention_flops, mode, message_bytes, curve_gpus, network, oversubscription, out_dir, jobs,
-          plots) -> None:
+          plots, peak_flops, gpu_name) -> None:
     """Simulate a training step (or all-reduces) at every cluster size and algorithm.
 
     With no arguments: Llama 3 8B, data parallel, on GB200 NVL72 racks joined by 400G InfiniBand, from 8
@@ -91,10 +112,8 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, 
     from fabricsim.sweep import SweepSpec, default_sizes, run_and_write
     from fabricsim.topologies.io import PRESETS
 
-    if jobs is not None and jobs < 1:
-        raise ConfigError(f"--jobs must be positive, got {jobs}")
-    if sizes:
-        size_list = _int_list(sizes, "--sizes")
+    if sizes is not None:
+        size_list = sizes
     else:
         cap = PRESETS[topology].max_gpus if topology in PRESETS else None
         size_list = tuple(s for s in default_sizes(max_gpus) if cap is None or s <= cap)
@@ -106,11 +125,12 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, 
             size_list = (resolve(topology).num_gpus,)
     algos = tuple(a for a in algorithms.replace(" ", "").split(",") if a)
     config = make_step_config(model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
-                              attention_flops) if mode == "step" else None
+                              attention_flops, peak_flops=peak_flops_of(peak_flops, gpu_name, precision)) \
+        if mode == "step" else None
     if curve_gpus is None:
         curve_gpus = 576 if 576 in size_list else None
     curve_gpus = curve_gpus or None
-    msg_sizes = tuple(parse_size(s) for s in message_bytes.replace(" ", "").split(",") if s)
+    msg_sizes = tuple(message_bytes)
     options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
     spec = SweepSpec(topology=topology, sizes=size_list, algorithms=algos, mode=mode, step=config,
                      message_sizes=msg_sizes, curve_gpus=curve_gpus if mode == "step" else None,

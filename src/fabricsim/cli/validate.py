@@ -13,8 +13,9 @@ from fabricsim.validation.report import summary_lines, table_header, table_line
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Only the fast rows (all collectives; no training steps).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="docs", show_default=True,
-              help="Directory for validation.md and validation.png (docs/ is the copy the project commits).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write validation.md and validation.png into this directory [default: print only]. The "
+                   "project's committed copy is made with --out docs.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any row is outside its bound or could not run.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG.")
 def validate(quick: bool, out_dir: str, strict: bool, no_plot: bool) -> None:
@@ -22,21 +23,22 @@ def validate(quick: bool, out_dir: str, strict: bool, no_plot: bool) -> None:
 
     Prints simulated vs published per row with the error in percent and whether it is within the row's
     bound, then the geometric-mean absolute error per group with rows used for fitting shown apart.
-    Reports only (exit 0) unless --strict.
+    Reports only (exit 0) unless --strict. Files are written only with --out DIR.
     """
     click.echo(table_header())
     report = run_validation(quick=quick, on_result=lambda r: click.echo(table_line(r)))
     click.echo("")
     for line in summary_lines(report):
         click.echo(line)
-    out = Path(out_dir)
-    command = "fabricsim validate" + (" --quick" if quick else "") + f" --out {out_dir}"
-    png = None
-    if not no_plot:
-        png = out / "validation.png"
-        plot_validation(report, png)
-    md = write_markdown(report, out / "validation.md", command=command, plot=png.name if png else None)
-    click.echo(f"\nwrote {md}" + (f" and {png}" if png else ""))
+    if out_dir is not None:
+        out = Path(out_dir)
+        command = "fabricsim validate" + (" --quick" if quick else "") + f" --out {out_dir}"
+        png = None
+        if not no_plot:
+            png = out / "validation.png"
+            plot_validation(report, png)
+        md = write_markdown(report, out / "validation.md", command=command, plot=png.name if png else None)
+        click.echo(f"\nwrote {md}" + (f" and {png}" if png else ""))
     failures = report.failures
     pending = sum(r.status == "pending" for r in report.results)
     click.echo(f"{len(report.results)} rows: {len(failures)} outside their bound or failed, {pending} not yet "

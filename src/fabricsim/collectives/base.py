@@ -50,6 +50,7 @@ class Step:
     pipelined: bool = False  # steady pipeline stage: wire latency hidden behind earlier chunks
     base: tuple | None = None  # (pattern, traffic) of a superset; traffic() then returns indices into it
     carries: Callable[[], list] | None = None  # per flow, the data it moves (see ``carry``)
+    protocol: Protocol | None = None  # the protocol timing this step, when not the schedule's (a level's own)
 
     def arrays(self):
         """The step's (src, dst, nbytes, key) arrays, resolving a subset of a base."""
@@ -69,6 +70,7 @@ class Schedule:
     latency_algorithm: str = "ring"  # which NCCL latency row the steps use
     launch_latency: float | None = None
     view: Callable[[dict], dict] | None = None  # the part of the data buffers this schedule works on
+    protocol_label: str = ""  # how results name the protocol(s), when not ``protocol.name``
 
     def step_latency(self, step: Step) -> float:
         """Protocol latency the step must take in all (wire latency included)."""
@@ -168,16 +170,16 @@ def parallel(schedules: Sequence[Schedule], name: str, *, key_stride: int = 64) 
                         sched = schedules[j]
                         st.apply(sched.view(data) if sched.view is not None else data)
 
-            carries = None
-            if any(st.carries is not None for _, st in live):
-                def carries(live=live):
-                    return [entry for _, st in live for entry in
-                            (st.carries() if st.carries is not None else [(0, ())] * len(st.arrays()[0]))]
+            def carries(live=live):
+                return [entry for _, st in live for entry in
+                        (st.carries() if st.carries is not None else [(0, ())] * len(st.arrays()[0]))]
 
             yield Step(tuple((j, st.pattern) for j, st in live), traffic,
                        "net" if any(st.latency_class == "net" for _, st in live) else "nvlink", apply, name,
                        extra_latency=max(schedules[j].step_latency(st) for j, st in live),
-                       pipelined=all(st.pipelined for _, st in live), base=base, carries=carries)
+                       pipelined=all(st.pipelined for _, st in live), base=base,
+                       carries=carries if any(st.carries is not None for _, st in live) else None,
+                       protocol=live[0][1].protocol or schedules[live[0][0]].protocol)
 
     proto = schedules[0].protocol if schedules else None
     return Schedule(name, steps(), proto, schedules[0].latency_algorithm if schedules else "ring", launch_latency=0.0)
@@ -208,6 +210,8 @@ def sequence(schedules: Sequence[Schedule], name: str) -> Schedule:
             for st in sched.steps:
                 if st.extra_latency is None:
                     st.extra_latency = sched.step_latency(st)
+                if st.protocol is None:
+                    st.protocol = sched.protocol
                 if sched.view is not None and st.apply is not None:
                     st.apply = (lambda f, v: (lambda data: f(v(data))))(st.apply, sched.view)
                 yield st
@@ -228,7 +232,8 @@ class CollectiveResult:
 
     @property
     def algbw(self) -> float:
-        return self.nbytes / self.time if self.time > 0 else float("inf")
+        """nbytes / time; 0 for a zero-time collective (one rank, or no bytes), which moves nothing."""
+        return self.nbytes / self.time if self.time > 0 else 0.0
 
     @property
     def busbw(self) -> float:
@@ -247,7 +252,10 @@ class GroupLayout:
     def of(cls, fabric: Fabric, ranks: Sequence[int] | None) -> "GroupLayout":
         topo = fabric.topology
         p_all = topo.num_gpus
-        ranks = list(range(p_all)) if ranks is None else [int(r) for r in ranks]
+        try:
+            ranks = list(range(p_all)) if ranks is None else [int(r) for r in ranks]
+        except (TypeError, ValueError):
+            raise ConfigError(f"ranks must be a list of integers, got {ranks!r}") from None
         if len(ranks) < 1:
             raise ConfigError("a collective needs at least one rank")
         if len(set(ranks)) != len(ranks):
@@ -305,22 +313,25 @@ def run_schedule(sim, schedule: Schedule, *, data: dict | None = None, groups: d
             step.apply(data)
         if data is not None and step.carries is not None:
             carry(data, state, node_rank, step.arrays(), step.carries())
-        cached = groups.get((proto.name, step.pattern))
+        sp = step.protocol or proto
+        cached = groups.get((sp.name, step.pattern))
         if cached is None:
             if step.base is not None:
-                base = groups.get((proto.name, "base", step.base[0]))
+                base = groups.get((sp.name, "base", step.base[0]))
                 if base is None:
                     src, dst, nbytes, key = step.base[1]()
-                    base = groups[(proto.name, "base", step.base[0])] = FlowGroup(
-                        src, dst, np.asarray(nbytes, dtype=float) / proto.wire_efficiency, key,
+                    base = groups[(sp.name, "base", step.base[0])] = FlowGroup(
+                        src, dst, np.asarray(nbytes, dtype=float) / sp.wire_efficiency, key,
                         label=step.label or schedule.name, charge_latency=not step.pipelined)
                 group = base.select(step.traffic(), charge_latency=not step.pipelined)
             else:
                 src, dst, nbytes, key = step.traffic()
-                group = FlowGroup(src, dst, np.asarray(nbytes, dtype=float) / proto.wire_efficiency, key,
+                group = FlowGroup(src, dst, np.asarray(nbytes, dtype=float) / sp.wire_efficiency, key,
                                   label=step.label or schedule.name, charge_latency=not step.pipelined)
-            wire = fabric.path_latency(group) if len(group) and not step.pipelined else 0.0
-            cached = groups[(proto.name, step.pattern)] = (group, wire)
+            # the wire latency every flow of the step pays anyway is part of the protocol latency; a flow
+            # on a longer path pays the difference on top (so a step never gets faster by gaining a flow)
+            wire = fabric.path_latency(group, shortest=True) if len(group) and not step.pipelined else 0.0
+            cached = groups[(sp.name, step.pattern)] = (group, wire)
         group, wire_latency = cached
         extra = schedule.step_latency(step) - wire_latency
         if extra > 0:

@@ -8,7 +8,7 @@ over links whose usable bandwidth is below line rate. Three families of paramete
   and NCCL's model caps LL bus bandwidth at 141 GB/s on Hopper and 282 GB/s on Blackwell (C106): 0.31 of
   NVLink line rate, which is 0.38 of what Simple moves at NVLink 4's efficiency (0.82, below). Per-step and launch latencies are NCCL's own tuning-model constants (rows C098, C099, C101).
   A step's protocol latency already includes the wire: the fabric's path latency is counted once, and
-  only the protocol latency beyond it is added.
+  only the protocol latency beyond the wire latency every flow of the step pays is added.
 - ``LINK_EFFICIENCY``: application-level share of line rate per link kind. Fitted: NVLink 4 on row B053
   (370 of 450 GB/s ring busbw on 8 H100), NVLink 5 on row B066 (700 of 900 GB/s on 8 B200), NICs on row
   A029 (48.5 of 50 GB/s per ConnectX-7).

@@ -21,7 +21,8 @@ from fabricsim.collectives.kinds import KINDS, kind as lookup
 from fabricsim.collectives.p2p import normalise_pairs, p2p_protocol, ring_shift_pairs, send_recv as p2p_schedule
 from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
 from fabricsim.collectives import rooted, shards
-from fabricsim.collectives.select import AllreduceRunner, available_algorithms, build_allreduce, protocol_cost
+from fabricsim.collectives.select import (AllreduceRunner, available_algorithms, build_allreduce,
+                                          check_size_and_channels, nothing, protocol_cost)
 from fabricsim.errors import ConfigError, InfeasibleError
 
 __all__ = ["COLLECTIVES", "available", "build", "collective", "reduce_scatter", "all_gather", "all_to_all",
@@ -65,8 +66,9 @@ def _group(fabric, kind: str, ranks, pairs):
 
 def build(fabric, layout: GroupLayout, kind: str, nbytes: int, algorithm: str | None = None, *,
           protocol: str = "auto", calibration: Calibration = CALIBRATED, channels: int | None = None,
-          root: int | None = None, pairs: list | None = None) -> Schedule:
-    """The schedule of one collective (``algorithm=None``: the kind's default; not ``"auto"``)."""
+          root: int | None = None, pairs: list | None = None, memo: dict | None = None) -> Schedule:
+    """The schedule of one collective (``algorithm=None``: the kind's default; not ``"auto"``); ``memo``
+    remembers all-reduce protocol choices (``AllreduceRunner.memo``)."""
     k = lookup(kind)
     algorithm = algorithm or k.algorithms[0]
     if algorithm == "auto":
@@ -75,7 +77,7 @@ def build(fabric, layout: GroupLayout, kind: str, nbytes: int, algorithm: str | 
         raise ConfigError(f"{k.name} has no root")
     if k.name == "allreduce":
         return build_allreduce(fabric, layout, nbytes, algorithm, protocol=protocol, calibration=calibration,
-                               channels=channels)
+                               channels=channels, memo=memo)
     if algorithm not in k.algorithms and not (k.name in ("reducescatter", "allgather") and algorithm == "tree"):
         hint = " (NCCL runs it as grouped send/recv)" if k.name in ("alltoall", "sendrecv") else ""
         raise ConfigError(f"{k.name} has no algorithm {algorithm!r}; use one of {', '.join(k.algorithms)}{hint}")
@@ -114,7 +116,8 @@ def _check_data(kind: str, layout: GroupLayout, data: dict | None) -> None:
 
 def collective(sim, kind: str, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm: str | None = None,
                protocol: str = "auto", calibration: Calibration = CALIBRATED, data: dict | None = None,
-               root: int | None = None, pairs=None, channels: int | None = None, groups: dict | None = None):
+               root: int | None = None, pairs=None, channels: int | None = None, groups: dict | None = None,
+               memo: dict | None = None):
     """Start one collective in ``sim``; returns the SimPy process, whose value is a CollectiveResult.
 
     Parameters
@@ -139,12 +142,14 @@ def collective(sim, kind: str, nbytes: int, *, ranks: Sequence[int] | None = Non
         FlowGroup cache shared between runs of equal schedules.
     """
     k = lookup(kind)
-    if not isinstance(nbytes, (int,)) or isinstance(nbytes, bool) or nbytes < 0:
-        raise ConfigError(f"message size must be a non-negative number of bytes, got {nbytes!r}")
+    check_size_and_channels(nbytes, channels)
     layout, pairs = _group(sim.fabric, k.name, ranks, pairs)
     _check_data(k.name, layout, data)
+    if layout.p == 1 and algorithm != "auto":  # one rank: zero bytes moved, zero time, busbw reported as 0
+        return sim.env.process(nothing(CollectiveResult(algorithm or k.algorithms[0], "simple", 1, nbytes, 0.0, 0,
+                                                        kind=k.name)))
     schedule = build(sim.fabric, layout, k.name, nbytes, algorithm, protocol=protocol, calibration=calibration,
-                     channels=channels, root=root, pairs=pairs)
+                     channels=channels, root=root, pairs=pairs, memo=memo)
 
     def body():
         start = sim.env.now
@@ -196,6 +201,7 @@ class CollectiveRunner:
     def __init__(self, topology, *, calibration: Calibration = CALIBRATED, protocol: str = "auto"):
         self.allreduce = AllreduceRunner(topology, calibration=calibration, protocol=protocol)
         self._choice: dict = {}
+        self._results: dict = {}  # runs are deterministic: an identical run alone is not simulated twice
 
     topology = property(lambda self: self.allreduce.topology)
     calibration = property(lambda self: self.allreduce.calibration)
@@ -217,6 +223,12 @@ class CollectiveRunner:
         k = lookup(kind)
         if algorithm == "auto":
             algorithm = self.choose(k.name, nbytes, ranks, root=root, pairs=pairs)
+        memo = None
+        if data is None and trace is None:
+            memo = (k.name, nbytes, algorithm, None if ranks is None else tuple(sorted(int(r) for r in ranks)), root,
+                    None if pairs is None else repr(pairs), channels)
+            if memo in self._results:
+                return self._results[memo]
         sim = self.simulation(trace=trace if trace is not None else False, record="groups" if trace else None,
                               trace_ranks=trace_ranks)
         try:
@@ -228,6 +240,8 @@ class CollectiveRunner:
         finally:
             if sim.tracer is not None:
                 sim.tracer.discard()
+        if memo is not None:
+            self._results[memo] = proc.value
         return proc.value
 
     def choose(self, kind: str, nbytes: int, ranks: Sequence[int] | None = None, *, root: int | None = None,
@@ -243,6 +257,8 @@ class CollectiveRunner:
             algos = available(sim.fabric, layout, k.name)
             if not algos:
                 raise InfeasibleError(f"no {k.name} algorithm applies to this group")
+            if len(algos) == 1:
+                return algos[0]
             times = {a: self.run(k.name, nbytes, a, ranks=ranks, root=root, pairs=pairs).time for a in algos}
             self._choice[key] = min(times, key=times.get)
         return self._choice[key]

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from fabricsim.collectives.base import CollectiveResult, GroupLayout, Schedule, run_schedule
-from fabricsim.collectives.protocol import PROTOCOLS, Protocol
+from fabricsim.collectives.cost import Shape, hierarchical_cost, nvls_cost, ring_cost, tree_cost
 from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.nvls import nvls_allreduce, switch_islands
 from fabricsim.collectives.nvls_tree import nvls_tree_allreduce
-from fabricsim.collectives.protocol import CALIBRATED, Calibration, choose_protocol
-from fabricsim.collectives import analytic
+from fabricsim.collectives.protocol import CALIBRATED, PROTOCOLS, Calibration, Protocol, choose_protocol
 from fabricsim.collectives.ring import MAX_CHANNELS, ring_allreduce
 from fabricsim.collectives.sharp import sharp_allreduce, sharp_capable
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 
-__all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner", "estimate_allreduce"]
+__all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner", "estimate_allreduce",
+           "fastest_protocol", "group_shape", "protocol_cost"]
 
 ALGORITHMS = ("ring", "tree", "hierarchical", "nvls", "sharp", "auto")
 
@@ -50,72 +52,143 @@ def available_algorithms(fabric, layout: GroupLayout) -> list[str]:
     return algos
 
 
-def _rank_bandwidths(fabric, layout: GroupLayout) -> tuple[float, float]:
-    """Usable one-way bandwidth of a rank's NVLink ports and of its NIC (B/s, after efficiencies)."""
+def group_shape(topology, calibration: Calibration, domains: Sequence[Sequence[int]]) -> Shape:
+    """The cost model's view of a group whose ranks are split by NVLink domain as ``domains``:
+    per-GPU usable NVLink, NIC and NVLS bandwidths of its first GPU, channels as the ring uses them."""
+    gpu = topology.gpus[domains[0][0]]
+    nvl_kind = next((d.get("kind") for _, _, d in topology.graph.out_edges(gpu, data=True)
+                     if str(d.get("kind", "")).startswith("nvlink")), None)
+    nvl = topology.injection_bandwidth(gpu)
+    nic = topology.nic_bandwidth(gpu)
+    b_nic = nic * max([v for k, v in calibration.link_efficiency.items() if not k.startswith("nvlink")] or [1.0])
+    if nvl == 0 and nic == 0:  # a user fabric of other link kinds: the GPU's own links carry everything
+        nvl_kind = next((d.get("kind") for _, _, d in topology.graph.out_edges(gpu, data=True)), None)
+        nvl = topology.injection_bandwidth(gpu, kind_prefix="")
+    m = max(len(d) for d in domains)
+    return Shape(sum(len(d) for d in domains), len(domains), m,
+                 nvl * calibration.link_efficiency.get(nvl_kind, 1.0), b_nic,
+                 1 if len(domains) == 1 else max(1, min(MAX_CHANNELS, m)),
+                 nvl * calibration.link_efficiency.get(nvl_kind, 1.0)
+                 / calibration.nvls_factor(nvl_kind, m if len(domains) > 1 else sum(len(d) for d in domains))
+                 if str(nvl_kind).startswith("nvlink") else 0.0)
+
+
+def protocol_cost(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
+                  calibration: Calibration = CALIBRATED):
+    """``cost(protocol) -> s``: the cost model's estimate of a ring (or tree) all-reduce of this group, for
+    collectives that rank protocols by estimate (reduce-scatter and all-gather are its halves)."""
+    shape = group_shape(fabric.topology, calibration, layout.domains)
+    cost = tree_cost if algorithm == "tree" else ring_cost
+    return lambda proto: cost(proto, shape, nbytes)
+
+
+def _lower_bound(fabric, schedule: Schedule) -> float:
+    """No run of ``schedule`` on an idle fabric is faster: launch, then per step its protocol latency
+    plus the time its busiest node needs to inject its bytes (``run_schedule`` waits out the protocol
+    latency beyond the wire latency all of the step's flows pay, then the flows pay theirs and drain)."""
     lt = fabric.links
-    node = int(fabric.gpu_index[layout.ranks[0]])
-    nvl = nic = 0.0
-    kinds = fabric.topology.graph.nodes
-    for v in fabric.router.successors(node):
-        e = lt.edge_index[(node, v)]
-        if lt.kind[e].startswith("nvlink"):
-            nvl += fabric.capacity[e]
-        elif kinds[lt.nodes[v]].get("kind") == "nic":
-            nic += min([fabric.capacity[lt.edge_index[(v, w)]] for w in fabric.router.successors(v)
-                        if w != node] or [0.0])
-    return nvl, nic
+    inject = np.bincount(lt.src, weights=fabric.capacity, minlength=len(lt.nodes))
+    proto = schedule.protocol
+    total = schedule.launch_latency
+    if total is None:
+        total = proto.launch_latency.get(schedule.latency_algorithm, 0.0)
+    drains: dict = {}
+    for step in schedule.steps:
+        sp = step.protocol or proto
+        key = (sp.name, step.pattern)
+        if key not in drains:
+            src, _, nbytes, _ = step.arrays()
+            sent = np.bincount(np.asarray(src, dtype=np.int64), weights=np.asarray(nbytes, dtype=float),
+                               minlength=len(inject)) / sp.wire_efficiency
+            with np.errstate(divide="ignore", invalid="ignore"):
+                drains[key] = float(np.max(np.where(sent > 0, sent / inject, 0.0), initial=0.0))
+        lat = schedule.step_latency(step)
+        total += lat + drains[key]
+    return total
 
 
-def protocol_cost(fabric, layout: GroupLayout, nbytes: int, algorithm: str):
-    """``cost(protocol) -> s``: an alpha-beta estimate of one algorithm under each protocol, for "auto"."""
-    import math
+def _time_alone(fabric, schedule: Schedule, calibration: Calibration) -> float:
+    """Simulated time of ``schedule`` alone on an idle copy of the fabric."""
+    from fabricsim.simulator.engine import Simulation
 
-    from fabricsim.collectives.ring import default_channels
-
-    p, nd = layout.p, len(layout.domains)
-    m = max(len(d) for d in layout.domains)
-    nvl, nic = _rank_bandwidths(fabric, layout)
-    channels = default_channels(layout)
-    bw = (nvl or nic * channels) if nd == 1 else min(nvl or math.inf, channels * nic or math.inf)
-    return lambda proto: _alpha_beta(proto, algorithm, p, nd, m, bw, nbytes)
+    sim = Simulation(fabric.topology, efficiency=calibration.link_efficiency, router=fabric.router, record=None)
+    sim.process(run_schedule(sim, schedule))
+    sim.run()
+    return sim.env.now
 
 
-def _alpha_beta(proto: Protocol, algorithm: str, p: int, domains: int, m: int, bw: float, nbytes: float) -> float:
-    """NCCL's ring or tree time model (C102, C103): launch + per-hop latencies (intra-domain hops at the
-    NVLink row, inter-domain hops at the network row) + 2 (p-1)/p N over the per-rank bandwidth."""
-    import math
+def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dict | None = None,
+                     key=None) -> Protocol:
+    """The protocol under which ``make(protocol)`` (a schedule builder) finishes first when simulated.
 
-    alg = "tree" if algorithm == "tree" else "ring"
-    if alg == "tree":
-        intra, inter = 2 * (m - 1), 2 * math.ceil(math.log2(domains)) if domains > 1 else 0
-    else:
-        inter = 2 * (domains - 1) if domains > 1 else 0
-        intra = 2 * (p - 1) - inter
-    lat = proto.step_latency
-    return (proto.launch_latency[alg] + intra * lat[(alg, "nvlink")] + inter * lat[(alg, "net")]
-            + analytic.allreduce_lower_bound(p, nbytes / proto.wire_efficiency, bw))
+    NCCL's tuner takes the protocol of smallest estimated time; here the estimate (``estimate(protocol)``,
+    the algorithm's cost model) only orders the candidates: the likeliest is simulated first, and another
+    is simulated only while its lower bound (``_lower_bound``) is below the best simulated time. The
+    choice is therefore exactly the protocol of smallest simulated time, so a collective's time with
+    ``auto`` is the minimum of its times under each protocol: it grows with the message and falls when
+    links get faster whenever each protocol's does.
+    """
+    if memo is not None and key in memo:
+        return memo[key]
+    best, best_time = None, float("inf")
+    for proto in sorted(PROTOCOLS.values(), key=estimate):
+        if best is not None and _lower_bound(fabric, make(proto)) >= best_time:
+            continue
+        t = _time_alone(fabric, make(proto), calibration)
+        if t < best_time:
+            best, best_time = proto, t
+    if memo is not None:
+        memo[key] = best
+    return best
 
 
 def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *, protocol: str = "auto",
-                    calibration: Calibration = CALIBRATED, channels: int | None = None) -> Schedule:
+                    calibration: Calibration = CALIBRATED, channels: int | None = None,
+                    memo: dict | None = None) -> Schedule:
     """The schedule of one all-reduce (not ``"auto"``: see AllreduceRunner).
 
-    ``protocol="auto"`` picks, per algorithm, the protocol with the smallest alpha-beta estimate; NVLS
-    runs on Simple only, as in NCCL.
+    ``protocol="auto"`` picks, per algorithm, the protocol that is fastest in simulation
+    (``fastest_protocol``); hierarchical picks one for its intra-domain phases and one for its
+    inter-domain phase. NVLS and SHARP run on Simple only, as in NCCL. ``memo`` remembers the choices
+    (keyed by group, size and algorithm; an AllreduceRunner keeps one).
     """
     if algorithm not in ALGORITHMS or algorithm == "auto":
         raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-    if algorithm in ("nvls", "sharp"):
-        proto = choose_protocol(nbytes, "simple")
-    else:
-        proto = choose_protocol(nbytes, protocol, cost=protocol_cost(fabric, layout, nbytes, algorithm))
-    if algorithm == "ring":
-        return ring_allreduce(fabric, layout, nbytes, proto, channels=channels)
-    if algorithm == "tree":
-        return tree_allreduce(fabric, layout, nbytes, proto, channels=channels)
+    choose = protocol == "auto" and algorithm in ("ring", "tree", "hierarchical") and layout.p > 1 and nbytes > 0
+    if not choose:
+        proto = choose_protocol(nbytes, "simple" if algorithm in ("nvls", "sharp") or protocol == "auto"
+                                else protocol)
+    if algorithm in ("ring", "tree"):
+        build = ring_allreduce if algorithm == "ring" else tree_allreduce
+        cost = ring_cost if algorithm == "ring" else tree_cost
+
+        def make(pr: Protocol) -> Schedule:
+            return build(fabric, layout, nbytes, pr, channels=channels)
+        if choose:
+            shape = group_shape(fabric.topology, calibration, layout.domains)
+            proto = fastest_protocol(fabric, make, lambda pr: cost(pr, shape, nbytes), calibration, memo,
+                                     _choice_key(layout, shape, nbytes, algorithm, channels, calibration))
+        return make(proto)
     if algorithm == "hierarchical":
-        return hierarchical_allreduce(fabric, layout, nbytes, proto, intra="ring", inter="ring",
-                                      calibration=calibration)
+        def make_level(levels):
+            return lambda pr: hierarchical_allreduce(fabric, layout, nbytes, pr, intra="ring", inter="ring",
+                                                     calibration=calibration, levels=levels)
+        inter = None
+        if choose:
+            shape = group_shape(fabric.topology, calibration, layout.domains)
+            simple = PROTOCOLS["simple"]
+            key = _choice_key(layout, shape, nbytes, algorithm, None, calibration)
+            proto = fastest_protocol(fabric, make_level(("intra",)),
+                                     lambda pr: hierarchical_cost(pr, simple, shape, nbytes), calibration, memo,
+                                     key + ("intra",))
+            inter = fastest_protocol(fabric, _no_launch(make_level(("inter",))),
+                                     lambda pr: hierarchical_cost(simple, pr, shape, nbytes), calibration, memo,
+                                     key + ("inter",)) if layout.multi_domain else proto
+        sched = hierarchical_allreduce(fabric, layout, nbytes, proto, intra="ring", inter="ring",
+                                       calibration=calibration, inter_protocol=inter)
+        if inter is not None and inter is not proto:
+            sched.protocol_label = f"{proto.name}+{inter.name}"
+        return sched
     if not _has_nvls(fabric, layout):
         raise InfeasibleError(f"{algorithm} needs more than two GPUs attached to the same NVLink switch chips "
                               "(NCCL never runs NVLS on two GPUs or fewer)")
@@ -126,32 +199,102 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
     return nvls_tree_allreduce(fabric, layout, nbytes, proto, calibration)
 
 
+def _choice_key(layout: GroupLayout, shape: Shape, nbytes: int, algorithm: str, channels, calibration) -> tuple:
+    """What a protocol choice depends on, as in NCCL's tuner: the group's shape (ranks per NVLink domain,
+    per-GPU bandwidths), not which GPUs it holds, so equal groups (the data-parallel groups of a step)
+    share one choice, made by simulating the first of them."""
+    return (shape, tuple(len(d) for d in layout.domains), nbytes, algorithm, channels, id(calibration))
+
+
+def _no_launch(make):
+    """A schedule builder whose schedules pay no launch latency (a level after the first)."""
+    def build(pr: Protocol) -> Schedule:
+        sched = make(pr)
+        sched.launch_latency = 0.0
+        return sched
+    return build
+
+
 def allreduce(sim, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm: str = "ring",
               protocol: str = "auto", calibration: Calibration = CALIBRATED, channels: int | None = None,
-              data: dict | None = None, groups: dict | None = None):
-    """Start an all-reduce in ``sim``; returns the SimPy process, whose value is a CollectiveResult."""
+              data: dict | None = None, groups: dict | None = None, memo: dict | None = None):
+    """Start an all-reduce in ``sim``; returns the SimPy process, whose value is a CollectiveResult.
+
+    ``memo`` remembers protocol choices across calls (pass ``AllreduceRunner.memo``)."""
     if algorithm == "auto":
         raise ConfigError("algorithm 'auto' is resolved by AllreduceRunner.choose before a run")
-    if not isinstance(nbytes, int) or nbytes < 0:
-        raise ConfigError(f"message size must be a non-negative number of bytes, got {nbytes!r}")
+    _check_run(nbytes, algorithm, channels)
     layout = GroupLayout.of(sim.fabric, ranks)
+    if layout.p == 1:  # one rank: a zero-byte, zero-time operation on any fabric (busbw reported as 0)
+        return sim.env.process(nothing(CollectiveResult(algorithm, "simple", 1, nbytes, 0.0, 0)))
     schedule = build_allreduce(sim.fabric, layout, nbytes, algorithm, protocol=protocol,
-                               calibration=calibration, channels=channels)
+                               calibration=calibration, channels=channels, memo=memo)
 
     def body():
         start = sim.env.now
         steps = 0
         if layout.p > 1 and nbytes > 0:
             steps = yield sim.env.process(run_schedule(sim, schedule, data=data, groups=groups))
-        return CollectiveResult(schedule.name, schedule.protocol.name, layout.p, nbytes, sim.env.now - start, steps)
+        return CollectiveResult(schedule.name, schedule.protocol_label or schedule.protocol.name, layout.p, nbytes,
+                                sim.env.now - start, steps)
     return sim.env.process(body())
 
 
+#: Most channels a run accepts: a bound that keeps a run finite, above the 32 rings NCCL builds at most.
+MAX_RUN_CHANNELS = 64
+
+
+def _check_run(nbytes, algorithm, channels) -> None:
+    """The arguments every all-reduce entry point shares, checked before any work (ConfigError)."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    check_size_and_channels(nbytes, channels)
+
+
+def check_size_and_channels(nbytes, channels) -> None:
+    """A size in 0..2**50 bytes and ``channels`` None or in 1..MAX_RUN_CHANNELS (ConfigError), for any
+    collective's entry point."""
+    from fabricsim.units import MAX_BYTES
+
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= MAX_BYTES:
+        raise ConfigError(f"message size must be a non-negative whole number of bytes, at most 2**50, "
+                          f"got {nbytes!r}")
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)
+                                 or not 1 <= channels <= MAX_RUN_CHANNELS):
+        raise ConfigError(f"channels must be an integer in 1..{MAX_RUN_CHANNELS}, got {channels!r}")
+
+
+def nothing(result):
+    """A SimPy process body that returns ``result`` at once (a one-rank collective)."""
+    return result
+    yield  # a generator: SimPy runs it as a process that ends at once
+
+
 class AllreduceRunner:
-    """Simulates single all-reduces on one topology, reusing its routes across runs (for sweeps)."""
+    """Simulates single all-reduces on one topology, reusing its routes across runs (for sweeps).
+
+    ``memo`` keeps the protocol choices of ``protocol="auto"`` and ``_choice`` the algorithm choices of
+    ``"auto"``, per group and size.
+
+    Raises
+    ------
+    ConfigError
+        ``topology`` is not a Topology (build one with ``fabricsim.build(name)``), or an unknown
+        ``protocol``; :meth:`run` also refuses a size outside 0..2**50 bytes, an unknown algorithm and
+        ``channels`` outside 1..64.
+    """
 
     def __init__(self, topology, *, calibration: Calibration = CALIBRATED, protocol: str = "auto"):
         from fabricsim.simulator.engine import Simulation
+        from fabricsim.topologies.base import Topology
+
+        if not isinstance(topology, Topology):
+            hint = f" (build it with fabricsim.build({topology!r}))" if isinstance(topology, str) else ""
+            raise ConfigError(f"AllreduceRunner needs a Topology, got {type(topology).__name__}{hint}")
+        if not isinstance(calibration, Calibration):
+            raise ConfigError(f"calibration must be a Calibration, got {type(calibration).__name__}")
+        if protocol != "auto":
+            choose_protocol(0, protocol)  # ConfigError for an unknown name
 
         self.topology = topology
         self.calibration = calibration
@@ -159,6 +302,8 @@ class AllreduceRunner:
         self._Simulation = Simulation
         self._router = None
         self._choice: dict = {}
+        self.memo: dict = {}
+        self._concurrent: dict = {}
 
     def simulation(self, **options):
         sim = self._Simulation(self.topology, efficiency=self.calibration.link_efficiency, router=self._router,
@@ -170,14 +315,15 @@ class AllreduceRunner:
             data: dict | None = None, trace: str | None = None, channels: int | None = None,
             trace_ranks=None) -> CollectiveResult:
         """One all-reduce alone on an idle fabric; ``trace`` writes its Perfetto timeline (only the
-        GPU tracks of ``trace_ranks``, if given)."""
+        GPU tracks of ``trace_ranks``, if given; a failed run leaves no file)."""
+        _check_run(nbytes, algorithm, channels)
         if algorithm == "auto":
             algorithm = self.choose(nbytes, ranks)
         sim = self.simulation(trace=trace if trace is not None else False, record="groups" if trace else None,
                               trace_ranks=trace_ranks)
         try:
             proc = allreduce(sim, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
-                             calibration=self.calibration, channels=channels, data=data)
+                             calibration=self.calibration, channels=channels, data=data, memo=self.memo)
             sim.run()
             if trace is not None:
                 sim.write_trace(trace)
@@ -186,9 +332,33 @@ class AllreduceRunner:
                 sim.tracer.discard()  # a no-op once written; a failed run leaves no file
         return proc.value
 
-    def choose(self, nbytes: int, ranks: Sequence[int] | None = None) -> str:
-        """The fastest available algorithm for this size and group (simulated, remembered)."""
+    def run_concurrent(self, nbytes: int, groups: Sequence[Sequence[int]], algorithm: str) -> CollectiveResult:
+        """Every group all-reduces ``nbytes`` at the same instant on an idle fabric; the slowest result."""
+        if algorithm == "auto":
+            algorithm = self.choose(nbytes, groups=groups)
+        key = (tuple(tuple(g) for g in groups), int(nbytes), algorithm)
+        if key not in self._concurrent:
+            sim = self.simulation(record=None)
+            procs = [allreduce(sim, int(nbytes), ranks=g, algorithm=algorithm, protocol=self.protocol,
+                               calibration=self.calibration, memo=self.memo) for g in groups]
+            sim.run()
+            self._concurrent[key] = max((p.value for p in procs), key=lambda r: r.time)
+        return self._concurrent[key]
+
+    def choose(self, nbytes: int, ranks: Sequence[int] | None = None, *,
+               groups: Sequence[Sequence[int]] | None = None) -> str:
+        """The fastest available algorithm for this size: for the group ``ranks`` alone, or with all of
+        ``groups`` running at once (as the data-parallel groups of a training step do). Simulated,
+        remembered."""
         sim = self.simulation(record=None)
+        if groups is not None:
+            layouts = [GroupLayout.of(sim.fabric, g) for g in groups]
+            key = (tuple(lay.ident for lay in layouts), nbytes)
+            if key not in self._choice:
+                times = {a: self.run_concurrent(nbytes, groups, a).time
+                         for a in available_algorithms(sim.fabric, layouts[0])}
+                self._choice[key] = min(times, key=times.get)
+            return self._choice[key]
         layout = GroupLayout.of(sim.fabric, ranks)
         key = (layout.ident, nbytes)
         if key not in self._choice:
@@ -199,56 +369,41 @@ class AllreduceRunner:
 
 def estimate_allreduce(topology, nbytes: int, algorithm: str, *, calibration: Calibration = CALIBRATED,
                        protocol: str = "auto") -> CollectiveResult:
-    """A closed-form estimate (``--model analytic``): alpha-beta costs from analytic.py with the fabric's
-    per-GPU NVLink and NIC bandwidths, the calibrated efficiencies and NCCL's latency rows. No contention
-    beyond the per-GPU bottleneck; all GPUs of the topology take part."""
+    """A closed-form estimate (``--model analytic``): the cost model of ``cost.py`` (the one that ranks
+    protocols for ``auto``) with the fabric's per-GPU NVLink and NIC bandwidths, the calibrated
+    efficiencies and NCCL's latency rows. No contention beyond the per-GPU bottleneck; all GPUs of the
+    topology take part. ``protocol="auto"`` takes the protocol (for hierarchical, the pair) of smallest
+    estimate."""
+    from fabricsim.topologies.base import Topology
 
-    from fabricsim.collectives.protocol import NVLS_LATENCY
-
+    if not isinstance(topology, Topology):
+        raise ConfigError(f"estimate_allreduce needs a Topology, got {type(topology).__name__}")
+    _check_run(nbytes, algorithm, None)
+    if algorithm == "sharp":
+        raise InfeasibleError("sharp has no closed-form estimate; run it with --model simulate")
     p = topology.num_gpus
-    domains = len(topology.domains)
-    m = max(len(d) for d in topology.domains)
-    gpu = topology.gpus[0]
-    nvl_kind = next((d.get("kind") for _, _, d in topology.graph.out_edges(gpu, data=True)
-                     if str(d.get("kind", "")).startswith("nvlink")), None)
-    b_nvl = topology.injection_bandwidth(gpu) * calibration.link_efficiency.get(nvl_kind, 1.0)
-    nic = topology.nic_bandwidth(gpu)
-    b_nic = nic * max([v for k, v in calibration.link_efficiency.items() if not k.startswith("nvlink")] or [1.0])
-    if protocol == "auto" and algorithm not in ("auto", "nvls"):
-        # as the tuner does: the protocol with the smallest estimate
-        return min((estimate_allreduce(topology, nbytes, algorithm, calibration=calibration, protocol=name)
-                    for name in PROTOCOLS), key=lambda r: r.time)
-    proto = choose_protocol(nbytes, "simple" if protocol == "auto" else protocol)
-    channels = min(m, MAX_CHANNELS)
+    rank = {g: i for i, g in enumerate(topology.gpus)}
+    doms = [[rank[g] for g in d] for d in topology.domains]
+    shape = group_shape(topology, calibration, doms)
+    has_nvlink = shape.b_nvls > 0 and any(str(k).startswith("nvlink") for _, _, k in
+                                          topology.graph.out_edges(topology.gpus[0], data="kind"))
     if algorithm == "auto":
-        options = ["ring", "tree"] + (["hierarchical"] if domains > 1 else []) + (["nvls"] if nvl_kind else [])
+        options = ["ring", "tree"] + (["hierarchical"] if shape.domains > 1 else []) + (["nvls"] if has_nvlink else [])
         results = [estimate_allreduce(topology, nbytes, a, calibration=calibration, protocol=protocol) for a in options]
         return min(results, key=lambda r: r.time)
+    names = list(PROTOCOLS) if protocol == "auto" and algorithm != "nvls" else \
+        [choose_protocol(nbytes, "simple" if protocol == "auto" else protocol).name]
     if p == 1 or nbytes == 0:
-        return CollectiveResult(algorithm, proto.name, p, nbytes, 0.0)
-    if domains > 1 and b_nic <= 0:
+        return CollectiveResult(algorithm, names[0], p, nbytes, 0.0)
+    if shape.domains > 1 and shape.b_nic <= 0:
         raise InfeasibleError("the topology has several NVLink domains but no NICs between them")
-    b_nvl = b_nvl if b_nvl > 0 else b_nic
-    wire = proto.wire_efficiency
-    lat = proto.step_latency
-    if algorithm in ("ring", "tree"):
-        bw = b_nvl if domains == 1 else min(b_nvl, channels * b_nic)
-        t = _alpha_beta(proto, algorithm, p, domains, m, bw, nbytes)
-    elif algorithm == "hierarchical":
-        if domains == 1:
-            return estimate_allreduce(topology, nbytes, "ring", calibration=calibration, protocol=protocol)
-        # reduce-scatter plus all-gather inside a domain cost one ring all-reduce over its m GPUs
-        intra = analytic.ring_allreduce_time(m, nbytes / wire, b_nvl, lat[("ring", "nvlink")])
-        inter = analytic.ring_allreduce_time(domains, nbytes / wire / m, b_nic, lat[("ring", "net")])
-        t = proto.launch_latency["ring"] + intra + inter
-    elif algorithm == "nvls":
-        if not nvl_kind:
+    if algorithm == "nvls":
+        if not has_nvlink:
             raise InfeasibleError("nvls needs NVLink switch chips")
-        g = m if domains > 1 else p
-        b = b_nvl / calibration.nvls_factor(nvl_kind, g)  # NVLS's usable rate, with its fan-in cost
-        t = analytic.nvls_allreduce_time(g, nbytes, b, NVLS_LATENCY["nvlink"])
-        if domains > 1:
-            t += analytic.tree_allreduce_time(domains, nbytes / m, b_nic, NVLS_LATENCY["net"])
-    else:
-        raise ConfigError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-    return CollectiveResult(algorithm, proto.name, p, nbytes, t)
+        return CollectiveResult(algorithm, "simple", p, nbytes, nvls_cost(shape, nbytes))
+    if algorithm == "hierarchical" and shape.domains > 1:
+        t, a, b = min((hierarchical_cost(PROTOCOLS[a], PROTOCOLS[b], shape, nbytes), a, b) for a in names for b in names)
+        return CollectiveResult(algorithm, a if a == b else f"{a}+{b}", p, nbytes, t)
+    cost = tree_cost if algorithm == "tree" else ring_cost
+    t, name = min((cost(PROTOCOLS[n], shape, nbytes), n) for n in names)
+    return CollectiveResult(algorithm, name, p, nbytes, t)

@@ -15,8 +15,6 @@ in-network computing"); the latency is NCCL's model for multi-node NVLS, intra p
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step

@@ -20,6 +20,8 @@ compute delays (``sim.compute``). ``run()`` returns a SimulationResult.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,4 +126,9 @@ class Simulation:
         """Publish the recorded timeline as Chrome/Perfetto trace-event JSON (complete, or no file)."""
         if self.tracer is None:
             raise ConfigError("this simulation was created without trace=True")
-        self.tracer.write(path, max_links=max_links)
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"a trace path must be a string or a path, got {type(path).__name__}")
+        try:
+            self.tracer.write(path, max_links=max_links)
+        except OSError as exc:
+            raise ConfigError(f"{os.fspath(path)}: cannot write the trace: {exc.strerror or exc}") from None

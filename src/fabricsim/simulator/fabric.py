@@ -259,10 +259,10 @@ class Fabric:
         """Indices of the links the group's flows cross (sorted, unique)."""
         return self._expand(group)[5]
 
-    def path_latency(self, group: FlowGroup) -> float:
-        """Longest path latency among the group's flows (s): the wire part of a step's latency."""
+    def path_latency(self, group: FlowGroup, *, shortest: bool = False) -> float:
+        """Longest (or shortest) path latency among the group's flows (s)."""
         lat = self._expand(group)[2]
-        return float(lat.max()) if lat.size else 0.0
+        return float(lat.min() if shortest else lat.max()) if lat.size else 0.0
 
     # --- submitting ---------------------------------------------------------------------------------------
     def transfer(self, src: Hashable, dst: Hashable, nbytes: int, *, key: int = 0, label: str = "") -> simpy.Event:

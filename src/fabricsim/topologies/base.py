@@ -23,6 +23,7 @@ computed from their own parameters in ``meta``, which is used for big graphs whi
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
@@ -30,7 +31,7 @@ from typing import Any, Hashable, Sequence
 import networkx as nx
 
 from fabricsim.errors import ConfigError, TopologyError
-from fabricsim.units import format_rate
+from fabricsim.units import MAX_IDEAL_RATE, MAX_LATENCY, MAX_RATE, MIN_RATE, format_rate
 
 __all__ = ["Topology", "NODE_KINDS", "FORWARDING_KINDS", "CutNode", "tree_cut_flow", "format_summary"]
 
@@ -70,8 +71,11 @@ class Topology:
         return len(self.gpus)
 
     def domain_of(self, gpu: Hashable) -> int:
-        """Index of the NVLink domain that holds ``gpu``."""
-        return self._domain_of[gpu]
+        """Index of the NVLink domain that holds ``gpu`` (TopologyError if it is not a GPU of the fabric)."""
+        try:
+            return self._domain_of[gpu]
+        except (KeyError, TypeError):
+            raise TopologyError(f"{gpu!r} is not a GPU of {self.name}") from None
 
     def nodes_of_kind(self, kind: str) -> list[Hashable]:
         return [n for n, k in self.graph.nodes(data="kind") if k == kind]
@@ -209,6 +213,9 @@ class Topology:
         nvlink_in = sum(d["bandwidth"] for _, _, d in G.in_edges(self.gpus[0], data=True)
                         if str(d.get("kind", "")).startswith("nvlink"))
         nic_out = self.nic_bandwidth()
+        ports: Counter = Counter()  # every link out of GPU 0 by kind (what a fabric without NVLink has)
+        for _, _, d in G.out_edges(self.gpus[0], data=True):
+            ports[str(d.get("kind", ""))] += d["bandwidth"]
         aggregate = sum(self.injection_bandwidth(g) for g in self.gpus)
         gpu = self.hardware.get("gpu") or G.nodes[self.gpus[0]].get("model")
         return {
@@ -223,6 +230,7 @@ class Topology:
             "lanes": dict(lanes),
             "nvlink_per_gpu": nvlink_out,
             "nvlink_per_gpu_bidirectional": nvlink_out + nvlink_in,
+            "gpu_ports": dict(ports),
             "nic_per_gpu": nic_out,
             "nic_per_gpu_bidirectional": 2 * nic_out,
             "nvlink_aggregate_bidirectional": 2 * aggregate,
@@ -235,7 +243,19 @@ class Topology:
 
     # --- checks ------------------------------------------------------------------------------------------
     def validate(self) -> "Topology":
-        """Refuse what cannot be simulated, naming the node or edge at fault; returns self."""
+        """Refuse what cannot be simulated, naming the node or edge at fault; returns self.
+
+        Checked: at least one GPU; known node kinds; no self-loops; every edge's bandwidth within the
+        range ``units.MIN_RATE..MAX_IDEAL_RATE`` (1 B/s..1e30 B/s: what the rate solve handles; files
+        are also held to the physical range, see :meth:`check_physical`), latency within ``0..units.MAX_LATENCY`` and a positive integer ``lanes``; the rank
+        order and the NVLink domains name every GPU once, domains contiguous; every GPU reaches every
+        other through forwarding nodes.
+
+        Raises
+        ------
+        TopologyError
+            The first problem found, naming the node or edge.
+        """
         G = self.graph
         if not self.gpus:
             raise TopologyError(f"topology {self.name!r} has no GPUs")
@@ -243,11 +263,19 @@ class Topology:
             if kind not in NODE_KINDS:
                 raise TopologyError(f"node {node!r} has kind {kind!r}; expected one of {', '.join(NODE_KINDS)}")
         for u, v, d in G.edges(data=True):
-            bw, lat = d.get("bandwidth"), d.get("latency", 0.0)
-            if not isinstance(bw, (int, float)) or not bw > 0 or bw != bw or bw == float("inf"):
+            if u == v:
+                raise TopologyError(f"node {u!r} has a link to itself (self-loops carry nothing; remove it)")
+            bw, lat, lanes = d.get("bandwidth"), d.get("latency", 0.0), d.get("lanes", 1)
+            if isinstance(bw, bool) or not isinstance(bw, numbers.Real) or not bw > 0 or bw != bw \
+                    or bw == float("inf"):
                 raise TopologyError(f"edge {u!r} -> {v!r} has non-positive or missing bandwidth {bw!r}")
-            if not isinstance(lat, (int, float)) or not lat >= 0 or lat == float("inf"):
-                raise TopologyError(f"edge {u!r} -> {v!r} has invalid latency {lat!r}")
+            if not MIN_RATE <= bw <= MAX_IDEAL_RATE:
+                raise TopologyError(f"edge {u!r} -> {v!r} has bandwidth {bw!r} B/s, outside 1 B/s..1e30 B/s "
+                                    "(bandwidth is in B/s one way)")
+            if isinstance(lat, bool) or not isinstance(lat, numbers.Real) or not 0 <= lat <= MAX_LATENCY:
+                raise TopologyError(f"edge {u!r} -> {v!r} has invalid latency {lat!r} (seconds, 0..{MAX_LATENCY:g})")
+            if isinstance(lanes, bool) or not isinstance(lanes, numbers.Integral) or lanes < 1:
+                raise TopologyError(f"edge {u!r} -> {v!r} has lanes {lanes!r}; expected a positive integer")
         gpu_nodes = {n for n, k in G.nodes(data="kind") if k == "gpu"}
         seen: set = set()
         for g in self.gpus:
@@ -267,6 +295,24 @@ class Topology:
             raise TopologyError("each NVLink domain's GPUs must be contiguous and in rank order "
                                 "(list the domains in rank order)")
         self._check_connected()
+        return self
+
+    def check_physical(self) -> "Topology":
+        """Refuse a link outside the physical range 1 B/s..1 PB/s (``units.MIN_RATE..MAX_RATE``); returns self.
+
+        :meth:`validate` admits up to 1e30 B/s so that programs may idealise a link as "infinitely" fast;
+        a fabric read from a file is held to this range, where a typo in a unit (bits for bytes, a
+        missing prefix) lands outside it.
+
+        Raises
+        ------
+        TopologyError
+            The first edge outside the range.
+        """
+        for u, v, bw in self.graph.edges(data="bandwidth"):
+            if not MIN_RATE <= bw <= MAX_RATE:
+                raise TopologyError(f"edge {u!r} -> {v!r} has bandwidth {bw!r} B/s, outside the physical range "
+                                    "1 B/s..1 PB/s (bandwidth is in B/s one way: write e.g. '400 Gb/s' or '50 GB/s')")
         return self
 
     def _check_connected(self) -> None:
@@ -314,15 +360,21 @@ def format_summary(s: dict[str, Any]) -> list[str]:
     lines += [f"  {role:<24}{count}" for role, count in s["switches"].items()]
     lines.append("links           physical links (lanes) by kind, full duplex; graph edges in brackets")
     lines += [f"  {kind or '?':<24}{s['lanes'][kind]} [{s['links'][kind]}]" for kind in sorted(s["links"])]
-    lines.append(f"NVLink per GPU  {rate(s['nvlink_per_gpu'])} each way, "
-                 f"{rate(s['nvlink_per_gpu_bidirectional'])} bidirectional")
+    if s["nvlink_per_gpu"]:
+        lines.append(f"NVLink per GPU  {rate(s['nvlink_per_gpu'])} each way, "
+                     f"{rate(s['nvlink_per_gpu_bidirectional'])} bidirectional")
+    else:
+        ports = s.get("gpu_ports") or {}
+        lines.append("NVLink per GPU  none" + ("; GPU links " + ", ".join(
+            f"{rate(bw)} each way ({kind or '?'})" for kind, bw in sorted(ports.items())) if ports else ""))
     if s["nic_per_gpu"]:
         lines.append(f"NIC per GPU     {rate(s['nic_per_gpu'])} each way, "
                      f"{rate(s['nic_per_gpu_bidirectional'])} bidirectional")
     else:
         lines.append("NIC per GPU     none")
-    lines.append(f"NVLink total    {rate(s['nvlink_aggregate_bidirectional'])} "
-                 "(all GPUs, bidirectional)")
+    if s["nvlink_aggregate_bidirectional"]:
+        lines.append(f"NVLink total    {rate(s['nvlink_aggregate_bidirectional'])} "
+                     "(all GPUs, bidirectional)")
     lines.append(f"bisection       {rate(s['bisection'])} (GPUs split in rank halves, both directions)"
                  if s["bisection"] else "bisection       none (one GPU)")
     lines.append(f"diameter        {s['diameter_hops']} hops (GPU to GPU, shortest route)")

@@ -130,8 +130,10 @@ def draw(topo: Topology, *, ax: Any = None) -> Any:
     s = topo.summary() if G.number_of_edges() < 60_000 else None
     title = f"{topo.name}: {topo.num_gpus} GPUs in {len(topo.domains)} NVLink domain(s)"
     if s is not None:
-        title += (f"; NVLink {format_rate(s['nvlink_per_gpu'])} each way per GPU"
-                  + (f", NIC {format_rate(s['nic_per_gpu'])}" if s["nic_per_gpu"] else ""))
+        parts = [f"NVLink {format_rate(s['nvlink_per_gpu'])}"] if s["nvlink_per_gpu"] else []
+        parts += [f"NIC {format_rate(s['nic_per_gpu'])}"] if s["nic_per_gpu"] else []
+        if parts:
+            title += f"; {', '.join(parts)} each way per GPU"
     ax.set_title(title, fontsize=11)
     kinds = sorted({str(d.get("kind", "")) for _, _, d in G.edges(data=True)})
     ax.legend(handles=[Line2D([], [], color=_edge_colour(k), lw=2, label=k) for k in kinds],

@@ -113,7 +113,18 @@ def build(name: str, *, gpus: int | None = None, **options: Any) -> Topology:
 
 
 def resolve(name_or_path: str, *, gpus: int | None = None, **options: Any) -> Topology:
-    """A preset by name, or a topology file (TOML, YAML, GraphML, JSON) by path."""
+    """A preset by name, or a topology file (TOML, YAML, GraphML, JSON) by path.
+
+    Raises
+    ------
+    TopologyError
+        Neither a preset nor a file (the message lists the presets).
+    ConfigError
+        Preset options given with a file, or a file that cannot be read (see :func:`load`, :func:`build`).
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ConfigError(f"a topology is a preset name or a file path, got {type(name_or_path).__name__}")
+    name_or_path = os.fspath(name_or_path)
     if name_or_path in PRESETS:
         return build(name_or_path, gpus=gpus, **options)
     suffix = os.path.splitext(name_or_path)[1].lower()
@@ -155,6 +166,8 @@ def from_graph(G: nx.Graph, *, gpus: list[Hashable] | None = None, domains: list
     >>> t.gpus, t.domains, t.bisection_bandwidth() / 1e9
     (['a', 'b'], [['a', 'b']], 900.0)
     """
+    if not isinstance(G, nx.Graph):
+        raise ConfigError(f"from_graph needs a networkx graph, got {type(G).__name__}")
     D = _as_digraph(G)
     gpu_nodes = [n for n, k in D.nodes(data="kind") if k == "gpu"]
     explicit_order = gpus is not None
@@ -330,6 +343,8 @@ def from_spec(spec: Any, source: str = "<spec>") -> Topology:
         for end in (a, b):
             if not isinstance(end, (str, int)) or isinstance(end, bool) or end not in G:
                 raise bad(f"{where} names unknown node {end!r}")
+        if a == b:
+            raise bad(f"{where} joins {a!r} to itself; a self-loop carries nothing")
         if "bandwidth" not in entry:
             raise bad(f"{where} has no bandwidth")
         try:
@@ -403,8 +418,7 @@ def write_toml(spec: dict, path: str) -> None:
                   "[meta]"]
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in spec["meta"].items()]
         lines.append("")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
+    _write_text(path, "\n".join(lines))
 
 
 # --- DOT by hand --------------------------------------------------------------------------------------------
@@ -416,36 +430,84 @@ _DOT_SHAPES = {"gpu": "box", "nvswitch": "hexagon", "nic": "ellipse", "switch": 
 
 
 def write_dot(topo: Topology, path: str) -> None:
-    """Graphviz DOT of ``topo``: attributes as written by GraphML, labels with readable bandwidths."""
+    """Graphviz DOT of ``topo``: one edge per physical link, nodes ranked by tier.
+
+    A full-duplex link (two directed edges with the same attributes) is one edge drawn ``dir=both``; a
+    link whose directions differ, or a one-way link, keeps one edge per direction. ``lanes`` merged
+    into one edge stay one edge with a ``lanes`` attribute. Each row of :func:`draw.layers` (NVLink
+    switches by tier, GPUs, NICs, network switches by tier) is a ``rank=same`` subgraph, so ``dot``
+    lays the fabric out tier by tier. Bandwidth is in B/s one way, latency in s.
+    """
+    from fabricsim.topologies.draw import layers
     from fabricsim.units import format_rate
 
     G = topo.graph
     rank = {g: r for r, g in enumerate(topo.gpus)}
     out = [f"digraph {_dot_id(topo.name)} {{",
-           "  // fabricsim: bandwidth in B/s one way, latency in s", "  rankdir=BT;"]
+           "  // fabricsim: one edge per physical link; bandwidth in B/s one way, latency in s",
+           "  rankdir=BT;"]
     for n, d in G.nodes(data=True):
         attrs = {k: v for k, v in d.items() if v is not None}
         if n in rank:
             attrs["rank_order"] = rank[n]
         attrs.setdefault("shape", _DOT_SHAPES.get(d.get("kind"), "box"))
         out.append(f"  {_dot_id(n)} [" + ", ".join(f"{k}={_dot_id(v)}" for k, v in attrs.items()) + "];")
+    for row in layers(topo):
+        out.append("  { rank=same; " + " ".join(f"{_dot_id(n)};" for n in row) + " }")
     for u, v, d in G.edges(data=True):
+        duplex = G.get_edge_data(v, u) == d
+        if duplex and str(u) > str(v):
+            continue  # written once, with its reverse, as a two-way edge
         attrs = {k: val for k, val in d.items() if val is not None}
         attrs["label"] = format_rate(d["bandwidth"])
+        if duplex:
+            attrs["dir"] = "both"
         out.append(f"  {_dot_id(u)} -> {_dot_id(v)} ["
                    + ", ".join(f"{k}={_dot_id(val)}" for k, val in attrs.items()) + "];")
     out.append("}")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(out) + "\n")
+    _write_text(path, "\n".join(out) + "\n")
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a failed write never leaves half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read_text(path: str) -> str:
+    """The file's text (UTF-8); ConfigError naming the file if it is binary or not UTF-8."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {data[exc.start]:#04x} at offset {exc.start} is not "
+                          "UTF-8); expected a .toml, .yaml, .graphml or .json topology") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes)")
+    return text
 
 
 # --- load / save ------------------------------------------------------------------------------------------
 def _format_of(path: str, fmt: str | None) -> str:
+    """The format named, or read from the suffix; a format that contradicts a known suffix is refused."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"a topology file path must be a string or a path, got {type(path).__name__} {path!r}")
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
     if fmt is not None:
         if fmt not in FORMATS:
             raise ConfigError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
+        if suffix in _SUFFIXES and _SUFFIXES[suffix] != fmt:
+            raise ConfigError(f"{path}: the suffix {suffix!r} says {_SUFFIXES[suffix]}, but the format asked for is "
+                              f"{fmt}; name the file {os.path.splitext(path)[0]}.{fmt} or drop the format")
         return fmt
-    suffix = os.path.splitext(path)[1].lower()
     if suffix not in _SUFFIXES:
         raise ConfigError(f"{path}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
                           f"use one of {', '.join(sorted(_SUFFIXES))}")
@@ -470,21 +532,36 @@ def _graph_for_export(topo: Topology) -> nx.DiGraph:
 
 
 def save(topo: Topology, path: str, *, format: str | None = None) -> None:
-    """Write ``topo`` to ``path`` as toml, yaml, graphml, json or dot (default: from the suffix)."""
+    """Write ``topo`` to ``path`` as toml, yaml, graphml, json or dot (default: from the suffix).
+
+    JSON is networkx's node-link form with the current ``edges`` key (``nx.node_link_graph(data,
+    edges="edges")`` reads it; :func:`load` reads both it and the older ``links`` key).
+
+    Raises
+    ------
+    ConfigError
+        Unknown format, a format that contradicts the file's suffix (``x.json`` as TOML), or a file that
+        cannot be written.
+    """
+    if not isinstance(topo, Topology):
+        raise ConfigError(f"save() needs a Topology, got {type(topo).__name__}")
     fmt = _format_of(path, format)
+    path = os.fspath(path)
     try:
         if fmt == "toml":
             write_toml(to_spec(topo), path)
         elif fmt == "yaml":
             yaml = _yaml()
-            with open(path, "w", encoding="utf-8") as fh:
-                yaml.safe_dump(to_spec(topo), fh, sort_keys=False)
+            _write_text(path, yaml.safe_dump(to_spec(topo), sort_keys=False))
         elif fmt == "graphml":
-            nx.write_graphml(_graph_for_export(topo), path)
+            import io as _io
+
+            buffer = _io.BytesIO()
+            nx.write_graphml(_graph_for_export(topo), buffer)
+            _write_text(path, buffer.getvalue().decode("utf-8"))
         elif fmt == "json":
-            data = nx.node_link_data(_graph_for_export(topo), edges="links")
-            with open(path, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
+            data = nx.node_link_data(_graph_for_export(topo), edges="edges")
+            _write_text(path, json.dumps(data))
         else:
             write_dot(topo, path)
     except OSError as exc:
@@ -492,43 +569,67 @@ def save(topo: Topology, path: str, *, format: str | None = None) -> None:
 
 
 def load(path: str) -> Topology:
-    """A validated Topology from a toml, yaml, graphml or json file; ConfigError naming the file if malformed."""
+    """A validated Topology from a toml, yaml, graphml or json file.
+
+    JSON may use the node-link ``edges`` key (networkx 3.4 and later, what :func:`save` writes) or the
+    older ``links`` key.
+
+    Raises
+    ------
+    ConfigError
+        ``path`` is not a path, the file cannot be read, is binary, or is malformed (the message names the
+        file and the entry at fault).
+    TopologyError
+        The fabric it describes cannot be simulated (see :meth:`Topology.validate`).
+    """
     fmt = _format_of(path, None)
+    path = os.fspath(path)
     if fmt == "dot":
         raise ConfigError(f"{path}: DOT is export only; load a .toml, .yaml, .graphml or .json file")
     try:
-        if fmt == "toml":
-            with open(path, "rb") as fh:
-                try:
-                    spec = tomllib.load(fh)
-                except tomllib.TOMLDecodeError as exc:
-                    raise ConfigError(f"{path}: not valid TOML: {_one_line(exc)}") from None
-            return from_spec(spec, path)
-        if fmt == "yaml":
-            yaml = _yaml()
-            with open(path, encoding="utf-8") as fh:
-                try:
-                    spec = yaml.safe_load(fh)
-                except yaml.YAMLError as exc:
-                    raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
-            return from_spec(spec, path)
         if fmt == "graphml":
             try:
                 G = nx.read_graphml(path)
+            except OSError:
+                raise
             except Exception as exc:  # networkx and the XML parser raise many kinds
                 raise ConfigError(f"{path}: not a readable GraphML file: {_one_line(exc)}") from None
         else:
-            with open(path, encoding="utf-8") as fh:
+            text = _read_text(path)
+            if fmt == "toml":
                 try:
-                    G = nx.node_link_graph(json.load(fh), edges="links")
-                except Exception as exc:  # json and networkx raise many kinds
-                    raise ConfigError(f"{path}: not a node-link JSON graph: {_one_line(exc)}") from None
+                    spec = tomllib.loads(text)
+                except tomllib.TOMLDecodeError as exc:
+                    raise ConfigError(f"{path}: not valid TOML: {_one_line(exc)}") from None
+                return _physical(from_spec(spec, path), path)
+            if fmt == "yaml":
+                yaml = _yaml()
+                try:
+                    spec = yaml.safe_load(text)
+                except yaml.YAMLError as exc:
+                    raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
+                return _physical(from_spec(spec, path), path)
+            try:
+                data = json.loads(text)
+                key = "links" if isinstance(data, dict) and "links" in data and "edges" not in data else "edges"
+                G = nx.node_link_graph(data, edges=key)
+            except Exception as exc:  # json and networkx raise many kinds
+                raise ConfigError(f"{path}: not a node-link JSON graph: {_one_line(exc)}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        return from_graph(G)
+        return from_graph(G).check_physical()
     except FabricsimError as exc:
         raise type(exc)(f"{path}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:  # attributes of the wrong type in a GraphML/JSON file
+        raise ConfigError(f"{path}: malformed graph: {_one_line(exc)}") from None
+
+
+def _physical(topo: Topology, path: str) -> Topology:
+    try:
+        return topo.check_physical()
+    except TopologyError as exc:
+        raise TopologyError(f"{path}: {exc}") from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -87,6 +87,12 @@ from fabricsim.errors import ConfigError
 __all__ = ["Model", "MODELS", "model_preset", "load_model", "resolve_model"]
 
 
+# Upper bounds far above any published model (Llama 3 405B: 126 layers, hidden 16,384, FFN 53,248, 128K
+# vocabulary), so that a typo cannot ask for a model no machine could hold.
+_MAX_DIMENSION = {"layers": 10_000, "hidden": 2**20, "ffn": 2**22, "heads": 2**16, "vocab": 2**24,
+                  "seq_len": 2**24}
+
+
 @dataclass(frozen=True)
 class Model:
     """A decoder-only transformer, dense or mixture of experts.
@@ -150,8 +156,9 @@ class Model:
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "ffn", "heads", "vocab", "seq_len"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model {self.name!r}: {name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_DIMENSION[name]:
+                raise ConfigError(f"model {self.name!r}: {name} must be an integer in 1..{_MAX_DIMENSION[name]:,}, "
+                                  f"got {value!r}")
         kv = self.heads if self.kv_heads is None else self.kv_heads
         if isinstance(kv, bool) or not isinstance(kv, int) or kv < 1 or self.heads % kv:
             raise ConfigError(f"model {self.name!r}: kv_heads must be a positive divisor of heads ({self.heads}), "
@@ -365,9 +372,13 @@ def load_model(path: str | os.PathLike) -> Model:
     """A Model from a TOML file (see the module docstring for its keys); ConfigError on any problem."""
     import tomllib
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"a model file path must be a string or a path, got {type(path).__name__}")
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            data = tomllib.loads(fh.read().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"model file {os.fspath(path)!r} is not a text file (not UTF-8); expected TOML") from None
     except FileNotFoundError:
         raise ConfigError(f"model file {os.fspath(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
@@ -401,7 +412,12 @@ def load_model(path: str | os.PathLike) -> Model:
 
 
 def resolve_model(name_or_path: str) -> Model:
-    """A preset by name, or a TOML model file by path."""
+    """A preset by name, or a TOML model file by path; ConfigError for anything else."""
+    if isinstance(name_or_path, Model):
+        return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ConfigError(f"a model is a preset name or a TOML file path, got {type(name_or_path).__name__}")
+    name_or_path = os.fspath(name_or_path)
     if name_or_path.lower() in MODELS:
         return MODELS[name_or_path.lower()]
     if name_or_path.endswith(".toml") or os.path.exists(name_or_path):

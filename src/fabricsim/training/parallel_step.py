@@ -212,7 +212,7 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
     kind = "all_reduce" if layout.zero == 0 else "reduce_scatter"
     algorithm = config.algorithm
     if kind == "all_reduce" and algorithm == "auto" and d > 1:
-        algorithm = runner.choose(int(min(bucket, max(gbytes))), dpcp[0])
+        algorithm = runner.choose(int(min(bucket, max(gbytes))), groups=dpcp)  # with every group running
     gbucket = bucket_params(d) * config.bytes_per_grad
     dur: dict = {}
     chains = []
@@ -257,6 +257,10 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
     traffic = {
         "tp": m * model.layers / p * per_block,
         "pp": pipe.p2p_bytes_per_rank,
+        "cp": (m * model.layers / p * (layout.cp - 1)
+               * (results["cp"][0].bytes_per_rank + results["cp"][1].bytes_per_rank)) if "cp" in results else 0.0,
+        "ep": (m * 4 * sum(w.moe_blocks for w in work) / p * results["ep"][0].bytes_per_rank)
+        if "ep" in results else 0.0,
         "dp": dp_sent / p,
     }
     forward = sum(m * fwd[k * p + crit] for k in range(v))

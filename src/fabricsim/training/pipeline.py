@@ -22,9 +22,10 @@ schedule leaves. With free communication and equal stages, the step is ``(m + p 
 Scale: the data-parallel replicas, tensor ranks and context ranks of a stage run the same schedule in
 lock-step (they are symmetric and wait for each other at every collective), so ONE process per stage
 stands for all of them, and each stage boundary's sends are ONE flow group holding the pairs of every
-replica (``gpus / p`` flows): 8,192 GPUs in 16 stages is 16 processes and one group per send, contending
-with each other on the fabric. A group completes when its slowest flow does, which is when the slowest
-replica could proceed.
+replica (``gpus / p`` pairs, each over ``P2P_CHANNELS`` flows as NCCL splits them): 8,192 GPUs in 16 stages
+is 16 processes and one group per send, contending with each other on the fabric. A group completes when
+its slowest flow does, which is when the slowest replica could proceed: with many replicas this takes the
+worst replica at every hop, an upper bound on the step (the worst replica overall may differ per hop).
 """
 
 from __future__ import annotations
@@ -35,7 +36,19 @@ import numpy as np
 
 from fabricsim.errors import ConfigError
 
-__all__ = ["PipelineSpec", "PipelineResult", "schedule_ops", "simulate_pipeline"]
+__all__ = ["PipelineSpec", "PipelineResult", "schedule_ops", "simulate_pipeline", "P2P_CHANNELS"]
+
+# NCCL spreads a point-to-point transfer to a network peer over NCCL_NCHANNELS_PER_NET_PEER channels
+# (default 2, NCCL environment-variable documentation), i.e. two flows with their own ECMP hash.
+P2P_CHANNELS = 2
+
+
+def _boundary_group(fabric, src_ranks, dst_ranks, nbytes: float, label: str):
+    """One stage boundary's sends, every replica's pair split over P2P_CHANNELS flows."""
+    src = np.repeat(np.asarray(src_ranks, dtype=np.int64), P2P_CHANNELS)
+    dst = np.repeat(np.asarray(dst_ranks, dtype=np.int64), P2P_CHANNELS)
+    key = np.tile(np.arange(P2P_CHANNELS, dtype=np.int64), len(src_ranks))
+    return fabric.group_by_rank(src, dst, float(nbytes) / P2P_CHANNELS, key=key, label=label)
 
 
 @dataclass
@@ -133,8 +146,8 @@ def boundary_times(make_sim, spec: PipelineSpec) -> dict | None:
     groups = {}
     used = []
     for a, b in sorted(pairs):
-        groups[(a, b)] = fabric.group_by_rank(np.asarray(spec.stage_ranks[a]), np.asarray(spec.stage_ranks[b]),
-                                              float(spec.p2p_bytes), label=f"pp {a}->{b}")
+        groups[(a, b)] = _boundary_group(fabric, spec.stage_ranks[a], spec.stage_ranks[b], spec.p2p_bytes,
+                                         f"pp {a}->{b}")
         used.append(fabric.links_used(groups[(a, b)]))
     allused = np.concatenate(used)
     if np.unique(allused).shape[0] != allused.shape[0]:
@@ -187,9 +200,8 @@ def _run(sim, spec: PipelineSpec, trace_ranks: bool, times: dict | None) -> Pipe
     def flow_group(s_from: int, s_to: int, what: str):
         key = (s_from, s_to)
         if key not in groups:
-            src = np.asarray(spec.stage_ranks[s_from], dtype=np.int64)
-            dst = np.asarray(spec.stage_ranks[s_to], dtype=np.int64)
-            groups[key] = fabric.group_by_rank(src, dst, float(spec.p2p_bytes), label=f"pp {what} {s_from}->{s_to}")
+            groups[key] = _boundary_group(fabric, spec.stage_ranks[s_from], spec.stage_ranks[s_to], spec.p2p_bytes,
+                                          f"pp {what} {s_from}->{s_to}")
         return groups[key]
 
     def deliver(target_key, s_from, s_to, what):

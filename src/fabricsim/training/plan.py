@@ -59,7 +59,7 @@ from functools import lru_cache
 from typing import Callable, Iterator, Sequence
 
 from fabricsim.errors import ConfigError, InfeasibleError
-from fabricsim.training.layout import Layout
+from fabricsim.training.layout import DEFAULT_ORDER, Layout
 from fabricsim.training.memory import MemoryReport, gpu_capacity, memory_report, stage_layers
 from fabricsim.training.models import Model
 
@@ -121,11 +121,14 @@ class SearchSpace:
     tp: Sequence[int] | None = None
     cp: Sequence[int] | None = (1, 2, 4, 8, 16)
     pp: Sequence[int] | None = None
+    dp: Sequence[int] | None = None
     ep: Sequence[int] | None = None
     virtual_stages: Sequence[int] | None = (1, 2, 4, 8)
     micro_batch: Sequence[int] | None = (1, 2, 4)
     zero: Sequence[int] | None = (0, 1, 2, 3)
     recompute: Sequence[str] | None = ("none", "selective", "full")
+    order: str = DEFAULT_ORDER  # rank order of every layout (``layout.Layout``)
+    sequence_parallel: bool | None = None  # None: on with TP
 
     def values(self, name: str, allowed: Sequence) -> list:
         """The allowed values of ``name`` that this space tries."""
@@ -234,6 +237,8 @@ def enumerate_layouts(model: Model, gpus: int, global_batch: int, *, domain_size
             rest = gpus // (tp * cp)
             for pp in space.values("pp", [p for p in _divisors(rest) if p <= model.layers]):
                 dp = rest // pp
+                if not space.values("dp", [dp]):
+                    continue
                 eps = [1]
                 if model.is_moe:
                     eps = [e for e in _divisors(dp * cp) if model.experts % e == 0]
@@ -249,7 +254,30 @@ def enumerate_layouts(model: Model, gpus: int, global_batch: int, *, domain_size
                             for zero in space.values("zero", [0, 1, 2, 3] if dp * cp > 1 else [0]):
                                 for rc in space.values("recompute", ["none", "selective", "full"]):
                                     yield (Layout(tp=tp, cp=cp, pp=pp, dp=dp, ep=ep, virtual_stages=v,
-                                                  micro_batch=mb, zero=zero, recompute=rc), m)
+                                                  micro_batch=mb, zero=zero, recompute=rc, order=space.order,
+                                                  sequence_parallel=space.sequence_parallel), m)
+
+
+def _stride(layout: Layout, dim: str) -> int:
+    """Rank distance between neighbours along ``dim`` in the layout's rank order (fastest first)."""
+    stride = 1
+    for d in layout.dims:
+        if d == dim:
+            return stride
+        stride *= layout.size(d)
+    raise ConfigError(f"unknown dimension {dim!r}")
+
+
+def _span(layout: Layout, dim: str, n: int | None = None) -> int:
+    """Consecutive ranks that hold a whole group of ``n`` (default all) neighbours along ``dim``."""
+    return _stride(layout, dim) * (layout.size(dim) if n is None else n)
+
+
+def _ep_span(layout: Layout) -> int:
+    """An expert-parallel group takes ``ep`` consecutive (cp fastest, then dp) positions."""
+    if layout.ep <= layout.cp:
+        return _span(layout, "cp", layout.ep)
+    return max(_span(layout, "cp"), _span(layout, "dp", -(-layout.ep // layout.cp)))
 
 
 def _ring(n: int, nbytes: float, link) -> float:
@@ -284,7 +312,7 @@ def _rank_flops(model: Model, pp: int, virtual_stages: int) -> tuple[tuple[float
 
 def estimate_step(model: Model, layout: Layout, micro_batches: int, fabric: FabricFigures, *,
                   efficiency: float | None = None, memory: MemoryReport | None = None,
-                  grad_bytes: int = 2) -> Estimate:
+                  grad_bytes: int = 2, tp_comm_overlap: bool = False) -> Estimate:
     """The closed-form step of the module docstring."""
     t, cp, p, dp, v, m = layout.tp, layout.cp, layout.pp, layout.dp, layout.virtual_stages, micro_batches
     gpus = layout.gpus
@@ -308,21 +336,23 @@ def estimate_step(model: Model, layout: Layout, micro_batches: int, fabric: Fabr
     exposed = dict.fromkeys(KINDS, 0.0)
     if t > 1:
         per_layer = 4 + (2 if layout.recompute == "full" else 0)
-        exposed["tp"] = m * layers * per_layer * _ring(t, s_local * b * h * 2, fabric.link(t))
+        exposed["tp"] = m * layers * per_layer * _ring(t, s_local * b * h * 2, fabric.link(_span(layout, "tp")))
+        if tp_comm_overlap:  # Megatron's --tp-comm-overlap pipelines it with the GEMMs: only the excess shows
+            exposed["tp"] = max(0.0, exposed["tp"] - compute * (1 - attention_fwd / forward))
     if cp > 1:
         kv = (model.kv_heads * model.head_dim if not model.latent_attention else model.qk_dim + model.v_dim)
         block = s_local * b * 2 * kv * 2 / t  # K and V of one chunk, bf16, split over TP heads
-        bw, lat = fabric.link(t * cp)
+        bw, lat = fabric.link(_span(layout, "cp"))
         ring = 3 * (cp - 1) * (lat + block / bw)  # forward once, backward twice (KV and their gradients)
         attn_time = attention / speed / (m * model.layers / p)  # one layer's forward attention, one micro-batch
         exposed["cp"] = m * layers * max(0.0, ring - attn_time)
     if model.is_moe and layout.ep > 1:
         tokens_local = s_local * b / (t if layout.sequence_parallel else 1)
         exposed["ep"] = m * moe_layers * 4 * _half_ring(layout.ep, tokens_local * model.top_k * h * 2,
-                                                         fabric.link(t * layout.ep))
+                                                         fabric.link(_ep_span(layout)))
     if p > 1:
         act = s_local * b * h * 2 / (t if layout.sequence_parallel else 1)
-        hop = _half_ring(2, 2 * act, fabric.link(gpus // p))  # one activation (or its gradient) to a neighbour
+        hop = _half_ring(2, 2 * act, fabric.link(_span(layout, "pp", 2)))  # one activation to the next stage
         # 1F1B blocks on its sends and receives every micro-batch; interleaving overlaps them (Megatron-LM's
         # overlap_p2p_comm) except in the fill and drain
         exposed["pp"] = 2 * (m + p - 1) * hop if v == 1 else 2 * v * (p - 1) * hop
@@ -331,8 +361,9 @@ def estimate_step(model: Model, layout: Layout, micro_batches: int, fabric: Fabr
 
     # data parallel: dense weights over dp x cp, routed experts over dp x cp / ep; after the last backward
     mem = memory or memory_report(model, layout, micro_batches=m)
-    parts = [(mem.detail.get("dense_weights", mem.params_per_gpu), dp * cp, t * cp * dp),
-             (mem.detail.get("expert_weights", 0.0), dp * cp // layout.ep, t * cp * dp)]
+    span = max(_span(layout, "dp"), _span(layout, "cp"))
+    parts = [(mem.detail.get("dense_weights", mem.params_per_gpu), dp * cp, span),
+             (mem.detail.get("expert_weights", 0.0), dp * cp // layout.ep, span)]
     window_bwd, window_fwd = 2 * per_micro / 3, per_micro / 3
     for weights, group, span in parts:
         if group < 2 or weights <= 0:
@@ -352,7 +383,8 @@ def estimate_step(model: Model, layout: Layout, micro_batches: int, fabric: Fabr
 
 def plan(model: Model, fabric: FabricFigures, global_batch: int, *, gpus: int | None = None,
          space: SearchSpace = SearchSpace(), top: int = 5, simulate: Callable | None = None,
-         keep_oom: bool = False, efficiency: float | None = None,
+         keep_oom: bool = False, efficiency: float | None = None, budget: float | None = None,
+         tp_comm_overlap: bool = False,
          progress: Callable[[int, int], None] | None = None) -> PlanResult:
     """Search the layouts of ``model`` on ``fabric`` (see the module docstring).
 
@@ -364,6 +396,8 @@ def plan(model: Model, fabric: FabricFigures, global_batch: int, *, gpus: int | 
         estimates only.
     keep_oom : bool
         Keep the layouts that do not fit as rows after the fitting ones.
+    budget : float, optional
+        Seconds (wall) after which no further simulation starts; the estimate-best is always simulated.
     progress : callable, optional
         ``progress(done, total)`` as the search advances (enumeration counts as one unit per layout, each
         simulation as a share of the same bar).
@@ -390,7 +424,8 @@ def plan(model: Model, fabric: FabricFigures, global_batch: int, *, gpus: int | 
         mem = memory_report(model, lay, capacity=fabric.capacity, micro_batches=m)
         cand = Candidate(lay, m, mem)
         if cand.fits:
-            cand.estimate = estimate_step(model, lay, m, fabric, efficiency=efficiency, memory=mem)
+            cand.estimate = estimate_step(model, lay, m, fabric, efficiency=efficiency, memory=mem,
+                                          tp_comm_overlap=tp_comm_overlap)
             fitting.append(cand)
         elif keep_oom:
             oom.append(cand)
@@ -403,6 +438,8 @@ def plan(model: Model, fabric: FabricFigures, global_batch: int, *, gpus: int | 
     done = 0
     if simulate is not None:
         for k, cand in enumerate(fitting[:top]):
+            if k and budget is not None and time.perf_counter() - t0 > budget:
+                break
             cand.simulated = simulate(cand.layout, cand.micro_batches)
             done += 1
             if progress:
@@ -455,18 +492,20 @@ def write_plan(result: PlanResult, out_dir: str, *, meta: dict | None = None) ->
 
 def format_table(result: PlanResult, *, rows: int = 10) -> list[str]:
     """The ranked table as text lines: layout, micro-batches, memory, step time, MFU, the breakdown."""
-    head = (f"{'#':>3}  {'layout':<58}{'m':>5}{'mem GB':>8}{'step s':>9}{'MFU':>7}{'compute':>9}{'bubble':>8}"
+    shown = result.candidates if not rows else result.candidates[:rows]
+    names = [c.layout.describe() + (f", mb {c.layout.micro_batch}" if c.layout.micro_batch > 1 else "")
+             for c in shown]
+    w = max([len("layout")] + [len(n) for n in names]) + 2
+    head = (f"{'#':>3}  {'layout':<{w}}{'m':>5}{'mem GB':>8}{'step s':>9}{'MFU':>7}{'compute':>9}{'bubble':>8}"
             + "".join(f"{k.upper():>7}" for k in KINDS) + "  source")
     lines = [head]
-    shown = result.candidates if not rows else result.candidates[:rows]
-    for i, c in enumerate(shown, start=1):
-        lay = c.layout.describe() + (f", mb {c.layout.micro_batch}" if c.layout.micro_batch > 1 else "")
+    for i, (c, lay) in enumerate(zip(shown, names), start=1):
         res = c.best
         if res is None:
-            lines.append(f"{i:>3}  {lay:<58}{c.micro_batches:>5}{c.memory.total / 1e9:>8.1f}"
+            lines.append(f"{i:>3}  {lay:<{w}}{c.micro_batches:>5}{c.memory.total / 1e9:>8.1f}"
                          f"  out of memory ({c.memory.capacity / 1e9:.0f} GB)")
             continue
-        lines.append(f"{i:>3}  {lay:<58}{c.micro_batches:>5}{c.memory.total / 1e9:>8.1f}{res.step_time:>9.3f}"
+        lines.append(f"{i:>3}  {lay:<{w}}{c.micro_batches:>5}{c.memory.total / 1e9:>8.1f}{res.step_time:>9.3f}"
                      f"{100 * res.mfu:>6.1f}%{res.compute:>9.3f}{res.bubble:>8.3f}"
                      + "".join(f"{res.exposed.get(k, 0.0):>7.3f}" for k in KINDS) + f"  {res.source}")
     if rows and len(result.candidates) > rows:
@@ -475,10 +514,11 @@ def format_table(result: PlanResult, *, rows: int = 10) -> list[str]:
 
 
 def step_simulator(topology, model: Model, global_batch: int, *, precision: str = "bf16",
-                   algorithm: str = "auto", runner=None) -> Callable:
+                   algorithm: str = "auto", runner=None, **options) -> Callable:
     """``simulate(layout, micro_batches) -> Estimate``: the training step (``step.simulate_step``) of
     ``layout`` on ``topology`` at a fixed global batch, its breakdown by kind mapped onto ``KINDS``
-    (``pp_p2p`` is the pipeline's exposed send/receive time)."""
+    (``pp_p2p`` is the pipeline's exposed send/receive time). ``options`` are further ``StepConfig`` fields
+    (``tp_comm_overlap``, ``bucket_bytes``...)."""
     from fabricsim.collectives import CALIBRATED, AllreduceRunner
     from fabricsim.training.step import StepConfig, simulate_step
 
@@ -489,7 +529,7 @@ def step_simulator(topology, model: Model, global_batch: int, *, precision: str 
                             global_batch=global_batch, tp=layout.tp, cp=layout.cp, pp=layout.pp, dp=layout.dp,
                             ep=layout.ep, virtual_stages=layout.virtual_stages, micro_batch=layout.micro_batch,
                             zero=layout.zero, recompute=layout.recompute,
-                            sequence_parallel=layout.sequence_parallel, order=layout.order)
+                            sequence_parallel=layout.sequence_parallel, order=layout.order, **options)
         res = simulate_step(topology, config, runner=runner)
         part = res.breakdown
         exposed = {k: float(part.get("pp_p2p" if k == "pp" else k, 0.0)) for k in KINDS}

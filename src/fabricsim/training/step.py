@@ -56,6 +56,7 @@ from fabricsim.training.trace import write_step_trace
 __all__ = ["BREAKDOWN_KINDS", "compute_rate", "check_memory", "DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
            "simulate_step", "write_step_trace"]
 
+MIN_MFU = 1e-3
 DEFAULT_MFU = None  # the per-generation efficiency of compute.EFFICIENCY (see there for its source)
 DEFAULT_BUCKET = 25 * 2**20  # PyTorch DistributedDataParallel bucket_cap_mb default (25 MiB)
 BREAKDOWN_KINDS = ("compute", "pp_bubble", "pp_p2p", "tp", "cp", "ep", "dp")
@@ -74,9 +75,10 @@ class StepConfig:
     precision : str
         GPU tensor-core precision for the compute ("bf16", "fp8", "fp4").
     mfu : float, optional
-        Share of dense peak the model FLOPs reach in compute, in (0, 1]; default: the documented
-        efficiency of the GPU generation and precision (``compute.EFFICIENCY``) applied to the FLOPs the
-        kernels execute (``compute.block_flops``).
+        Share of dense peak the model FLOPs reach in compute, in [0.001, 1] (below 0.1% the step is all
+        compute and its times lose their precision); default: the documented efficiency of the GPU
+        generation and precision (``compute.EFFICIENCY``) applied to the FLOPs the kernels execute
+        (``compute.block_flops``).
     tp : int
         Tensor-parallel width, inside one NVLink domain.
     scaling : {"weak", "strong"}
@@ -93,6 +95,12 @@ class StepConfig:
         The parallel layout (see ``layout.Layout``); ``dp`` defaults to what the GPU count leaves.
     tp_comm_overlap : bool
         Megatron's ``--tp-comm-overlap``: TP communication hidden behind the block's GEMMs where it fits.
+
+    Raises
+    ------
+    ConfigError
+        ``model`` not a Model, ``mfu`` outside [0.001, 1], a non-positive integer field, an unknown
+        scaling, a non-string algorithm or precision, a non-positive peak.
     """
 
     model: Model
@@ -121,17 +129,26 @@ class StepConfig:
     tp_comm_overlap: bool = False
 
     def __post_init__(self) -> None:
-        if self.mfu is not None and not (isinstance(self.mfu, (int, float)) and 0 < self.mfu <= 1):
-            raise ConfigError(f"mfu must be in (0, 1], got {self.mfu!r}")
+        if not isinstance(self.model, Model):
+            raise ConfigError(f"model must be a Model (e.g. fabricsim.resolve_model('llama3-8b')), "
+                              f"got {type(self.model).__name__}")
+        if self.mfu is not None and (isinstance(self.mfu, bool) or not isinstance(self.mfu, (int, float))
+                                     or not MIN_MFU <= self.mfu <= 1):
+            raise ConfigError(f"mfu must be in [{MIN_MFU:g}, 1], got {self.mfu!r}")
+        for name in ("algorithm", "precision"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.scaling not in ("weak", "strong"):
             raise ConfigError(f"scaling must be 'weak' or 'strong', got {self.scaling!r}")
         for name in ("tp", "batch", "global_batch", "bucket_bytes", "bytes_per_grad", "activation_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.peak_flops is not None and not self.peak_flops > 0:
+        if self.peak_flops is not None and (isinstance(self.peak_flops, bool) or not isinstance(
+                self.peak_flops, (int, float)) or not self.peak_flops > 0):
             raise ConfigError(f"peak FLOP/s must be positive, got {self.peak_flops!r}")
-        self.layout_for(self.tp * self.cp * self.pp * (self.dp or 1))  # validates the layout options
+        dp = self.dp or self.ep  # validates the layout options (dp is derived later from the GPU count)
+        self.layout_for(self.tp * self.cp * self.pp * dp)
 
     def layout_for(self, gpus: int) -> Layout:
         """The Layout of this step on ``gpus`` GPUs (``dp`` derived from the GPU count unless given)."""
@@ -278,7 +295,8 @@ def _peak(topology, config: StepConfig) -> float:
         return float(config.peak_flops)
     gpu = getattr(topology, "hardware", {}).get("gpu")
     if gpu is None or not hasattr(gpu, "peak_flops"):
-        raise ConfigError(f"topology {topology.name or ''} names no GPU preset: give the peak FLOP/s explicitly")
+        raise ConfigError(f"topology {topology.name or ''} names no GPU preset: give the peak FLOP/s explicitly "
+                          "(StepConfig(peak_flops=...); on the command line --peak-flops or --gpu)")
     return gpu.peak_flops(config.precision)
 
 
@@ -309,23 +327,27 @@ def _sequences(config: StepConfig, dp: int) -> float:
     return float(config.global_batch)
 
 
+#: Most gradient buckets a step may hold: DDP's 25 MiB buckets give 16,000 for a 405B model in bf16.
+MAX_BUCKETS = 1_000_000
+
+
 def _bucket_sizes(grad_bytes: int, bucket: int) -> np.ndarray:
     full, rest = divmod(grad_bytes, bucket)
+    if full + bool(rest) > MAX_BUCKETS:
+        raise ConfigError(f"a {bucket}-byte bucket cuts {grad_bytes:,} gradient bytes into {full + bool(rest):,} "
+                          f"buckets (at most {MAX_BUCKETS:,}): use a larger bucket (e.g. 25MiB)")
     sizes = [bucket] * full + ([rest] if rest else [])
     return np.asarray(sizes, dtype=np.int64)
 
 
 def _concurrent_allreduce(runner: AllreduceRunner, groups: list, nbytes: int, algorithm: str):
     """Every group all-reduces ``nbytes`` at the same instant on an idle fabric; the slowest group's result."""
-    sim = runner.simulation(record=None)
-    procs = [allreduce(sim, int(nbytes), ranks=g, algorithm=algorithm, protocol=runner.protocol,
-                       calibration=runner.calibration) for g in groups]
-    sim.run()
-    return max((p.value for p in procs), key=lambda r: r.time)
+    return runner.run_concurrent(int(nbytes), groups, algorithm)
 
 
-def _resolve_algorithm(runner: AllreduceRunner, algorithm: str, nbytes: int, ranks) -> str:
-    return runner.choose(int(nbytes), ranks) if algorithm == "auto" else algorithm
+def _resolve_algorithm(runner: AllreduceRunner, algorithm: str, nbytes: int, groups) -> str:
+    """``auto``: the algorithm fastest with all ``groups`` running at once, as they do in the step."""
+    return runner.choose(int(nbytes), groups=groups) if algorithm == "auto" else algorithm
 
 
 def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | None = None,
@@ -349,8 +371,16 @@ def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | Non
     InfeasibleError
         ``tp`` wider than a domain or not dividing it; a strong-scaling batch smaller than the replicas.
     ConfigError
-        A precision the GPU lacks, an unknown algorithm, an algorithm the fabric lacks.
+        A precision the GPU lacks, an unknown algorithm, an algorithm the fabric lacks, a topology or
+        config of the wrong type, a fabric file with no GPU preset and no ``peak_flops``, buckets so small
+        that a step would hold more than ``MAX_BUCKETS`` of them.
     """
+    from fabricsim.topologies.base import Topology
+
+    if not isinstance(topology, Topology):
+        raise ConfigError(f"simulate_step needs a Topology (fabricsim.build(name)), got {type(topology).__name__}")
+    if not isinstance(config, StepConfig):
+        raise ConfigError(f"simulate_step needs a StepConfig, got {type(config).__name__}")
     if engine not in ("fast", "events"):
         raise ConfigError(f"engine must be 'fast' or 'events', got {engine!r}")
     runner = runner or AllreduceRunner(topology, calibration=CALIBRATED)
@@ -388,7 +418,7 @@ def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | Non
             tp_result = CollectiveResult("ring reduce-scatter + all-gather", "simple", len(ranks), int(tp_bytes),
                                          rs.time + ag.time)
         else:
-            tp_result = runner.run(tp_bytes, _resolve_algorithm(runner, "auto", tp_bytes, ranks), ranks=ranks)
+            tp_result = runner.run(tp_bytes, _resolve_algorithm(runner, "auto", tp_bytes, [ranks]), ranks=ranks)
         per_pass = 2 * model.layers * (sequences / layout.dp) * tp_result.time
         tp_fwd = tp_bwd = per_pass
 
@@ -401,10 +431,11 @@ def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | Non
     results: dict[int, CollectiveResult] = {}
     algorithm = config.algorithm
     if len(sizes):
-        algorithm = _resolve_algorithm(runner, config.algorithm, int(sizes[0]), layout.dp_groups[0])
+        algorithm = _resolve_algorithm(runner, config.algorithm, int(sizes[0]), layout.dp_groups)
     if engine == "fast" or not len(sizes):
         for size in np.unique(sizes).tolist():
-            results[size] = _concurrent_allreduce(runner, layout.dp_groups, size, algorithm)
+            chosen = _resolve_algorithm(runner, config.algorithm, size, layout.dp_groups)
+            results[size] = _concurrent_allreduce(runner, layout.dp_groups, size, chosen)
         durations = np.array([results[s].time for s in sizes.tolist()], dtype=float)
         # end_i = max_j<=i (ready_j + sum_{k=j..i} d_k): a running maximum over a prefix sum
         csum = np.cumsum(durations)
@@ -453,7 +484,7 @@ def _events_chain(runner, layout: StepLayout, sizes, ready, algorithm, trace, fo
             i = yield released.get()
             start[i] = env.now
             procs = [allreduce(sim, int(sizes[i]), ranks=g, algorithm=algorithm, protocol=runner.protocol,
-                               calibration=runner.calibration) for g in layout.dp_groups]
+                               calibration=runner.calibration, memo=runner.memo) for g in layout.dp_groups]
             yield env.all_of(procs)
             end[i] = env.now
             results.setdefault(int(sizes[i]), max((p.value for p in procs), key=lambda r: r.time))
@@ -479,13 +510,17 @@ def check_memory(topology, config: StepConfig):
     capacity = gpu_capacity(topology)
     if capacity is None:
         return None
-    layout = config.layout_for(topology.num_gpus)
+    layout = shown = config.layout_for(topology.num_gpus)
+    if layout.recompute == "none":
+        # fused (flash) attention, what Megatron-Core runs, never stores the s x s scores: the activation
+        # memory of selective recomputation (Korthikanti et al. 2022, section 5; Dao et al. 2022)
+        layout = layout.with_(recompute="selective")
     sequences = _sequences(config, layout.dp)
     micro = max(1, int(sequences // (layout.dp * layout.micro_batch)))
     report = memory_report(config.model, layout, capacity=capacity, grad_bytes=config.bytes_per_grad,
                            micro_batches=micro)
     if not report.fits():
-        raise InfeasibleError(f"{layout.describe()} does not fit in memory: {report.describe()} "
+        raise InfeasibleError(f"{shown.describe()} does not fit in memory: {report.describe()} "
                               "(raise --tp/--pp, use --zero or --recompute, or add GPUs)")
     return report
 
