@@ -312,17 +312,24 @@ class AllreduceRunner:
         return sim
 
     def run(self, nbytes: int, algorithm: str = "ring", *, ranks: Sequence[int] | None = None,
-            data: dict | None = None, trace: str | None = None, channels: int | None = None) -> CollectiveResult:
-        """One all-reduce alone on an idle fabric; ``trace`` writes its Perfetto timeline."""
+            data: dict | None = None, trace: str | None = None, channels: int | None = None,
+            trace_ranks=None) -> CollectiveResult:
+        """One all-reduce alone on an idle fabric; ``trace`` writes its Perfetto timeline (only the
+        GPU tracks of ``trace_ranks``, if given; a failed run leaves no file)."""
         _check_run(nbytes, algorithm, channels)
         if algorithm == "auto":
             algorithm = self.choose(nbytes, ranks)
-        sim = self.simulation(trace=trace is not None, record="groups" if trace else None)
-        proc = allreduce(sim, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
-                         calibration=self.calibration, channels=channels, data=data, memo=self.memo)
-        sim.run()
-        if trace is not None:
-            sim.write_trace(trace)
+        sim = self.simulation(trace=trace if trace is not None else False, record="groups" if trace else None,
+                              trace_ranks=trace_ranks)
+        try:
+            proc = allreduce(sim, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
+                             calibration=self.calibration, channels=channels, data=data, memo=self.memo)
+            sim.run()
+            if trace is not None:
+                sim.write_trace(trace)
+        finally:
+            if sim.tracer is not None:
+                sim.tracer.discard()  # a no-op once written; a failed run leaves no file
         return proc.value
 
     def run_concurrent(self, nbytes: int, groups: Sequence[Sequence[int]], algorithm: str) -> CollectiveResult:
