@@ -342,8 +342,6 @@ def test_package_ships_py_typed_and_a_license():
     assert meta["project"]["urls"]
 
 
-@pytest.mark.xfail(strict=False, reason="protocol cost model of non-NVLink fabrics: collectives/select.py is being "
-                                        "rewritten by the correctness work (issue 12's LL-for-1-GiB case)")
 def test_protocol_auto_picks_simple_for_1_gib_on_a_fabric_without_nvlink(tmp_path):
     runner = fabricsim.AllreduceRunner(load(fabric(tmp_path)))
     assert runner.run(2**30, "ring").protocol == "simple"

@@ -33,3 +33,43 @@ def test_allreduce_trace_file(tmp_path):
     AllreduceRunner(build("dgx-h100")).run(2**20, "ring", trace=str(path))
     events = json.loads(path.read_text())["traceEvents"]
     assert sum(e.get("cat") == "flow" for e in events) == 8 * 14  # 8 ranks x 2(p-1) steps
+
+
+def test_trace_ranks_keep_only_the_selected_tracks(tmp_path):
+    path = tmp_path / "sel.json"
+    AllreduceRunner(build("dgx-h100")).run(2**20, "ring", trace=str(path), trace_ranks=[1, 5])
+    events = json.loads(path.read_text())["traceEvents"]
+    flows = [e for e in events if e.get("cat") == "flow"]
+    assert {e["tid"] for e in flows} == {1, 5} and len(flows) == 2 * 14
+    assert all(e["args"]["bytes"] > 0 for e in flows)
+
+
+def test_failed_run_leaves_no_trace_file(tmp_path):
+    path = tmp_path / "broken.json"
+    sim = Simulation(star(2), trace=str(path))
+
+    def gpu(sim):
+        yield sim.fabric.transfer("g0", "g1", 10**6)
+        raise RuntimeError("boom")
+
+    sim.process(gpu(sim))
+    try:
+        sim.run()
+    except RuntimeError:
+        sim.tracer.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_trace_ranks(tmp_path):
+    from click.testing import CliRunner
+
+    from fabricsim.cli.main import cli
+
+    path = tmp_path / "t.json"
+    args = ["allreduce", "--topology", "dgx-h100", "--algorithm", "ring", "--min-bytes", "1M", "--max-bytes", "1M",
+            "--trace", str(path)]
+    ok = CliRunner().invoke(cli, args + ["--trace-ranks", "0-1"])
+    assert ok.exit_code == 0, ok.output
+    assert {e["tid"] for e in json.loads(path.read_text())["traceEvents"] if e.get("cat") == "flow"} == {0, 1}
+    bad = CliRunner().invoke(cli, args + ["--trace-ranks", "0-99"])
+    assert bad.exit_code == 2 and "--trace-ranks" in bad.output and "Traceback" not in bad.output

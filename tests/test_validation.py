@@ -175,3 +175,9 @@ def test_cli_validate_strict_exit_code(tmp_path):
     result = CliRunner().invoke(cli, ["validate", "--quick", "--strict", "--no-plot", "--out", str(tmp_path)])
     failing = any(quick_report()[rid].status != "ok" for rid in quick_report())
     assert result.exit_code == (1 if failing else 0), result.output
+
+
+def test_collectives_option_leaves_out_training_rows():
+    rows = [r for r in load_reference() if r.id in ("B053", "D149-96")]
+    res = validate(rows, collectives=True)
+    assert [r.row.id for r in res.results] == ["B053"]

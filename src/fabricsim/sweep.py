@@ -79,6 +79,7 @@ class SweepSpec:
     strict_algorithms: bool = False
     faults: tuple = ()  # fault texts (topologies.faults syntax) applied to every size's fabric
     estimate: str = "simulate"  # message mode: "analytic" uses the closed-form estimate (no simulation)
+    calibration: object = None  # a Calibration (``--calibration FILE``); None: the shipped one
 
     def __post_init__(self) -> None:
         if self.mode not in ("step", "message"):
@@ -175,7 +176,7 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
     if curve is None:
         curve = spec.mode == "step" and gpus == spec.curve_gpus
     topo = _build(spec, gpus)
-    runner = AllreduceRunner(topo)
+    runner = AllreduceRunner(topo, **({"calibration": spec.calibration} if spec.calibration else {}))
     fabric = runner.simulation(record=None).fabric
     ranks = step_layout(topo, spec.step.tp).dp_groups[0] if spec.mode == "step" else None
     layout = GroupLayout.of(fabric, ranks)

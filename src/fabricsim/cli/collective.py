@@ -12,11 +12,12 @@ import click
 
 from fabricsim.cli.faults import fault_options, with_faults
 from fabricsim.cli.output import FORMATS, make_writer
-from fabricsim.cli.params import GPUS, SIZE, STEP_FACTOR
+from fabricsim.cli.params import GPUS, SIZE, STEP_FACTOR, calibration_option
 from fabricsim.collectives import KINDS, CollectiveRunner
 from fabricsim.collectives.check import count_wrong
 from fabricsim.collectives.records import DTYPES, REDOPS, dtype_name, dtype_size, nccl_size, record
 from fabricsim.errors import ConfigError
+from fabricsim.simulator.trace import parse_ranks
 from fabricsim.topologies.io import resolve
 
 __all__ = ["COMMANDS", "make_command", "size_series", "MAX_SIZES"]
@@ -93,20 +94,25 @@ change nothing (a simulation is deterministic: every iteration takes the same ti
     @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
     @click.option("--trace", type=click.Path(dir_okay=False), default=None,
                   help="Perfetto trace of the largest size (simulate only).")
+    @click.option("--trace-ranks", default=None, metavar="RANKS",
+                  help="GPU tracks the trace keeps, e.g. 0-7,64 (default: all).")
     @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+    @calibration_option
     @fault_options
     def command(topology_name, gpus, planes, algorithm, protocol, min_bytes, max_bytes, step_factor, step_bytes,
-                dtype, op, root, check, iters, warmup_iters, blocking, model, fmt, trace, quiet, **faults):
-        run_collective(name, faults=faults, topology_name=topology_name, gpus=gpus, planes=planes, algorithm=algorithm,
+                dtype, op, root, check, iters, warmup_iters, blocking, model, fmt, trace, trace_ranks, quiet,
+                calibration=None, **faults):
+        run_collective(name, faults=faults, calibration=calibration, topology_name=topology_name, gpus=gpus,
+                       planes=planes, algorithm=algorithm,
                        protocol=protocol, sizes=size_series(min_bytes, max_bytes, step_factor, step_bytes),
                        dtype=dtype, op=op, root=root, check=bool(check), model=model, fmt=fmt, trace=trace,
-                       quiet=quiet, header=dict(min=min_bytes, max=max_bytes, factor=step_factor, step=step_bytes,
+                       trace_ranks=trace_ranks, quiet=quiet, header=dict(min=min_bytes, max=max_bytes, factor=step_factor, step=step_bytes,
                                                 iters=iters, warmup=warmup_iters))
     return command
 
 
-def run_collective(name: str, *, faults=None, topology_name, gpus, planes, algorithm, protocol, sizes, dtype, op, root, check,
-                   model, fmt, trace, quiet, header) -> None:
+def run_collective(name: str, *, faults=None, topology_name, gpus, planes, algorithm, protocol, sizes, dtype, op,
+                   root, check, model, fmt, trace, quiet, header, trace_ranks=None, calibration=None) -> None:
     """Run ``sizes`` of collective ``name`` and write one row per size as it finishes."""
     k = KINDS[name]
     dtype = dtype_name(dtype)
@@ -120,7 +126,11 @@ def run_collective(name: str, *, faults=None, topology_name, gpus, planes, algor
     p = topo.num_gpus
     if k.rooted and root >= p:
         raise ConfigError(f"--root {root} is not a rank of the {p} GPUs")
-    runner = CollectiveRunner(topo, protocol=protocol)
+    runner = CollectiveRunner(topo, protocol=protocol, **({"calibration": calibration} if calibration else {}))
+    try:
+        selected = parse_ranks(trace_ranks, p)
+    except ValueError as exc:
+        raise ConfigError(f"--trace-ranks: {exc}") from None
     step = f"{header['factor']:g}(factor)" if header["factor"] else \
         (f"{header['step']}(bytes)" if header["step"] else "2(factor)")
     writer = make_writer(fmt, preamble=[
@@ -141,7 +151,8 @@ def run_collective(name: str, *, faults=None, topology_name, gpus, planes, algor
             else:
                 chosen = runner.choose(name, size, root=where) if algorithm == "auto" else algorithm
                 last = trace is not None and i == len(sizes) - 1
-                res = runner.run(name, size, chosen, root=where, trace=trace if last else None)
+                res = runner.run(name, size, chosen, root=where, trace=trace if last else None,
+                                 trace_ranks=selected)
             wrong = None
             if check and model == "simulate":
                 wrong = count_wrong(runner, name, size, chosen, root=where, count=size // dtype_size(dtype), seed=i)

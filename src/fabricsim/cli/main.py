@@ -137,6 +137,7 @@ def _register() -> None:
     cli.add_command(plot.plot)
     from fabricsim.cli import plan; cli.add_command(plan.plan)  # noqa: E702
     from fabricsim.cli import cluster; cli.add_command(cluster.cluster)  # noqa: E702
+    from fabricsim.cli import calibrate; cli.add_command(calibrate.calibrate)  # noqa: E702
 
 
 _register()

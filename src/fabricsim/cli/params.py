@@ -27,7 +27,7 @@ from fabricsim.units import MAX_BYTES, MAX_RATE, MIN_RATE, parse_flops, parse_ra
 __all__ = [
     "Size", "SizeList", "Rate", "Flops", "BoundedFloat", "BoundedInt", "IntList",
     "SIZE", "RATE", "FLOPS", "STEP_FACTOR", "MFU", "GPUS", "CHANNELS", "OVERSUBSCRIPTION",
-    "MAX_GPUS", "MAX_CHANNELS_OPTION", "MAX_STEP_FACTOR",
+    "MAX_GPUS", "MAX_CHANNELS_OPTION", "MAX_STEP_FACTOR", "CalibrationFile", "calibration_option",
 ]
 
 #: Largest GPU count an option accepts; each preset refuses more than it holds with its own limit.
@@ -180,3 +180,20 @@ GPUS = BoundedInt(1, MAX_GPUS)
 CHANNELS = BoundedInt(1, MAX_CHANNELS_OPTION)
 #: Scale-out leaf down:up ratio: 0.1 (more uplinks than NICs) to 100:1.
 OVERSUBSCRIPTION = BoundedFloat(0.1, 100.0)
+
+
+class CalibrationFile(_Parsed):
+    """A calibration TOML file (``fabricsim calibrate -o FILE`` writes one), read into a Calibration."""
+
+    name = "file"
+
+    def _parse(self, value: str) -> Any:
+        from fabricsim.collectives.protocol import Calibration
+
+        return Calibration.load(value)
+
+
+def calibration_option(command):
+    """``--calibration FILE``: the parameter the command's runners use instead of the shipped calibration."""
+    return click.option("--calibration", type=CalibrationFile(), default=None,
+                        help="Calibration TOML (from `fabricsim calibrate`) [default: the shipped one].")(command)

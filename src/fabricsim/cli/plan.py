@@ -12,7 +12,7 @@ import click
 from click.core import ParameterSource
 
 from fabricsim.cli.layout_options import layout_options
-from fabricsim.cli.params import GPUS, BoundedInt, BoundedFloat
+from fabricsim.cli.params import GPUS, BoundedInt, BoundedFloat, calibration_option
 
 _SEARCHED = ("tp", "cp", "pp", "dp", "ep", "virtual_stages", "micro_batch", "zero", "recompute")
 
@@ -33,9 +33,10 @@ _SEARCHED = ("tp", "cp", "pp", "dp", "ep", "virtual_stages", "micro_batch", "zer
 @click.option("--show-oom", is_flag=True, help="Keep the layouts that do not fit in memory, as rows.")
 @click.option("--out", "-o", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Write plan.csv and plan.json into this directory.")
+@calibration_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 def plan(model, topology, gpus, global_batch, precision, layout, top, budget, rows, show_oom, out_dir,
-         progress) -> None:
+         progress, calibration=None) -> None:
     """Rank the parallel layouts of MODEL on GPUS of TOPOLOGY for a global batch: step time, MFU, memory.
 
     Layout options pin a dimension (--tp 8 searches only TP 8); the others are searched.
@@ -53,7 +54,9 @@ def plan(model, topology, gpus, global_batch, precision, layout, top, budget, ro
     topo = resolve(topology, gpus=gpus if topology in PRESETS else None)
     fabric = FabricFigures.from_topology(topo, precision)
     overlap = layout["tp_comm_overlap"]
-    simulate = (step_simulator(topo, mod, global_batch, precision=precision, tp_comm_overlap=overlap)
+    from fabricsim.collectives import AllreduceRunner
+    runner = AllreduceRunner(topo, calibration=calibration) if calibration else None
+    simulate = (step_simulator(topo, mod, global_batch, precision=precision, tp_comm_overlap=overlap, runner=runner)
                 if top > 0 else None)
     options = dict(top=top, simulate=simulate, keep_oom=show_oom, space=space, budget=budget,
                    tp_comm_overlap=overlap)

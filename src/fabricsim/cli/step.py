@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from fabricsim.cli.faults import fault_options, with_faults
-from fabricsim.cli.params import GPUS, OVERSUBSCRIPTION, BoundedInt
+from fabricsim.cli.params import GPUS, OVERSUBSCRIPTION, BoundedInt, calibration_option
 from fabricsim.cli.sweep import make_step_config, peak_flops_of, peak_options, step_options
 
 
@@ -15,6 +15,7 @@ from fabricsim.cli.sweep import make_step_config, peak_flops_of, peak_options, s
 @click.option("--algorithm", "-a", default="ring", show_default=True,
               help="Data-parallel all-reduce: ring, tree, hierarchical, nvls or auto.")
 @step_options
+@calibration_option
 @click.option("--network", type=click.Choice(["rail", "fat-tree"]), default=None, help="Scale-out network.")
 @click.option("--oversubscription", type=OVERSUBSCRIPTION, default=None, help="Scale-out leaf down:up ratio.")
 @click.option("--buckets", "show", type=BoundedInt(0, 10**6), default=12, show_default=True,
@@ -28,7 +29,7 @@ from fabricsim.cli.sweep import make_step_config, peak_flops_of, peak_options, s
 @fault_options
 def step(topology, gpus, algorithm, model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
          attention_flops, network, oversubscription, show, memory_check, trace, peak_flops, gpu_name, fail, degrade,
-         fail_at, degrade_at) -> None:
+         fail_at, degrade_at, calibration=None) -> None:
     """Simulate one training step and print its timeline, bucket by bucket."""
     from fabricsim.topologies.io import PRESETS, resolve
     from fabricsim.training import check_memory, simulate_step, write_step_trace
@@ -41,8 +42,11 @@ def step(topology, gpus, algorithm, model, precision, mfu, layout, scaling, batc
     topo = resolve(topology, gpus=gpus if topology in PRESETS else None, **options)
     topo = with_faults(topo, fail, degrade, fail_at, degrade_at)
     memory = check_memory(topo, config) if memory_check else None
+    from fabricsim.collectives import AllreduceRunner
+    runner = AllreduceRunner(topo, calibration=calibration) if calibration else None
     # a timed fault happens once, at its time in the step: the bucket chain is simulated as it runs
-    res = simulate_step(topo, config, trace=trace, engine="events" if topo.meta.get("timed_faults") else "fast")
+    res = simulate_step(topo, config, trace=trace, runner=runner,
+                        engine="events" if topo.meta.get("timed_faults") else "fast")
     m = config.model
     click.echo(m.describe())
     click.echo(f"{topo.num_gpus} GPUs on {topo.name or topology}: {res.layout.describe()}, {config.precision} "

@@ -9,7 +9,7 @@ import click
 from fabricsim.cli.faults import fault_options, fault_texts
 from fabricsim.cli.layout_options import layout_options
 from fabricsim.cli.params import (FLOPS, GPUS, MAX_GPUS, MFU, OVERSUBSCRIPTION, BoundedInt, IntList, Size,
-                                  SizeList)
+                                  SizeList, calibration_option)
 from fabricsim.errors import ConfigError
 from fabricsim.units import KiB, format_size, parse_size
 
@@ -99,6 +99,7 @@ def make_step_config(model, precision, mfu, layout, scaling, batch, global_batch
 @click.option("--oversubscription", type=OVERSUBSCRIPTION, default=None, help="Scale-out leaf down:up ratio.")
 @click.option("--out", "-o", "out_dir", default=DEFAULT_OUT, show_default=True, help="Directory for CSV, JSON, plots.")
 @click.option("--jobs", "-j", type=BoundedInt(1, 256), default=None, help="Worker processes [default: all cores].")
+@calibration_option
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNG and SVG plots.")
 @click.option("--file", "sweep_file", type=click.Path(dir_okay=False), default=None,
               help="Take the sweep's axes from a TOML file (topologies, sizes, models, layouts, algorithms, fault "
@@ -114,7 +115,7 @@ def make_step_config(model, precision, mfu, layout, scaling, batch, global_batch
 def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, scaling, batch, global_batch, bucket,
           grad_bytes, attention_flops, mode, message_bytes, curve_gpus, network, oversubscription, out_dir, jobs,
           plots, peak_flops, gpu_name, sweep_file, resume_dir, scheduler, estimate, fail, degrade, fail_at,
-          degrade_at) -> None:
+          degrade_at, calibration=None) -> None:
     """Simulate a training step (or all-reduces) at every cluster size and algorithm.
 
     With no arguments: Llama 3 8B, data parallel, on GB200 NVL72 racks joined by 400G InfiniBand, from 8
@@ -161,7 +162,7 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, 
     spec = SweepSpec(topology=topology, sizes=size_list, algorithms=algos, mode=mode, step=config,
                      message_sizes=msg_sizes, curve_gpus=curve_gpus if mode == "step" else None,
                      topology_options=options, faults=fault_texts(fail, degrade, fail_at, degrade_at),
-                     estimate=estimate)
+                     estimate=estimate, calibration=calibration)
     from fabricsim.sweep import plan_sweep
 
     planned = plan_sweep(spec)  # every size checked before the first one runs

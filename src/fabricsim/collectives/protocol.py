@@ -123,19 +123,20 @@ def nvls_stage_bytes(kind: str, heads: int, multi_node: bool = False) -> int:
 
 FITTED_ROWS = {"LINK_EFFICIENCY": ["B053", "B066", "A029"], "NVLS_EFFICIENCY": ["B054"], "NVLS_FANIN": ["B067"]}
 
-def choose_protocol(nbytes: int, protocol: str = "auto", *, cost=None) -> Protocol:
+def choose_protocol(nbytes: int, protocol: str = "auto", *, cost=None, protocols: dict | None = None) -> Protocol:
     """The protocol for a message of ``nbytes``.
 
     ``"auto"`` does what NCCL's tuner does: estimate each protocol's time and take the smallest.
     ``cost(protocol) -> seconds`` is that estimate (the algorithm supplies it, knowing its steps and
-    bandwidth); without one, Simple is used.
+    bandwidth); without one, Simple is used. ``protocols`` replaces PROTOCOLS (a Calibration's latencies).
     """
+    protocols = protocols or PROTOCOLS
     if protocol == "auto":
         if cost is None:
-            return PROTOCOLS["simple"]
-        return min(PROTOCOLS.values(), key=cost)
+            return protocols["simple"]
+        return min(protocols.values(), key=cost)
     try:
-        return PROTOCOLS[protocol.lower()]
+        return protocols[protocol.lower()]
     except KeyError:
         raise ConfigError(f"unknown protocol {protocol!r}; use auto, ll, ll128 or simple") from None
 
@@ -148,6 +149,40 @@ class Calibration:
     link_efficiency: dict
     nvls_efficiency: dict
     nvls_fanin: dict = field(default_factory=dict)
+    protocols: dict = field(default_factory=dict)  # name -> Protocol; empty: PROTOCOLS (NCCL's constants)
+    source: str = ""  # what it was fitted on (a calibration file says which logs and sizes)
+
+    def protocol(self, name: str) -> Protocol:
+        """Protocol ``name`` with this calibration's latencies."""
+        return (self.protocols or PROTOCOLS)[name]
+
+    def replace(self, **changes) -> "Calibration":
+        """A copy with some fields changed (dicts are copied, never shared)."""
+        import dataclasses
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields = {k: dict(v) if isinstance(v, dict) else v for k, v in fields.items()}
+        fields.update(changes)
+        return Calibration(**fields)
+
+    def to_toml(self) -> str:
+        """This calibration as TOML (read back by ``Calibration.load``); latencies in seconds."""
+        from fabricsim.collectives.calibration_file import dumps
+
+        return dumps(self)
+
+    def save(self, path) -> None:
+        """Write ``to_toml()`` to ``path`` whole (a temporary file renamed over it)."""
+        from fabricsim.collectives.calibration_file import save
+
+        save(self, path)
+
+    @staticmethod
+    def load(path) -> "Calibration":
+        """A calibration from a TOML file (ConfigError naming the file and the bad key)."""
+        from fabricsim.collectives.calibration_file import load
+
+        return load(path)
 
     def nvls_factor(self, kind: str, fanin: int = 0) -> float:
         """Wire bytes per payload byte of NVLS traffic on ``kind`` links, on top of link efficiency, when a

@@ -86,11 +86,13 @@ def build(fabric, layout: GroupLayout, kind: str, nbytes: int, algorithm: str | 
     if k.name == "sendrecv":
         return p2p_schedule(fabric, pairs, nbytes, p2p_protocol(nbytes, protocol))
     if algorithm == "nvls":
-        proto = choose_protocol(nbytes, "simple")  # NVLS runs on Simple only, as in NCCL
+        # NVLS runs on Simple only, as in NCCL
+        proto = choose_protocol(nbytes, "simple", protocols=getattr(calibration, "protocols", None))
     else:
         # NCCL's ring/tree cost model of an all-reduce ranks the protocols the same way for its halves
         shape = "tree" if algorithm == "tree" else "ring"
-        proto = choose_protocol(nbytes, protocol, cost=protocol_cost(fabric, layout, nbytes, shape))
+        proto = choose_protocol(nbytes, protocol, cost=protocol_cost(fabric, layout, nbytes, shape),
+                                protocols=getattr(calibration, "protocols", None))
     if k.name == "reducescatter":
         return shards.reduce_scatter(fabric, layout, nbytes, proto, algorithm=algorithm, calibration=calibration,
                                      channels=channels)
@@ -217,8 +219,9 @@ class CollectiveRunner:
 
     def run(self, kind: str, nbytes: int, algorithm: str | None = None, *, ranks: Sequence[int] | None = None,
             root: int | None = None, pairs=None, data: dict | None = None, trace: str | None = None,
-            channels: int | None = None) -> CollectiveResult:
-        """One collective alone on an idle fabric; ``trace`` writes its Perfetto timeline."""
+            channels: int | None = None, trace_ranks=None) -> CollectiveResult:
+        """One collective alone on an idle fabric; ``trace`` writes its Perfetto timeline (GPU tracks of
+        ``trace_ranks`` only, if given; a failed run leaves no file)."""
         k = lookup(kind)
         if algorithm == "auto":
             algorithm = self.choose(k.name, nbytes, ranks, root=root, pairs=pairs)
@@ -228,12 +231,17 @@ class CollectiveRunner:
                     None if pairs is None else repr(pairs), channels)
             if memo in self._results:
                 return self._results[memo]
-        sim = self.simulation(trace=trace is not None, record="groups" if trace else None)
-        proc = collective(sim, k.name, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
-                          calibration=self.calibration, data=data, root=root, pairs=pairs, channels=channels)
-        sim.run()
-        if trace is not None:
-            sim.write_trace(trace)
+        sim = self.simulation(trace=trace if trace is not None else False, record="groups" if trace else None,
+                              trace_ranks=trace_ranks)
+        try:
+            proc = collective(sim, k.name, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
+                              calibration=self.calibration, data=data, root=root, pairs=pairs, channels=channels)
+            sim.run()
+            if trace is not None:
+                sim.write_trace(trace)
+        finally:
+            if sim.tracer is not None:
+                sim.tracer.discard()
         if memo is not None:
             self._results[memo] = proc.value
         return proc.value

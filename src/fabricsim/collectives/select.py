@@ -131,7 +131,7 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     if memo is not None and key in memo:
         return memo[key]
     best, best_time = None, float("inf")
-    for proto in sorted(PROTOCOLS.values(), key=estimate):
+    for proto in sorted((calibration.protocols or PROTOCOLS).values(), key=estimate):
         if best is not None and _lower_bound(fabric, make(proto)) >= best_time:
             continue
         t = _time_alone(fabric, make(proto), calibration)
@@ -157,7 +157,7 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
     choose = protocol == "auto" and algorithm in ("ring", "tree", "hierarchical") and layout.p > 1 and nbytes > 0
     if not choose:
         proto = choose_protocol(nbytes, "simple" if algorithm in ("nvls", "sharp") or protocol == "auto"
-                                else protocol)
+                                else protocol, protocols=getattr(calibration, "protocols", None))
     if algorithm in ("ring", "tree"):
         build = ring_allreduce if algorithm == "ring" else tree_allreduce
         cost = ring_cost if algorithm == "ring" else tree_cost
@@ -176,7 +176,7 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
         inter = None
         if choose:
             shape = group_shape(fabric.topology, calibration, layout.domains)
-            simple = PROTOCOLS["simple"]
+            simple = calibration.protocol("simple")
             key = _choice_key(layout, shape, nbytes, algorithm, None, calibration)
             proto = fastest_protocol(fabric, make_level(("intra",)),
                                      lambda pr: hierarchical_cost(pr, simple, shape, nbytes), calibration, memo,
@@ -312,17 +312,24 @@ class AllreduceRunner:
         return sim
 
     def run(self, nbytes: int, algorithm: str = "ring", *, ranks: Sequence[int] | None = None,
-            data: dict | None = None, trace: str | None = None, channels: int | None = None) -> CollectiveResult:
-        """One all-reduce alone on an idle fabric; ``trace`` writes its Perfetto timeline."""
+            data: dict | None = None, trace: str | None = None, channels: int | None = None,
+            trace_ranks=None) -> CollectiveResult:
+        """One all-reduce alone on an idle fabric; ``trace`` writes its Perfetto timeline (only the
+        GPU tracks of ``trace_ranks``, if given; a failed run leaves no file)."""
         _check_run(nbytes, algorithm, channels)
         if algorithm == "auto":
             algorithm = self.choose(nbytes, ranks)
-        sim = self.simulation(trace=trace is not None, record="groups" if trace else None)
-        proc = allreduce(sim, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
-                         calibration=self.calibration, channels=channels, data=data, memo=self.memo)
-        sim.run()
-        if trace is not None:
-            sim.write_trace(trace)
+        sim = self.simulation(trace=trace if trace is not None else False, record="groups" if trace else None,
+                              trace_ranks=trace_ranks)
+        try:
+            proc = allreduce(sim, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
+                             calibration=self.calibration, channels=channels, data=data, memo=self.memo)
+            sim.run()
+            if trace is not None:
+                sim.write_trace(trace)
+        finally:
+            if sim.tracer is not None:
+                sim.tracer.discard()  # a no-op once written; a failed run leaves no file
         return proc.value
 
     def run_concurrent(self, nbytes: int, groups: Sequence[Sequence[int]], algorithm: str) -> CollectiveResult:

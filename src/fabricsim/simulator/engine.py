@@ -72,24 +72,35 @@ class Simulation:
         Reuse timings of repeated flow patterns on an idle fabric (exact; see ``fabric``).
     record : {"groups", "flows", None}
         What the fabric keeps of each transfer (``"flows"`` for per-transfer finish times).
-    trace : bool
-        Record a timeline for :meth:`write_trace` (per-flow slices and link counters; slower, small runs).
+    trace : bool or path
+        Record a timeline for :meth:`write_trace`: per step and rank slices and the busiest links'
+        counters, streamed to a temporary file as the run goes (give the final path to create it beside
+        it; see ``trace.TraceRecorder``).
+    trace_ranks : array of int, optional
+        Ranks whose GPU tracks the trace keeps (default: all).
     efficiency : dict, optional
         Usable share of line rate per link kind (see ``Fabric``).
     router : Router, optional
         Reuse the routes of an earlier simulation of the same topology.
+    finish_rtol : float
+        Batch flow completions within this fraction of their draining time (default 0: exact).
     """
 
     def __init__(self, topology: Topology, *, cache: bool = True, record: str | None = "groups",
-                 trace: bool = False, efficiency: dict | None = None, router=None):
+                 trace=False, efficiency: dict | None = None, router=None, finish_rtol: float = 0.0,
+                 trace_ranks=None):
         self.env = simpy.Environment()
         self.topology = topology
-        self.tracer = TraceRecorder() if trace else None
+        trace = trace is not False and trace is not None
         self.fabric = Fabric(self.env, topology, cache=cache, record="flows" if trace else record,
-                             on_rates=self.tracer.on_rates if trace else None, efficiency=efficiency,
-                             router=router)
+                             efficiency=efficiency, router=router, finish_rtol=finish_rtol)
+        self.tracer = None
         if trace:
-            self.fabric.on_group_done = self._trace_group
+            path = None if trace is True else trace
+            self.tracer = TraceRecorder(self.fabric, path, ranks=trace_ranks)
+            self.fabric.fluid.on_rates = self.tracer.on_rates
+            self.fabric.on_group_done = self.tracer.on_group
+            self.fabric.on_cached = self.tracer.on_cached
         self.firing = ""  # label of the timed action being run
         self._armed = 0  # timed actions not yet fired (they alone do not keep a run going)
         for t, links, label in topology.meta.get("timed_faults", ()):
@@ -108,7 +119,7 @@ class Simulation:
         def fire(_event):
             self._armed -= 1
             if self.tracer is not None:
-                self.tracer.marks.append((self.env.now, label or "action"))
+                self.tracer.on_mark(self.env.now, label or "action")
             self.firing = label
             action(self)
         self.env.timeout(t - self.env.now).callbacks.append(fire)
@@ -121,7 +132,7 @@ class Simulation:
         if not seconds >= 0:
             raise ConfigError(f"compute time must be non-negative, got {seconds!r}")
         if self.tracer is not None:
-            self.tracer.compute.append((rank, label, self.env.now, self.env.now + seconds))
+            self.tracer.on_compute(rank, label, self.env.now, self.env.now + seconds)
         return self.env.timeout(seconds)
 
     def run(self, until: float | None = None) -> SimulationResult:
@@ -137,19 +148,16 @@ class Simulation:
         return SimulationResult(float(self.env.now), list(self.fabric.log), names, link_bytes, link_busy,
                                 links.bandwidth.copy(), stats)
 
-    def write_trace(self, path) -> None:
-        """Write the recorded timeline as Chrome/Perfetto trace-event JSON."""
+    def write_trace(self, path, *, max_links: int = 32) -> None:
+        """Publish the recorded timeline as Chrome/Perfetto trace-event JSON (complete, or no file)."""
         if self.tracer is None:
             raise ConfigError("this simulation was created without trace=True")
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigError(f"a trace path must be a string or a path, got {type(path).__name__}")
         try:
-            self.tracer.write(path, self.fabric)
+            self.tracer.write(path, max_links=max_links)
         except OSError as exc:
             raise ConfigError(f"{os.fspath(path)}: cannot write the trace: {exc.strerror or exc}") from None
-
-    def _trace_group(self, group, start, flow_finish) -> None:
-        self.tracer.flows.append((group, start, flow_finish))
 
 
 def set_capacity(links, factor: float | None = None, label: str = ""):

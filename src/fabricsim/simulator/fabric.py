@@ -16,6 +16,7 @@ fluid model up to the present and both continue there, contending as usual: the 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
@@ -183,17 +184,25 @@ class Fabric:
     record : {"groups", "flows", None}
         Keep every group's start and finish (default), also every flow's finish, or nothing.
     on_rates : callable, optional
-        ``f(time, link_ids, loads)`` after every bandwidth re-solve; disables the cache, since a cached
-        launch has no re-solves to report.
+        ``f(time, link_ids, loads)`` after every bandwidth re-solve, for the links whose load changed;
+        disables the cache, since a cached launch has no re-solves to report (``Simulation`` traces keep
+        the cache and take cached launches through ``on_cached`` instead).
     efficiency : dict, optional
         Usable share of line rate per link kind (e.g. protocol overheads); other kinds get 1.0.
     router : Router, optional
         A router of the same topology to reuse (its route cache survives across simulations).
+    finish_rtol : float
+        Batch flow completions due within this fraction of their draining time (0, the default, is
+        exact; see ``fluid.FluidNetwork``).
     """
+
+    #: Routed groups keep their subflow arrays for reuse; past this many array elements in all, the
+    #: least recently used groups not in flight drop theirs (recomputed if they are submitted again).
+    expansion_budget = 16_000_000
 
     def __init__(self, env: simpy.Environment, topology: Topology, *, cache: bool = True,
                  record: str | None = "groups", on_rates=None, efficiency: dict | None = None,
-                 router: Router | None = None):
+                 router: Router | None = None, finish_rtol: float = 0.0):
         if record not in ("groups", "flows", None):
             raise ConfigError(f"record must be 'groups', 'flows' or None, not {record!r}")
         self.env = env
@@ -207,7 +216,11 @@ class Fabric:
             if not 0 < factor <= 1:
                 raise ConfigError(f"efficiency of {kind!r} links must be in (0, 1], got {factor!r}")
             self.capacity[np.array([k == kind for k in self.links.kind], dtype=bool)] *= factor
-        self.fluid = FluidNetwork(self.capacity, on_rates=on_rates)
+        if not 0.0 <= finish_rtol < 1.0:
+            raise ConfigError(f"finish_rtol must be in [0, 1), got {finish_rtol!r}")
+        self.fluid = FluidNetwork(self.capacity, on_rates=on_rates, finish_rtol=finish_rtol)
+        self._expanded: OrderedDict[int, tuple[FlowGroup, int]] = OrderedDict()
+        self._expanded_size = 0
         self.gpu_index = np.array([self.router.node(g) for g in topology.gpus], dtype=np.int64)
         self.link_bytes = np.zeros(len(self.links))
         self.log: list[tuple[str, int, int, float, float]] = []  # label, flows, bytes, start, finish
@@ -221,6 +234,7 @@ class Fabric:
         self._solo: _Launch | None = None  # the launch that may become a cache record
         self._fast: tuple | None = None  # (launch, record, pending run indices in finish order)
         self.on_group_done = None  # optional f(group, start, flow_finish) when flows are recorded
+        self.on_cached = None  # optional f(start, end, link ids, link bytes) when a launch replays the cache
         self._down: np.ndarray | None = None  # links a timed fault took out (set_capacity)
         self._nominal: np.ndarray | None = None
         self._rerouted: dict[int, tuple] = {}
@@ -403,7 +417,30 @@ class Fabric:
             link_bytes = np.bincount(links, weights=np.repeat(sub_bytes, np.diff(ptr)), minlength=len(self.links))
             used = np.flatnonzero(link_bytes)
             group._expanded = (flow, sub_bytes, lat, ptr, links, used, link_bytes[used], frac)
+            self._track(group, links.shape[0] + 8 * flow.shape[0])
+        elif id(group) in self._expanded:
+            self._expanded.move_to_end(id(group))
         return group._expanded
+
+    def _track(self, group: FlowGroup, size: int) -> None:
+        """Count a group's expansion against the budget; drop the oldest idle ones beyond it."""
+        old = self._expanded.pop(id(group), None)
+        if old is not None:
+            self._expanded_size -= old[1]
+        self._expanded[id(group)] = (group, size)
+        self._expanded_size += size
+        if self._expanded_size <= self.expansion_budget:
+            return
+        busy = {id(r.group) for r in self._runs.values()} | {id(r.group) for r in self._pending}
+        for key in list(self._expanded):
+            if self._expanded_size <= self.expansion_budget // 2:
+                break
+            g, n = self._expanded[key]
+            if key in busy or g is group or any(g is r.group._parent for r in self._runs.values()):
+                continue
+            del self._expanded[key]
+            self._expanded_size -= n
+            g._expanded = g._merged = g._parent_sub = None
 
     def _merged(self, group: FlowGroup) -> tuple:
         """Identical subflows (same links, bytes and latency) as one weighted fluid flow.
@@ -563,6 +600,8 @@ class Fabric:
 
     # --- cached launches ------------------------------------------------------------------------------------
     def _start_fast(self, launch: _Launch, record: _Record) -> None:
+        if self.on_cached is not None:
+            self.on_cached(launch.start, launch.start + max(record.offsets), record.link_ids, record.link_bytes)
         order = sorted(range(len(launch.runs)), key=lambda i: record.offsets[i])
         self._fast = (launch, record, order)
         self._version += 1

@@ -23,7 +23,7 @@ _LEVEL_RTOL = 1e-12
 
 
 def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.ndarray, n_flows: int,
-                  weight: np.ndarray | None = None) -> np.ndarray:
+                  weight: np.ndarray | None = None, *, bottleneck: bool = False):
     """Max-min fair rate of every flow.
 
     Parameters
@@ -37,10 +37,15 @@ def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.n
     weight : float array, optional
         Multiplicity of each flow (identical flows merged into one): a flow of weight w takes w shares.
 
+    bottleneck : bool
+        Also return, per flow, one link where it is limited (-1 for a flow with no links): a link that
+        is full and on which no flow gets more. Every flow having one is what makes an allocation
+        max-min fair; the incremental solver (``fluid.py``) checks exactly that.
+
     Returns
     -------
     numpy.ndarray
-        Rate of each flow in B/s (per unit of weight).
+        Rate of each flow in B/s (per unit of weight); with ``bottleneck``, a pair (rates, links).
 
     Examples
     --------
@@ -50,8 +55,9 @@ def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.n
     [6.0, 4.0]
     """
     rate = np.full(n_flows, np.inf)
+    limit = np.full(n_flows, -1, dtype=np.int64)
     if n_flows == 0 or entry_flow.size == 0:
-        return rate
+        return (rate, limit) if bottleneck else rate
     # work on the links in use only: a large fabric has many idle links, and every pass is per link
     in_use = np.zeros(capacity.shape[0], dtype=bool)
     in_use[entry_link] = True
@@ -73,16 +79,18 @@ def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.n
         link_min = np.full(n_links, np.inf)
         np.minimum.at(link_min, el, flow_min[ef])
         # bottleneck links: no flow through them has a tighter link elsewhere
-        bottleneck = used & (link_min >= share * (1 - _LEVEL_RTOL))
+        is_bottleneck = used & (link_min >= share * (1 - _LEVEL_RTOL))
+        on_bottleneck = is_bottleneck[el]
         frozen_flow = np.zeros(n_flows, dtype=bool)
-        frozen_flow[ef[bottleneck[el]]] = True
+        frozen_flow[ef[on_bottleneck]] = True
+        limit[ef[on_bottleneck]] = used_links[el[on_bottleneck]]
         rate[frozen_flow] = flow_min[frozen_flow]
         hit = frozen_flow[ef]
         # frozen flows keep their share of every link they cross
         cap_left -= np.bincount(el[hit], weights=ew[hit] * rate[ef[hit]], minlength=n_links)
         keep = ~hit
         ef, el, ew = ef[keep], el[keep], ew[keep]
-    return rate
+    return (rate, limit) if bottleneck else rate
 
 
 def link_loads(entry_flow: np.ndarray, entry_link: np.ndarray, rate: np.ndarray, n_links: int,

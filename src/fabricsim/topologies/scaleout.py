@@ -45,8 +45,8 @@ from fabricsim.errors import ConfigError, InfeasibleError
 from dataclasses import replace
 
 from fabricsim.hardware import (
-    B200, GB200, H100, IB_NDR, NETWORK_KINDS, NVLINK4, NVLINK5, NVLINK5_SWITCH, NVSWITCH_GEN3, PCIE5_X16,
-    QUANTUM2_NDR, LinkSpec, SwitchSpec,
+    B200, GB200, H100, IB_NDR, LINKS, NETWORK_KINDS, NVLINK4, NVLINK5, NVLINK5_SWITCH, NVSWITCH_GEN3,
+    PCIE5_X16, QUANTUM2_NDR, SWITCHES, LinkSpec, SwitchSpec,
 )
 from fabricsim.topologies.base import CutNode, Topology, tree_cut_flow
 from fabricsim.topologies.nvlink import (
@@ -108,7 +108,10 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     network : {"rail", "fat-tree"}
         Rail-optimised leaves (GPU ``j`` of every node on rail ``j``) or NICs filling leaves in rank order.
     nic, switch : LinkSpec, SwitchSpec
-        NIC line rate (the NIC <-> leaf links) and switch radix, port rate and latency.
+        NIC line rate (the NIC <-> leaf links) and switch radix, port rate and latency; either may be
+        given by its kind (``"ib-xdr"``, ``"ib-xdr-switch"``). A three-tier fat tree of k-port switches
+        holds at most k * k/2 * (NICs per leaf) GPUs: 65,536 with 64-port Quantum-2 at 1:1, about a million
+        with 144-port Quantum-X800 (``switch="ib-xdr-switch"``), which is how 131,072 GPUs are built.
     oversubscription : float
         Leaf down:up bandwidth ratio (1.0 = non-blocking).
     planes : {"aggregate", "per-chip"}
@@ -145,6 +148,8 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     >>> t.num_gpus, len(t.domains), t.nic_bandwidth() / 1e9, t.diameter_hops()
     (16, 2, 50.0, 6)
     """
+    nic = _spec(nic, LINKS, "NIC")
+    switch = _spec(switch, SWITCHES, "switch")
     kind = DOMAINS.get(domain) if isinstance(domain, str) else None
     if kind is None:
         raise ConfigError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
@@ -310,6 +315,15 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     name = f"{domain}-{'ib' if nic.kind.startswith('ib') else 'eth'}"
     topo = Topology(dom.graph(), dom.gpus, dom.domains, name=name, hardware=hardware, meta=meta)
     return topo.validate().stamp()
+
+
+def _spec(value: Any, known: dict, what: str) -> Any:
+    """A hardware spec, or one named by its kind."""
+    if isinstance(value, str):
+        if value not in known:
+            raise ConfigError(f"unknown {what} {value!r}; known: {', '.join(known)}")
+        return known[value]
+    return value
 
 
 def _network_latencies(nic: LinkSpec, switch: SwitchSpec, kind: str | None,

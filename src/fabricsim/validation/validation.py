@@ -473,7 +473,8 @@ class _Training:
         return mfu * _peak_flops(str(row.config.get("precision", "bf16"))) / 1e12, f"mfu {mfu:.1%}"
 
 
-def validate(rows: Sequence[ReferenceRow] | None = None, *, quick: bool = False, ids: Iterable[str] | None = None,
+def validate(rows: Sequence[ReferenceRow] | None = None, *, quick: bool = False, collectives: bool = False,
+             ids: Iterable[str] | None = None,
              calibration=None, on_result: Callable[[RowResult], None] | None = None) -> ValidationReport:
     """Run the reference rows and compare each with its published figure.
 
@@ -482,7 +483,9 @@ def validate(rows: Sequence[ReferenceRow] | None = None, *, quick: bool = False,
     rows : sequence of ReferenceRow, optional
         Default: the shipped reference set.
     quick : bool
-        Only the rows marked quick (every collective row; training steps at thousands of GPUs are not).
+        Only the rows marked quick (collective rows below 1,000 GPUs; not training steps).
+    collectives : bool
+        Only collective rows (every system class, no training steps).
     ids : iterable of str, optional
         Only these row ids.
     calibration : fabricsim.collectives.Calibration, optional
@@ -497,6 +500,8 @@ def validate(rows: Sequence[ReferenceRow] | None = None, *, quick: bool = False,
     rows = list(load_reference() if rows is None else rows)
     if quick:
         rows = [r for r in rows if r.quick]
+    if collectives:
+        rows = [r for r in rows if r.metric in COLLECTIVE_METRICS]
     if ids is not None:
         wanted = set(ids)
         unknown = wanted - {r.id for r in rows}

@@ -1,0 +1,129 @@
+"""Engine speed and scale: 1 GiB all-reduce on gb200-nvl72-ib up to 131,072 GPUs, the sweeps, a big trace.
+
+Every case runs in a fresh process, so its peak RSS is its own; wall and CPU seconds are the whole
+process (topology build, routing, simulation). 131,072 GPUs need a fat tree of 144-port Quantum-X800
+switches (64-port Quantum-2 tops out at 65,536 GPUs in three tiers). ``--src`` runs another checkout's
+``src`` directory (an older commit, for before/after ratios measured in one sitting).
+
+    python benchmarks/bench_scale.py [--cases all|allreduce|cli|QUICK] [--src DIR] [--timeout S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+GiB = 2**30
+ALGOS = ("ring", "tree", "hierarchical", "nvls", "sharp")
+
+ALLREDUCE = [(8192, a, None) for a in ALGOS] + [(65536, "ring", None), (65536, "hierarchical", None),
+                                                 (131072, "ring", "ib-xdr-switch"),
+                                                 (131072, "hierarchical", "ib-xdr-switch")]
+CLI = [
+    ("sweep (default)", ["sweep", "--out", "{tmp}/sweep"]),
+    ("sweep llama3-70b tp8 8192", ["sweep", "--model", "llama3-70b", "--tp", "8", "--sizes", "8192",
+                                   "--out", "{tmp}/sweep70"]),
+    ("allreduce 1024 1G --trace", ["allreduce", "--topology", "gb200-nvl72-ib", "--gpus", "1024", "--min-bytes", "1G",
+                                   "--max-bytes", "1G", "--trace", "{tmp}/t.json"]),
+]
+
+
+def one_allreduce(p: int, algorithm: str, switch: str | None) -> dict:
+    from fabricsim.collectives import AllreduceRunner
+    from fabricsim.topologies.io import build
+
+    topo = build("gb200-nvl72-ib", gpus=p, **({"switch": switch} if switch else {}))
+    res = AllreduceRunner(topo).run(GiB, algorithm)
+    return {"simulated_s": res.time, "busbw_GBps": res.busbw / 1e9}
+
+
+# every case reports its own peak RSS and CPU time on the way out (also through click's sys.exit)
+_REPORT = ("import atexit, resource, sys\n"
+           "def _report():\n"
+           "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+           "    print('__RUSAGE__', r.ru_maxrss / 1024, r.ru_utime + r.ru_stime, file=sys.stderr)\n"
+           "atexit.register(_report)\n")
+
+
+def run_case(code: str, argv: list[str], src: str | None, timeout: float) -> dict:
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src
+    t0 = time.perf_counter()
+    try:
+        out = subprocess.run([sys.executable, "-c", _REPORT + code, *argv], capture_output=True, text=True, env=env,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout {timeout:g} s"}
+    row = {"wall_s": time.perf_counter() - t0}
+    lines = out.stderr.strip().splitlines()
+    usage = [line.split() for line in lines if line.startswith("__RUSAGE__")]
+    if usage:
+        row["peak_rss_MiB"], row["cpu_s"] = float(usage[-1][1]), float(usage[-1][2])
+    if out.returncode != 0 or not usage:
+        errors = [line for line in lines if not line.startswith("__RUSAGE__")]
+        row["error"] = (errors or ["exit %d" % out.returncode])[-1][:80]
+    else:
+        row["stdout"] = out.stdout
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="all", help="all, allreduce, cli, or GPUS:ALGO[,...] e.g. 8192:tree")
+    parser.add_argument("--src", default=None, help="PYTHONPATH for the cases (another checkout's src)")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        p, algo, switch = args.one
+        print(json.dumps(one_allreduce(int(p), algo, None if switch == "-" else switch)))
+        return
+    if args.cases in ("all", "allreduce", "cli"):
+        allreduce = ALLREDUCE if args.cases in ("all", "allreduce") else []
+        cli = CLI if args.cases in ("all", "cli") else []
+    else:
+        allreduce, cli = [], []
+        for item in args.cases.split(","):
+            p, algo = item.split(":")
+            allreduce.append((int(p), algo, "ib-xdr-switch" if int(p) > 65536 else None))
+    print(f"fabricsim engine benchmark ({'src ' + args.src if args.src else 'this checkout'}); "
+          f"each case a fresh process; peak RSS of that process")
+    print(f"{'case':<34} {'wall s':>8} {'cpu s':>8} {'peak RSS':>10}  result")
+    for p, algo, switch in allreduce:
+        code = f"import runpy, sys; sys.argv[0] = {__file__!r}; runpy.run_path(sys.argv[0], run_name=\"__main__\")"
+        row = run_case(code, ["--one", str(p), algo, switch or "-"], args.src, args.timeout)
+        label = f"all-reduce 1 GiB {algo} {p:,}"
+        _print(label, row, lambda r: "{simulated_s:.6f} s simulated, busbw {busbw_GBps:.1f} GB/s".format(
+            **json.loads(r["stdout"])))
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, cmd in cli:
+            cmd = [c.format(tmp=tmp) for c in cmd]
+            row = run_case("from fabricsim.cli.main import cli; cli()", cmd, args.src, args.timeout)
+            trace = os.path.join(tmp, "t.json")
+
+            def result(r, trace=trace, label=label):
+                if "--trace" in label and os.path.exists(trace):
+                    size = os.path.getsize(trace) / 2**20
+                    with open(trace) as fh:
+                        n = len(json.load(fh)["traceEvents"])
+                    return f"trace {size:.1f} MiB, valid JSON, {n:,} events"
+                return "ok"
+            _print(label, row, result)
+
+
+def _print(label: str, row: dict, result) -> None:
+    if "error" in row:
+        print(f"{label:<34} {'-':>8} {'-':>8} {'-':>10}  FAILED: {row['error']}", flush=True)
+        return
+    print(f"{label:<34} {row['wall_s']:>8.2f} {row['cpu_s']:>8.2f} {row['peak_rss_MiB']:>6.0f} MiB  {result(row)}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The fluid model's incremental re-solve against the full one, and batched completions' error bound."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fabricsim.simulator.fluid import FluidNetwork
+from fabricsim.simulator.sharing import max_min_rates
+
+
+@st.composite
+def workloads(draw):
+    """A random fabric (link capacities) and random flows arriving in random batches."""
+    n_links = draw(st.integers(2, 12))
+    caps = draw(st.lists(st.sampled_from([1.0, 2.0, 3.0, 5.0, 10.0]), min_size=n_links, max_size=n_links))
+    batches = []
+    t = 0.0
+    for _ in range(draw(st.integers(1, 4))):
+        t += draw(st.sampled_from([0.0, 0.25, 0.5, 1.5]))
+        flows = []
+        for _ in range(draw(st.integers(1, 8))):
+            links = draw(st.lists(st.integers(0, n_links - 1), min_size=1, max_size=4, unique=True))
+            flows.append((links, draw(st.sampled_from([0.0, 1.0, 2.0, 3.0, 7.0])),
+                          draw(st.sampled_from([0.0, 0.1, 0.3])), draw(st.sampled_from([1.0, 1.0, 2.0]))))
+        batches.append((t, flows))
+    return np.asarray(caps), batches
+
+
+def run(caps, batches, **options):
+    """Drive a FluidNetwork through the batches; returns (finish time by tag, rate snapshots by event)."""
+    net = FluidNetwork(caps, **options)
+    finish, snaps, tag = {}, [], 0
+    pending = list(batches)
+    while pending or net.active:
+        t_next = pending[0][0] if pending else np.inf
+        t_event = net.next_event_time()
+        if t_next <= t_event:
+            t, flows = pending.pop(0)
+            done, _ = net.advance(t)
+            for d in done.tolist():
+                finish[d] = t
+            ptr = np.cumsum([0] + [len(f[0]) for f in flows])
+            net.add(np.array([f[1] for f in flows]), t + np.array([f[2] for f in flows]), ptr,
+                    np.concatenate([f[0] for f in flows]), np.arange(tag, tag + len(flows)),
+                    np.array([f[3] for f in flows]))
+            tag += len(flows)
+            continue
+        done, t = net.step()
+        for d in done.tolist():
+            finish[d] = t
+        snaps.append((t, net.rates()))
+    return finish, snaps, net
+
+
+def instants(snaps):
+    """Rate snapshots with events within 1e-9 (relative) of each other merged, the last state kept."""
+    out = []
+    for t, rates in snaps:
+        if out and t <= out[-1][0] * (1 + 1e-9) + 1e-12:
+            out[-1] = (out[-1][0], rates)
+        else:
+            out.append((t, rates))
+    return out
+
+
+def draining_oracle(net):
+    """Max-min rates of the draining flows, solved from scratch."""
+    flows = np.flatnonzero(net._draining)
+    counts = net._f_end[flows] - net._f_start[flows]
+    ef = np.repeat(np.arange(flows.size), counts)
+    el = np.concatenate([net._e_link[a:b] for a, b in zip(net._f_start[flows], net._f_end[flows])] or [[]])
+    return flows, max_min_rates(ef, el.astype(np.int64), net.capacity, flows.size, weight=net._weight[flows])
+
+
+@settings(max_examples=150, deadline=None)
+@given(workloads())
+def test_incremental_solver_matches_full_solver(workload):
+    caps, batches = workload
+    fast_finish, fast_snaps, _ = run(caps, batches)
+    full_finish, full_snaps, _ = run(caps, batches, incremental=False)
+    assert fast_finish.keys() == full_finish.keys()
+    for tag, t in full_finish.items():
+        assert fast_finish[tag] == pytest.approx(t, rel=1e-9, abs=1e-12)
+    # events closer than float noise may fall apart in one solver and together in the other: compare
+    # the state after each instant
+    fast_snaps, full_snaps = instants(fast_snaps), instants(full_snaps)
+    assert len(fast_snaps) == len(full_snaps)
+    for (ta, ra), (tb, rb) in zip(fast_snaps, full_snaps):
+        assert ta == pytest.approx(tb, rel=1e-9, abs=1e-12)
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(workloads())
+def test_incremental_rates_are_max_min_fair_after_every_event(workload):
+    caps, batches = workload
+    net = FluidNetwork(caps)
+    tag = 0
+    for t, flows in batches:
+        while net.next_event_time() <= t:
+            net.step()
+            idx, oracle = draining_oracle(net)
+            finite = np.isfinite(oracle)
+            np.testing.assert_allclose(net._rate[idx][finite], oracle[finite], rtol=1e-9)
+        net.advance(t)
+        ptr = np.cumsum([0] + [len(f[0]) for f in flows])
+        net.add(np.array([f[1] for f in flows]), t + np.array([f[2] for f in flows]), ptr,
+                np.concatenate([f[0] for f in flows]), np.arange(tag, tag + len(flows)))
+        tag += len(flows)
+    while net.active:
+        net.step()
+        idx, oracle = draining_oracle(net)
+        np.testing.assert_allclose(net._rate[idx], oracle, rtol=1e-9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(workloads(), st.sampled_from([1e-3, 1e-2]))
+def test_batched_completions_stay_within_their_bound(workload, rtol):
+    """With finish_rtol = r, every finish time stays within r x the run's length of the exact one."""
+    caps, batches = workload
+    exact, _, _ = run(caps, batches)
+    batched, _, _ = run(caps, batches, finish_rtol=rtol)
+    assert batched.keys() == exact.keys()
+    span = max(exact.values(), default=0.0)
+    for tag, t in exact.items():
+        assert abs(batched[tag] - t) <= rtol * span + 1e-12
+
+
+def test_batching_merges_nearby_completions():
+    # two flows on separate links, finishing at 1.0 and 1.0005: one event with a 1e-3 tolerance
+    caps = np.array([1.0, 1.0])
+    args = (np.array([1.0, 1.0005]), np.zeros(2), np.array([0, 1, 2]), np.array([0, 1]), np.array([0, 1]))
+    exact, batched = FluidNetwork(caps), FluidNetwork(caps, finish_rtol=1e-3)
+    for net in (exact, batched):
+        net.add(*args)
+        net.step()  # both start draining
+    assert exact.step()[0].tolist() == [0] and batched.step()[0].tolist() == [0, 1]
+    with pytest.raises(ValueError):
+        FluidNetwork(caps, finish_rtol=1.5)
+
+
+def test_busy_time_counts_only_loaded_spans():
+    net = FluidNetwork(np.array([1.0, 1.0]))
+    net.add(np.array([1.0]), np.array([0.5]), np.array([0, 1]), np.array([0]), np.array([7]))
+    while net.active:
+        net.step()
+    assert net.now == pytest.approx(1.5)
+    assert net.busy.tolist() == pytest.approx([1.0, 0.0])
