@@ -207,13 +207,7 @@ class FluidNetwork:
         done_tags = self._tag[finished]
         seeds = self._links_of(np.concatenate([finished, starting]))
         if finished.size:
-            self._alive[finished] = False
-            self._draining[finished] = False
-            self._finish[finished] = np.inf
-            self._pending[finished] = np.inf
-            self._rem[finished] = 0.0
-            self._rate[finished] = 0.0
-            self._n_alive -= finished.size
+            self._retire(finished)
         self._resolve(seeds)
         return done_tags, t
 
@@ -252,13 +246,7 @@ class FluidNetwork:
         out = (self._tag[hit].copy(), np.maximum(self._rem[hit], 0.0), self._weight[hit].copy(),
                self._drain_at[hit].copy())
         seeds = self._links_of(draining)
-        self._alive[hit] = False
-        self._draining[hit] = False
-        self._finish[hit] = np.inf
-        self._pending[hit] = np.inf
-        self._rem[hit] = 0.0
-        self._rate[hit] = 0.0
-        self._n_alive -= hit.size
+        self._retire(hit)
         if seeds.size:
             self._resolve(seeds)
         return out
@@ -273,6 +261,16 @@ class FluidNetwork:
         self._init_slots()
 
     # --- internals ---------------------------------------------------------------------------------------
+    def _retire(self, flows: np.ndarray) -> None:
+        """Flows leave the network (finished, or evicted to be re-added elsewhere); slots stay until compaction."""
+        self._alive[flows] = False
+        self._draining[flows] = False
+        self._finish[flows] = np.inf
+        self._pending[flows] = np.inf
+        self._rem[flows] = 0.0
+        self._rate[flows] = 0.0
+        self._n_alive -= flows.size
+
     def _links_of(self, flows: np.ndarray) -> np.ndarray:
         return self._e_link[_ranges(self._f_start[flows], self._f_end[flows])]
 
