@@ -173,3 +173,31 @@ def nvls_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
             for r in range(K + 1):
                 yield stage(r)
     return Schedule("nvls", steps(), protocol, "nvls", launch_latency=0.0)
+
+
+def island_pipeline_stage(r: int, chunks: int, name: str, label: str, ident, *, fabric, islands, nvls, network,
+                          network_payload, island_shards, sizes, first_latency: float) -> Step:
+    """Stage ``r`` of a chunk pipeline in three phases one stage apart: NVLS reduce-scatter inside each
+    island ("rs"), a network phase between islands ("net"), NVLS all-gather ("ag"); stage 0 pays
+    ``first_latency``, later stages are pipelined. Shared by the NVLS tree and SHARP, which differ only in
+    their network phase (``network(q)`` traffic and ``network_payload(q)`` data movement)."""
+    live = tuple(k for k, first in (("rs", 0), ("net", 1), ("ag", 2)) if first <= r < chunks + first)
+    q = {"rs": r, "net": r - 1, "ag": r - 2}
+
+    def traffic():
+        pieces = {k: (network(q[k]) if k == "net" else nvls(k, q[k])) for k in live}
+        return tuple(np.concatenate([pieces[k][i] for k in live]) for i in range(4))
+
+    def carries():
+        out = []
+        for k in live:
+            if k == "net":
+                out += network_payload(q[k])
+                continue
+            for isl in islands:
+                if len(isl) > 1:
+                    own = island_shards(q[k], isl, k)
+                    out += nvls_payload(fabric, isl, own if k == "rs" else [], own if k == "ag" else [])
+        return out
+    return Step((name, ident, tuple((k, sizes(q[k])) for k in live)), traffic, "net", None, label,
+                extra_latency=first_latency if r == 0 else 0.0, pipelined=r > 0, carries=carries)

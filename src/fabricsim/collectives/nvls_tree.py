@@ -32,7 +32,8 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nvls import nvls_payload, nvls_phase, nvls_stage, pipeline_chunks, switch_islands
+from fabricsim.collectives.nvls import (island_pipeline_stage, nvls_phase, nvls_stage, pipeline_chunks,
+                                        switch_islands)
 from fabricsim.collectives.protocol import NVLS_LATENCY, PROTOCOLS, Calibration, Protocol
 from fabricsim.collectives.tree import double_binary_tree
 from fabricsim.errors import InfeasibleError
@@ -127,25 +128,8 @@ def nvls_tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Prot
         return out
 
     def stage(r: int) -> Step:
-        live = tuple(k for k, first in (("rs", 0), ("net", 1), ("ag", 2)) if first <= r < K + first)
-        q = {"rs": r, "net": r - 1, "ag": r - 2}
-
-        def traffic():
-            pieces = {k: (network(q[k]) if k == "net" else nvls(k, q[k])) for k in live}
-            return tuple(np.concatenate([pieces[k][i] for k in live]) for i in range(4))
-
-        def carries():
-            out = []
-            for k in live:
-                if k == "net":
-                    out += network_payload(q[k])
-                    continue
-                for isl in islands:
-                    if len(isl) > 1:
-                        own = island_shards(q[k], isl, k)
-                        out += nvls_payload(fabric, isl, own if k == "rs" else [], own if k == "ag" else [])
-            return out
-        return Step(("nvls-tree", layout.ident, tuple((k, sizes(q[k])) for k in live)), traffic, "net", None,
-                    "nvls tree", extra_latency=first_latency if r == 0 else 0.0, pipelined=r > 0, carries=carries)
+        return island_pipeline_stage(r, K, "nvls-tree", "nvls tree", layout.ident, fabric=fabric, islands=islands,
+                                     nvls=nvls, network=network, network_payload=network_payload,
+                                     island_shards=island_shards, sizes=sizes, first_latency=first_latency)
 
     return Schedule("nvls-tree", (stage(r) for r in range(K + 2)), protocol, "nvls", launch_latency=0.0)
