@@ -83,14 +83,21 @@ def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: P
         # GPU k ends owning (then hands out) shards k, k + m, ...
         steps = max(len(i) for i in islands) - 1
         shift = 1 if phase == "rs" else 0
+        # every island's ring at once, as flat arrays: position i of island k sends to position i + 1
+        m_all = np.repeat([len(isl) for isl in islands], [len(isl) for isl in islands])
+        start = np.repeat(np.cumsum([0] + [len(isl) for isl in islands[:-1]]), [len(isl) for isl in islands])
+        pos = np.arange(m_all.shape[0]) - start
+        ring_src = gi[np.concatenate([np.asarray(isl, dtype=np.int64) for isl in islands])]
+        ring_dst = ring_src[start + (pos + 1) % m_all]
+        own_all = np.concatenate(owned)
         for t in range(steps):
             live = [(k, isl) for k, isl in enumerate(islands) if len(isl) - 1 > t]
 
-            def traffic(live=live, t=t):
-                src = np.concatenate([gi[np.array(isl)] for _, isl in live])
-                dst = np.concatenate([gi[np.roll(np.array(isl), -1)] for _, isl in live])
-                nb = np.concatenate([nbytes * np.roll(owned[k], t + shift) for k, _ in live])
-                return src, dst, nb, np.zeros(src.shape[0], dtype=np.int64)
+            def traffic(t=t):
+                on = m_all - 1 > t
+                # np.roll(owned[k], t + shift) for every live island: position i gets (i - t - shift) mod m
+                nb = nbytes * own_all[(start + (pos - t - shift) % m_all)[on]]
+                return ring_src[on], ring_dst[on], nb, np.zeros(nb.shape[0], dtype=np.int64)
 
             def carries(live=live, t=t):
                 out = []

@@ -112,19 +112,23 @@ class _RingPlan:
         """Ring latency (C102) per step: hop latencies summed along the ring, spread over its steps."""
         if self.p < 2:
             return 0.0
-        route = fabric.router.route
-        dom = {r: k for k, d in enumerate(layout.domains) for r in d}
-        wire = {"nvlink": 0.0, "net": 0.0}
-        seen = set()
-        for c, order in enumerate(self.orders):
-            for i, r in enumerate(order):
-                nxt = order[(i + 1) % self.p]
-                cls = "nvlink" if dom[r] == dom[nxt] else "net"
-                if cls == "nvlink" and ("nvlink", c) in seen:
-                    continue  # one intra-domain hop per channel is enough: they are alike
-                seen.add((cls, c))
-                lat = route(int(fabric.gpu_index[r]), int(fabric.gpu_index[nxt]), c).latencies.max()
-                wire[cls] = max(wire[cls], float(lat))
+        # every inter-domain hop, and one intra-domain hop per channel (they are alike), routed at once
+        dom = np.zeros(max(layout.ranks) + 1, dtype=np.int64)
+        for k, d in enumerate(layout.domains):
+            dom[d] = k
+        order = np.array(self.orders, dtype=np.int64)  # (C, p) ranks
+        nxt = np.roll(order, -1, axis=1)
+        intra = dom[order] == dom[nxt]
+        first_intra = np.zeros_like(intra)
+        has = intra.any(axis=1)
+        first_intra[np.flatnonzero(has), intra.argmax(axis=1)[has]] = True
+        pick = ~intra | first_intra
+        chan = np.broadcast_to(np.arange(order.shape[0])[:, None], order.shape)
+        rs = fabric.router.route_many(fabric.gpu_index[order[pick]], fabric.gpu_index[nxt[pick]], chan[pick])
+        hop_lat = np.zeros(int(pick.sum()))
+        np.maximum.at(hop_lat, rs.flow, rs.lat)
+        is_intra = intra[pick]
+        wire = {"nvlink": float(hop_lat[is_intra].max(initial=0.0)), "net": float(hop_lat[~is_intra].max(initial=0.0))}
         a = {cls: max(protocol.step_latency.get(("ring", cls), 0.0), wire[cls]) for cls in wire}
         steps = 2 * (self.p - 1)
         inter = 2 * (len(layout.domains) - 1)

@@ -149,34 +149,54 @@ def _bounds(n: int, part: int, parts: int, chunks: int, full: float = 1.0, last:
     return (h[part] + np.floor(edges * (h[part + 1] - h[part]) + 1e-9)).astype(int)
 
 
+_EDGES: dict = {}  # (group ident, channels) -> _tree_edges' arrays, the few most recent
+
+
+def _tree_edges(layout: GroupLayout, channels: int) -> tuple:
+    """Every edge of every tree of ``_trees`` once, as arrays (source rank, destination rank, tree, up?,
+    level: the round offset at which it carries its first chunk), with per tree (H, last up level,
+    deepest down edge's depth) and its root. Depends on the group and channels alone, so the schedules
+    of one group under every protocol and size share it (kept for the 4 most recent groups)."""
+    key = (layout.ident, channels)
+    hit = _EDGES.get(key)
+    if hit is not None:
+        return hit
+    e_src, e_dst, e_tree, e_up, e_level, stats, roots = [], [], [], [], [], [], []
+    for ti, tree in enumerate(_trees(layout, channels)):
+        for u, v in tree.up_edges:
+            e_src.append(u), e_dst.append(v), e_tree.append(ti), e_up.append(True), e_level.append(tree.height[u])
+        for u, v in tree.down_edges:
+            e_src.append(u), e_dst.append(v), e_tree.append(ti), e_up.append(False)
+            e_level.append(tree.H + tree.depth[u])
+        stats.append((tree.H, max((tree.height[u] for u, _ in tree.up_edges), default=-1),
+                      max((tree.depth[u] for u, _ in tree.down_edges), default=-1)))
+        roots.append(tree.root)
+    out = (np.array(e_src, dtype=np.int64), np.array(e_dst, dtype=np.int64), np.array(e_tree, dtype=np.int64),
+           np.array(e_up, dtype=bool), np.array(e_level, dtype=np.int64), stats, roots)
+    while len(_EDGES) >= 4:
+        del _EDGES[next(iter(_EDGES))]
+    _EDGES[key] = out
+    return out
+
+
 def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol, *,
                    chunks: int | None = None, channels: int | None = None) -> Schedule:
     """Double-binary-tree all-reduce; see the module docstring for the round structure."""
     from fabricsim.collectives.ring import default_channels
 
     C = channels or default_channels(layout)
-    trees = _trees(layout, C)
-    parts = len(trees)
+    e_src, e_dst, e_tree, e_up, e_level, stats, roots = _tree_edges(layout, C)
+    parts = len(roots)
     K, chunk_bytes, last_bytes = chunk_sizes(nbytes / parts, chunks)
     split = last_bytes != chunk_bytes  # the last chunk's flows are their own copies of the edges
-    rounds = max(t.rounds(K) for t in trees)
-    fill = max(t.H + max((t.depth[u] for u, _ in t.down_edges), default=-1) + 1 for t in trees)
+    rounds = max(max(top_up, H + top_down) + K for H, top_up, top_down in stats)
+    fill = max(H + top_down + 1 for H, _, top_down in stats)
     net = layout.multi_domain
     # NCCL's tree latency (C103): 2 ((m-1) intra + log2(domains) inter) hops along the pipeline
     m = max(len(d) for d in layout.domains)
     hops = {"nvlink": 2 * (m - 1), "net": 2 * math.ceil(math.log2(len(layout.domains))) if net else 0}
     fill_latency = sum(n * protocol.step_latency.get(("tree", c), 0.0) for c, n in hops.items())
     per_fill_round = fill_latency / fill if fill else 0.0
-    # every edge of every tree, once: rounds are subsets of this set
-    e_src, e_dst, e_tree, e_up, e_level = [], [], [], [], []
-    for ti, tree in enumerate(trees):
-        for u, v in tree.up_edges:
-            e_src.append(u), e_dst.append(v), e_tree.append(ti), e_up.append(True), e_level.append(tree.height[u])
-        for u, v in tree.down_edges:
-            e_src.append(u), e_dst.append(v), e_tree.append(ti), e_up.append(False)
-            e_level.append(tree.H + tree.depth[u])
-    e_src, e_dst = np.array(e_src, dtype=np.int64), np.array(e_dst, dtype=np.int64)
-    e_tree, e_up, e_level = np.array(e_tree, dtype=np.int64), np.array(e_up), np.array(e_level, dtype=np.int64)
     gi = fabric.gpu_index
     E = len(e_src)
     copies = 2 if split else 1
@@ -207,7 +227,7 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
                 if e_up[e]:
                     moves.append((True, v, lo, hi, acc[u][lo:hi].copy()))
                 else:
-                    if u == trees[ti].root:
+                    if u == roots[ti]:
                         data[u][lo:hi] = acc[u][lo:hi]
                     moves.append((False, v, lo, hi, data[u][lo:hi].copy()))
             for up, v, lo, hi, payload in moves:

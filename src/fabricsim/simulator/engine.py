@@ -143,7 +143,7 @@ class Simulation:
             env.run(until=until)
         link_bytes, link_busy = self.fabric.link_totals()
         links = self.fabric.links
-        names = [links.name(i) for i in range(len(links))]
+        names = list(links.names)
         stats = dict(self.fabric.stats, solves=self.fabric.fluid.solves)
         return SimulationResult(float(self.env.now), list(self.fabric.log), names, link_bytes, link_busy,
                                 links.bandwidth.copy(), stats)

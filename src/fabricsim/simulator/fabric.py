@@ -79,6 +79,7 @@ class FlowGroup:
     _parent: "FlowGroup | None" = field(default=None, repr=False, compare=False)
     _index: np.ndarray | None = field(default=None, repr=False, compare=False)
     _parent_sub: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _routes: object = field(default=None, repr=False, compare=False)  # a root group's RouteSet
 
     def __post_init__(self):
         self.src = np.asarray(self.src, dtype=np.int64)
@@ -172,6 +173,61 @@ class _Record:
     busy_time: np.ndarray
 
 
+class _RecordStore:
+    """Solo launches' records of one router, by (usable capacities, batching tolerance, launch key), the
+    least recently used dropped beyond ``budget`` array elements."""
+
+    budget = 8_000_000
+
+    def __init__(self):
+        self._items: OrderedDict[tuple, _Record] = OrderedDict()
+        self._size = 0
+
+    @classmethod
+    def of(cls, router: Router, capacity: np.ndarray, finish_rtol: float) -> "_RecordView":
+        store = router.memo.get("rounds")
+        if store is None:
+            store = router.memo["rounds"] = cls()
+        digest = hashlib.blake2b(np.ascontiguousarray(capacity, dtype=float).tobytes(), digest_size=16).digest()
+        return _RecordView(store, (digest, float(finish_rtol)))
+
+    @staticmethod
+    def _size_of(rec: _Record) -> int:
+        return sum(np.size(f) for f in rec.flow_offsets) + 2 * (rec.link_ids.size + rec.busy_ids.size)
+
+    def get(self, key: tuple) -> _Record | None:
+        rec = self._items.get(key)
+        if rec is not None:
+            self._items.move_to_end(key)
+        return rec
+
+    def put(self, key: tuple, rec: _Record) -> None:
+        size = self._size_of(rec)
+        if size > self.budget:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._size -= self._size_of(old)
+        self._items[key] = rec
+        self._size += size
+        while self._size > self.budget:
+            self._size -= self._size_of(self._items.popitem(last=False)[1])
+
+
+@dataclass
+class _RecordView:
+    """The records of one fabric configuration in a router's shared store."""
+
+    store: _RecordStore
+    prefix: tuple
+
+    def get(self, key: tuple) -> _Record | None:
+        return self.store.get(self.prefix + (key,))
+
+    def put(self, key: tuple, rec: _Record) -> None:
+        self.store.put(self.prefix + (key,), rec)
+
+
 class Fabric:
     """Flows of bytes over a topology on a SimPy environment, with max-min fair contention.
 
@@ -229,8 +285,10 @@ class Fabric:
         self._runs: dict[int, _Run] = {}
         self._next_gid = 0
         self._version = 0
-        self._records: dict[tuple, _Record] = {}
-        self._uses: dict[tuple, int] = {}
+        # records live on the router, so fresh simulations of the same fabric (same routes, same usable
+        # capacities, same batching) reuse them: a launch's timing depends on nothing else
+        self._records = _RecordStore.of(self.router, self.capacity, finish_rtol)
+        self._uses: dict[tuple, list] = {}  # launch key -> [record, cache hits in this fabric]
         self._solo: _Launch | None = None  # the launch that may become a cache record
         self._fast: tuple | None = None  # (launch, record, pending run indices in finish order)
         self.on_group_done = None  # optional f(group, start, flow_finish) when flows are recorded
@@ -385,8 +443,7 @@ class Fabric:
         """(bytes carried, busy seconds) per link so far, cached launches included."""
         total_bytes = self.link_bytes.copy()
         busy = self.fluid.busy.copy()
-        for key, uses in self._uses.items():
-            rec = self._records[key]
+        for rec, uses in self._uses.values():
             np.add.at(total_bytes, rec.link_ids, rec.link_bytes * uses)
             np.add.at(busy, rec.busy_ids, rec.busy_time * uses)
         return total_bytes, busy
@@ -400,17 +457,9 @@ class Fabric:
                 flow, frac, lat, ptr, links, group._parent_sub = self._select(
                     self._expand(group._parent), group._index, len(group._parent))
             else:
-                route = self.router.route
-                routes = [route(s, d, k) for s, d, k in
-                          zip(group.src.tolist(), group.dst.tolist(), group.key.tolist())]
-                n_paths = np.fromiter((r.fractions.shape[0] for r in routes), dtype=np.int64, count=len(routes))
-                flow = np.repeat(np.arange(len(routes)), n_paths)
-                frac = np.concatenate([r.fractions for r in routes])
-                lat = np.concatenate([r.latencies for r in routes])
-                sub_len = np.concatenate([r.lengths for r in routes])
-                links = np.concatenate([r.links for r in routes])
-                ptr = np.zeros(sub_len.shape[0] + 1, dtype=np.int64)
-                np.cumsum(sub_len, out=ptr[1:])
+                rs = self.router.route_many(group.src, group.dst, group.key)
+                flow, frac, lat, ptr, links = rs.flow, rs.frac, rs.lat, rs.ptr, rs.links
+                group._routes = rs  # kept for its path classes (merging)
             sub_bytes = group.nbytes[flow] * frac
             if sub_bytes.shape[0] > _TAG_MASK:
                 raise ConfigError(f"a flow group may hold at most {_TAG_MASK} paths")
@@ -440,7 +489,7 @@ class Fabric:
                 continue
             del self._expanded[key]
             self._expanded_size -= n
-            g._expanded = g._merged = g._parent_sub = None
+            g._expanded = g._merged = g._parent_sub = g._routes = None
 
     def _merged(self, group: FlowGroup) -> tuple:
         """Identical subflows (same links, bytes and latency) as one weighted fluid flow.
@@ -457,11 +506,23 @@ class Fabric:
                 _, rep, inverse, weight = np.unique(self._merged(parent)[4][group._parent_sub], return_index=True,
                                                     return_inverse=True, return_counts=True)
             else:
-                _, rep, inverse, weight = np.unique(_path_table(ptr, links, sub_bytes, lat), axis=0,
-                                                    return_index=True, return_inverse=True, return_counts=True)
+                # subflows alike: same path class (same links, hence the same latency), then same bytes;
+                # one key in the order of (links, bytes), as rows of a path table would sort
+                cls = self._classes(group)
+                ub, b_inv = np.unique(np.ascontiguousarray(sub_bytes).view(np.int64), return_inverse=True)
+                _, rep, inverse, weight = np.unique(cls * ub.shape[0] + b_inv.reshape(-1), return_index=True,
+                                                    return_inverse=True, return_counts=True)
             rep_ptr, rep_links = _path_rows(ptr, links, rep)
             group._merged = (rep, weight.astype(float), rep_ptr, rep_links, inverse.reshape(-1))
         return group._merged
+
+    def _classes(self, group: FlowGroup) -> np.ndarray:
+        """Per subflow, its path's rank among the distinct paths of the root group it comes from (the
+        order of link ids, so any subset keeps the order of its rows)."""
+        self._expand(group)
+        if group._parent is None:
+            return group._routes.classes()
+        return self._classes(group._parent)[group._parent_sub]
 
     @staticmethod
     def _select(parent: tuple, index: np.ndarray, n_parent: int) -> tuple:
@@ -485,9 +546,10 @@ class Fabric:
         self.stats["flows"] += sum(len(r.group) for r in runs)
         for r in runs:
             r.launch = launch
-        if launch.solo and key in self._records:
+        record = self._records.get(key) if launch.solo else None
+        if record is not None:
             self.stats["cache_hits"] += 1
-            self._start_fast(launch, self._records[key])
+            self._start_fast(launch, record)
             return
         if self._fast is not None:
             self._replay_fast()
@@ -594,8 +656,8 @@ class Fabric:
         link_bytes = np.concatenate(vals)
         busy = self.fluid.busy - launch.busy0
         busy_ids = np.flatnonzero(busy)
-        self._records[launch.key] = _Record(tuple(offsets), tuple(flow_offsets), link_ids, link_bytes,
-                                            busy_ids, busy[busy_ids])
+        self._records.put(launch.key, _Record(tuple(offsets), tuple(flow_offsets), link_ids, link_bytes,
+                                            busy_ids, busy[busy_ids]))
         # this first run's bytes and busy time are already in the dense totals; later hits add via _uses
 
     # --- cached launches ------------------------------------------------------------------------------------
@@ -632,7 +694,7 @@ class Fabric:
             self._schedule_fast()
         else:
             self._fast = None
-            self._uses[launch.key] = self._uses.get(launch.key, 0) + 1
+            self._uses.setdefault(launch.key, [record, 0])[1] += 1
 
     def _replay_fast(self) -> None:
         """Another launch arrives during a cached one: rebuild the cached one's fluid state up to now.

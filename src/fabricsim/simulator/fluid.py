@@ -45,6 +45,16 @@ _SLOTS = [("_rem", float, 0.0), ("_t_upd", float, 0.0), ("_rate", float, 0.0), (
 _ENTRIES = [("_e_flow", np.int64, 0), ("_e_link", np.int64, 0)]
 
 
+def _unique(values: np.ndarray, n: int) -> np.ndarray:
+    """``np.unique(values)`` for integers in [0, n): by marking, when the values are many (a sort or hash
+    of a large array costs more than one pass over n flags)."""
+    if values.size * 16 < n:
+        return np.unique(values)
+    mark = np.zeros(n, dtype=bool)
+    mark[values] = True
+    return np.flatnonzero(mark)
+
+
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(starts[i], ends[i])`` for every i, vectorised."""
     lengths = ends - starts
@@ -298,23 +308,23 @@ class FluidNetwork:
         (feasible, and every flow has a bottleneck), so this equals a full re-solve up to float rounding.
         """
         self.solves += 1
-        seeds = np.unique(seed_links)
+        seeds = _unique(np.asarray(seed_links, dtype=np.int64), self.n_links)
         if not self.incremental:
             flows = np.flatnonzero(self._draining)
             self._bring_to_now(flows)
-            links = np.union1d(seeds, self._links_of(flows))
+            links = _unique(np.concatenate([seeds, self._links_of(flows)]), self.n_links)
             self._solve_set(flows, links, self.capacity[links])
             self.solved_flows += flows.size
             self._finish_set(flows)
             self._set_loads(links, self._exact_loads(links)[0])
             return
         in_s = np.zeros(self._ns, dtype=bool)
-        flows = np.unique(self._e_flow[self._entries_on(seeds)])
+        flows = _unique(self._e_flow[self._entries_on(seeds)], self._ns)
         new = flows
         while True:
             in_s[new] = True
             self._bring_to_now(new)
-            links = np.union1d(seeds, self._links_of(flows))
+            links = _unique(np.concatenate([seeds, self._links_of(flows)]), self.n_links)
             entries = self._entries_on(links)
             e_flow = self._e_flow[entries]
             outside = ~in_s[e_flow]
@@ -326,7 +336,7 @@ class FluidNetwork:
             full = load >= self.capacity[links] * (1 - _CHECK_RTOL)
             rate = self._rate
             # flows outside S on these links: is their bottleneck (if it is here) still one?
-            g = np.unique(e_flow[outside])
+            g = _unique(e_flow[outside], self._ns)
             b = self._bneck[g]
             pos = np.minimum(np.searchsorted(links, b), links.size - 1)
             here = links[pos] == b
@@ -340,7 +350,7 @@ class FluidNetwork:
                 floor = np.full(links.size, np.inf)
                 np.minimum.at(floor, pos[~ok_s], rate[flows[~ok_s]])
                 faster = outside & (rate[e_flow] > floor[e_pos])
-                bad = np.union1d(bad, e_flow[faster])
+                bad = _unique(np.concatenate([bad, e_flow[faster]]), self._ns)
             if bad.size == 0:
                 break
             new = bad

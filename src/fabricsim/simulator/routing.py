@@ -14,13 +14,16 @@ Rules, in order:
 
 Distances come from a bidirectional breadth-first search over the forwarding nodes, which touches only
 the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is built, so 8,192-GPU fabrics
-route in about a second. Routes are cached per (source, destination, flow key).
+route in about a second. Routes are cached per (source, destination, flow key), and whole pair arrays
+(``route_many``) per content digest: the same traffic pattern built again (the next step of a schedule, the
+same collective simulated under another protocol, a fresh simulation sharing this router) is routed once.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Hashable
 
 import numpy as np
@@ -28,7 +31,7 @@ import numpy as np
 from fabricsim.errors import TopologyError
 from fabricsim.topologies.base import Topology
 
-__all__ = ["LinkTable", "Route", "Router", "stable_hash"]
+__all__ = ["LinkTable", "Route", "RouteSet", "Router", "stable_hash"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -84,6 +87,16 @@ class LinkTable:
     def name(self, link: int) -> str:
         return f"{self.nodes[self.src[link]]}->{self.nodes[self.dst[link]]}"
 
+    @property
+    def names(self) -> list[str]:
+        """Every link's name, in link order (computed once; do not modify the list)."""
+        cached = self.__dict__.get("_names")
+        if cached is None:
+            nodes = self.nodes
+            cached = [f"{nodes[a]}->{nodes[b]}" for a, b in zip(self.src.tolist(), self.dst.tolist())]
+            object.__setattr__(self, "_names", cached)
+        return cached
+
 
 @dataclass(frozen=True)
 class Route:
@@ -104,8 +117,43 @@ class Route:
         return [self.links[a:b] for a, b in zip(self.ptr[:-1], self.ptr[1:])]
 
 
+@dataclass
+class RouteSet:
+    """The routes of a whole pair array, as flat arrays of *subflows* (one per path of every pair).
+
+    Subflow ``j`` belongs to pair ``flow[j]``, carries ``frac[j]`` of its bytes, pays ``lat[j]`` and
+    crosses ``links[ptr[j]:ptr[j+1]]``. Shared read-only between every group with these pairs.
+    """
+
+    flow: np.ndarray
+    frac: np.ndarray
+    lat: np.ndarray
+    ptr: np.ndarray
+    links: np.ndarray
+    _classes: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        """Array elements held (what the router's cache budget counts)."""
+        return int(self.links.shape[0] + 4 * self.flow.shape[0])
+
+    def classes(self) -> np.ndarray:
+        """Per subflow, the rank of its path among the distinct paths, in lexicographic order of link ids
+        (a shorter path before its extensions): subflows of equal class cross the same links."""
+        if self._classes is None:
+            sub_len = np.diff(self.ptr)
+            width = int(sub_len.max()) if sub_len.size else 0
+            table = np.full((sub_len.shape[0], width), -1, dtype=np.int64)
+            table[np.arange(width)[None, :] < sub_len[:, None]] = self.links
+            self._classes = np.unique(table, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        return self._classes
+
+
 class Router:
     """Shortest-path routing with first-hop spreading and ECMP, cached. See the module docstring."""
+
+    #: Array elements the pair-array cache (``route_many``) may hold; least recently used sets go first.
+    set_budget = 32_000_000
 
     def __init__(self, topology: Topology, links: LinkTable | None = None, *, down=()):
         """``down``: link ids routes must avoid (links a timed fault took out; see ``Fabric.set_capacity``)."""
@@ -135,11 +183,20 @@ class Router:
         for lists in (self._succ_all, self._pred_all, self._succ_nvl, self._pred_nvl):
             for lst in lists:
                 lst.sort()
+        # the same, forwarding neighbours only: what searches expand (GPUs never forward)
+        fwd = self._forwarding
+        self._fwd_of = {id(lists): [[v for v in lst if fwd[v]] for lst in lists]
+                        for lists in (self._succ_all, self._pred_all, self._succ_nvl, self._pred_nvl)}
         # ECMP hashes node names, not indices: equivalent fabrics built in another order (or with NVLink
         # planes aggregated) make the same choices in their shared scale-out network
         self._name_hash = [int.from_bytes(hashlib.blake2b(str(node).encode(), digest_size=8).digest(), "little")
                            for node in lt.nodes]
         self._cache: dict[tuple[int, int, int], Route] = {}
+        self._bandwidth = np.asarray(lt.bandwidth, dtype=float)
+        self._latency = [float(x) for x in lt.latency.tolist()]
+        self._sets: OrderedDict[bytes, RouteSet] = OrderedDict()
+        self.memo: dict = {}  # for the simulations sharing this router (the fabric's round records)
+        self._sets_size = 0
 
     def node(self, name: Hashable) -> int:
         try:
@@ -173,15 +230,50 @@ class Router:
         self._cache[(src, dst, key if hashed else None)] = route
         return route
 
+    def route_many(self, src: np.ndarray, dst: np.ndarray, key: np.ndarray) -> RouteSet:
+        """The routes of pairs ``(src[i], dst[i], key[i])`` (int64 arrays of node indices and keys) as one
+        RouteSet, cached by the arrays' content: the same pattern is routed once per router."""
+        src = np.ascontiguousarray(src, dtype=np.int64)
+        dst = np.ascontiguousarray(dst, dtype=np.int64)
+        key = np.ascontiguousarray(key, dtype=np.int64)
+        h = hashlib.blake2b(digest_size=16)
+        for a in (src, dst, key):
+            h.update(a.tobytes())
+        digest = h.digest()
+        hit = self._sets.get(digest)
+        if hit is not None:
+            self._sets.move_to_end(digest)
+            return hit
+        route = self.route
+        routes = [route(s, d, k) for s, d, k in zip(src.tolist(), dst.tolist(), key.tolist())]
+        n_paths = np.fromiter((r.fractions.shape[0] for r in routes), dtype=np.int64, count=len(routes))
+        flow = np.repeat(np.arange(len(routes)), n_paths)
+        if routes:
+            frac = np.concatenate([r.fractions for r in routes])
+            lat = np.concatenate([r.latencies for r in routes])
+            sub_len = np.concatenate([r.lengths for r in routes])
+            links = np.concatenate([r.links for r in routes])
+        else:
+            frac, lat, sub_len, links = np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        ptr = np.zeros(sub_len.shape[0] + 1, dtype=np.int64)
+        np.cumsum(sub_len, out=ptr[1:])
+        rs = RouteSet(flow, frac, lat, ptr, links)
+        if rs.size <= self.set_budget:
+            self._sets[digest] = rs
+            self._sets_size += rs.size
+            while self._sets_size > self.set_budget:
+                self._sets_size -= self._sets.popitem(last=False)[1].size
+        return rs
+
     # --- internals ---------------------------------------------------------------------------------------
     def _distances(self, s: int, d: int, succ: list, pred: list) -> dict | None:
         """Hops to ``d`` of every node on a shortest s->d path (bidirectional BFS); None if unreachable."""
-        fwd = self._forwarding
         if d in succ[s]:
             return {s: 1, d: 0}
+        succ_f, pred_f = self._fwd_of[id(succ)], self._fwd_of[id(pred)]
         df, db = {s: 0}, {d: 0}
-        f_front = [v for v in succ[s] if fwd[v]]
-        b_front = [v for v in pred[d] if fwd[v]]
+        f_front = succ_f[s]
+        b_front = pred_f[d]
         df.update((v, 1) for v in f_front)
         db.update((v, 1) for v in b_front)
         f_levels = [[s], f_front]
@@ -190,32 +282,37 @@ class Router:
             if not f_front or not b_front:
                 return None
             if len(f_front) <= len(b_front):
-                f_front = self._next_level(f_front, succ, df)
+                f_front = self._next_level(f_front, succ_f, df)
                 f_levels.append(f_front)
                 meet = [v for v in f_front if v in db]
             else:
-                b_front = self._next_level(b_front, pred, db)
+                b_front = self._next_level(b_front, pred_f, db)
                 meet = [v for v in b_front if v in df]
         length = min(df[v] + db[v] for v in meet)
-        # nodes found backwards have exact distances; prune the forward side back from them
+        # nodes found backwards have exact distances; prune the forward side back from them (a node
+        # with d among its successors was found backwards at once, so only forwarding successors count).
+        # A node of forward level k on a shortest path is length - k from d: when that is within the
+        # backward search's depth, it was found backwards already, so only shallower levels need pruning
         h = dict(db)
-        for level in reversed(f_levels):
+        depth_b = max(db.values())
+        for level in reversed(f_levels[:max(0, length - depth_b)]):
             for u in level:
                 if u in h:
                     continue
-                best = min((h[v] for v in succ[u] if v in h and (fwd[v] or v == d)), default=None)
+                best = min((h[v] for v in succ_f[u] if v in h), default=None)
                 if best is not None and df[u] + best + 1 == length:
                     h[u] = best + 1
         return h if h.get(s) == length else None
 
-    def _next_level(self, front: list, adjacency: list, dist: dict) -> list:
-        """One breadth-first level: forwarding neighbours of ``front`` not yet in ``dist`` (recorded there)."""
-        fwd = self._forwarding
+    @staticmethod
+    def _next_level(front: list, adjacency: list, dist: dict) -> list:
+        """One breadth-first level: neighbours of ``front`` in ``adjacency`` (forwarding nodes only) not
+        yet in ``dist`` (recorded there)."""
         depth = dist[front[0]] + 1
         nxt = []
         for u in front:
             for v in adjacency[u]:
-                if fwd[v] and v not in dist:
+                if v not in dist:
                     dist[v] = depth
                     nxt.append(v)
         return nxt
@@ -223,28 +320,56 @@ class Router:
     def _build(self, s: int, d: int, key: int, h: dict, succ: list) -> tuple[Route, bool]:
         lt = self.links
         fwd = self._forwarding
+        edge = lt.edge_index
         length = h[s]
         first = [v for v in succ[s] if h.get(v) == length - 1 and (fwd[v] or v == d)]
-        weights = np.array([lt.bandwidth[lt.edge_index[(s, v)]] for v in first], dtype=float)
+        succ_f = self._fwd_of[id(succ)]
+        weights = self._bandwidth[[edge[(s, v)] for v in first]]
         fractions = weights / weights.sum()
         paths = []
         hashed = False
         for v in first:
-            hops = [lt.edge_index[(s, v)]]
+            hops = [edge[(s, v)]]
             u = v
             while u != d:
                 r = h[u]
-                options = [w for w in succ[u] if h.get(w) == r - 1 and (fwd[w] or w == d)]
+                # one hop left: only d itself is at distance 0; otherwise forwarding nodes one closer
+                options = [d] if r == 1 else [w for w in succ_f[u] if h.get(w) == r - 1]
                 if len(options) == 1:
                     w = options[0]
                 else:
                     hashed = True
                     nh = self._name_hash
                     w = options[stable_hash(nh[s], nh[d], key, nh[u]) % len(options)]
-                hops.append(lt.edge_index[(u, w)])
+                hops.append(edge[(u, w)])
                 u = w
-            paths.append(np.asarray(hops, dtype=np.int64))
-        latencies = np.array([lt.latency[p].sum() for p in paths])
+            paths.append(hops)
+        lat = self._latency
+        latencies = np.array([_array_sum([lat[e] for e in p]) for p in paths])
+        lengths = np.array([len(p) for p in paths], dtype=np.int64)
         ptr = np.zeros(len(paths) + 1, dtype=np.int64)
-        ptr[1:] = np.cumsum([len(p) for p in paths])
-        return Route(np.concatenate(paths), ptr, fractions, latencies, np.diff(ptr)), hashed
+        np.cumsum(lengths, out=ptr[1:])
+        links = np.array([e for p in paths for e in p], dtype=np.int64)
+        return Route(links, ptr, fractions, latencies, lengths), hashed
+
+
+def _array_sum(values: list) -> float:
+    """``np.array(values).sum()`` to the last bit, in plain Python (numpy's pairwise summation: eight
+    running sums from eight values on, a sequential sum below), for short lists where numpy's per-call
+    cost dominates."""
+    n = len(values)
+    if n < 8:
+        total = 0.0
+        for x in values:
+            total += x
+        return total
+    r = list(values[:8])
+    i = 8
+    while i < n - n % 8:
+        for j in range(8):
+            r[j] += values[i + j]
+        i += 8
+    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for x in values[i:]:
+        total += x
+    return total
