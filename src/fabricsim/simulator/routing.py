@@ -143,9 +143,15 @@ class RouteSet:
         if self._classes is None:
             sub_len = np.diff(self.ptr)
             width = int(sub_len.max()) if sub_len.size else 0
-            table = np.full((sub_len.shape[0], width), -1, dtype=np.int64)
-            table[np.arange(width)[None, :] < sub_len[:, None]] = self.links
-            self._classes = np.unique(table, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+            base = int(self.links.max()) + 2 if self.links.size else 1
+            rank = np.zeros(sub_len.shape[0], dtype=np.int64)
+            for col in range(width):
+                # ranks of the first col+1 links (a missing link, -1, sorts first), refined one link at a time
+                has = sub_len > col
+                link = np.full(sub_len.shape[0], -1, dtype=np.int64)
+                link[has] = self.links[self.ptr[:-1][has] + col]
+                rank = np.unique(rank * base + (link + 1), return_inverse=True)[1].reshape(-1).astype(np.int64)
+            self._classes = rank
         return self._classes
 
 
@@ -196,6 +202,7 @@ class Router:
         self._latency = [float(x) for x in lt.latency.tolist()]
         self._sets: OrderedDict[bytes, RouteSet] = OrderedDict()
         self.memo: dict = {}  # for the simulations sharing this router (the fabric's round records)
+        self._middles: dict = {}  # (adjacency, X2, Y2) -> shared middle of routes (see _distances)
         self._sets_size = 0
 
     def node(self, name: Hashable) -> int:
@@ -267,10 +274,89 @@ class Router:
 
     # --- internals ---------------------------------------------------------------------------------------
     def _distances(self, s: int, d: int, succ: list, pred: list) -> dict | None:
-        """Hops to ``d`` of every node on a shortest s->d path (bidirectional BFS); None if unreachable."""
+        """Hops to ``d`` of the nodes on shortest s->d paths (and of some other nodes, all exact); None if
+        unreachable.
+
+        When s and d are at least four hops apart, every shortest path enters the set X2 of nodes two
+        hops from s and leaves through the set Y2 of nodes two hops before d: the middle part, shortest
+        paths from X2 to Y2, is searched once per (X2, Y2) and shared by every pair with the same sets
+        (all GPUs behind one leaf switch share X2 = {that leaf}). Closer pairs search directly.
+        """
         if d in succ[s]:
             return {s: 1, d: 0}
         succ_f, pred_f = self._fwd_of[id(succ)], self._fwd_of[id(pred)]
+        x1, y1 = succ_f[s], pred_f[d]
+        if x1 and y1:
+            y1_set = set(y1)
+            if not any(v in y1_set for v in x1):
+                x1_set = set(x1)
+                x2 = sorted({v for u in x1 for v in succ_f[u]} - x1_set)
+                y2 = sorted({v for u in y1 for v in pred_f[u]} - y1_set)
+                if x2 and y2 and not any(v in y1_set for v in x2) and not any(v in x1_set for v in y2):
+                    return self._via_middle(s, d, x1, y1, tuple(x2), tuple(y2), succ_f, pred_f)
+        return self._search(s, d, succ_f, pred_f)
+
+    def _via_middle(self, s, d, x1, y1, x2, y2, succ_f, pred_f) -> dict | None:
+        """``_distances`` of a pair at least four hops apart, from the shared search of X2 -> Y2.
+
+        A forwarding node that is not one hop before d is two hops more from d than from Y2 (its shortest
+        path to d passes a node two hops before d), so the middle's distances, plus two, are exact; the
+        nodes one hop before d get 1, and the first hops and s are pruned back as in ``_search``."""
+        key = (id(succ_f), x2, y2)
+        mid = self._middles.get(key)
+        if mid is None:
+            if len(self._middles) >= 20_000:
+                self._middles.clear()
+            found = self._search_sets(x2, y2, succ_f, pred_f)
+            mid = self._middles[key] = None if found is None else (
+                found[0] + 4, {v: k + 2 for v, k in found[1].items()})
+        if mid is None:
+            return None
+        length, h = mid[0], dict(mid[1])
+        h.update(dict.fromkeys(y1, 1))
+        h[d] = 0
+        for u in x1:
+            if u not in h:
+                best = min((h[v] for v in succ_f[u] if v in h), default=None)
+                if best is not None and best + 2 == length:
+                    h[u] = best + 1
+        best = min((h[v] for v in x1 if v in h), default=None)
+        if best is None or best + 1 != length:
+            return None
+        h[s] = length
+        return h
+
+    def _search_sets(self, xs: tuple, ys: tuple, succ_f: list, pred_f: list) -> tuple | None:
+        """(hops, distances to ``ys``) of shortest paths from any node of ``xs`` to any of ``ys`` over
+        forwarding nodes: bidirectional BFS, then the forward side pruned as in ``_search``."""
+        df, db = dict.fromkeys(xs, 0), dict.fromkeys(ys, 0)
+        f_front, b_front = list(xs), list(ys)
+        f_levels = [f_front]
+        meet = [v for v in f_front if v in db]
+        while not meet:
+            if not f_front or not b_front:
+                return None
+            if len(f_front) <= len(b_front):
+                f_front = self._next_level(f_front, succ_f, df)
+                f_levels.append(f_front)
+                meet = [v for v in f_front if v in db]
+            else:
+                b_front = self._next_level(b_front, pred_f, db)
+                meet = [v for v in b_front if v in df]
+        length = min(df[v] + db[v] for v in meet)
+        h = dict(db)
+        depth_b = max(db.values())
+        for level in reversed(f_levels[:max(0, length - depth_b)]):
+            for u in level:
+                if u in h:
+                    continue
+                best = min((h[v] for v in succ_f[u] if v in h), default=None)
+                if best is not None and df[u] + best + 1 == length:
+                    h[u] = best + 1
+        return length, h
+
+    def _search(self, s: int, d: int, succ_f: list, pred_f: list) -> dict | None:
+        """``_distances`` by a bidirectional BFS of the pair alone."""
         df, db = {s: 0}, {d: 0}
         f_front = succ_f[s]
         b_front = pred_f[d]
