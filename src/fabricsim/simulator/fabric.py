@@ -263,6 +263,12 @@ class Fabric:
         """Indices of the links the group's flows cross (sorted, unique)."""
         return self._expand(group)[5]
 
+    def subflows(self, group: FlowGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The group's fluid subflows (one per flow and path): (bytes, path latency, path pointer into
+        links, links), so that subflow ``i`` crosses ``links[ptr[i]:ptr[i + 1]]``."""
+        _, sub_bytes, lat, ptr, links = self._expand(group)[:5]
+        return sub_bytes, lat, ptr, links
+
     def path_latency(self, group: FlowGroup, *, shortest: bool = False) -> float:
         """Longest (or shortest) path latency among the group's flows (s)."""
         lat = self._expand(group)[2]

@@ -143,42 +143,52 @@ def _boundaries(spec: PipelineSpec) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class BoundaryTimes:
-    """Each boundary's send (every replica's pairs) timed on an idle fabric, alone and all at once.
+    """Each boundary's send (every replica's pairs): bounds on its duration, and its exact time when alone.
 
-    ``alone[(a, b)]``: the send over ``a -> b`` with nothing else on the fabric; ``together[(a, b)]``: the
-    same send while EVERY boundary sends in both directions at the same instant (its own finish time in
-    that run). ``disjoint``: no two boundaries' sends share a link, so they never contend and ``alone``
-    is exact.
+    ``lo[(a, b)]``: no send over ``a -> b`` can be faster, whatever else runs: every link it crosses must
+    carry its bytes, ``min latency + max over links (its bytes on the link / capacity)``. ``hi[(a, b)]``: no
+    send can be slower while at most one send per boundary and direction is in flight: under max-min
+    fairness a flow gets at least ``capacity / flows`` on its bottleneck link, so at least
+    ``min over its links (capacity / flows)`` at every instant, counting the subflows of every boundary's
+    send on each link; the subflow ends by ``latency + bytes / that rate`` (a bound that holds for any
+    subset of those flows, so for any moment of the schedule). ``disjoint``: no two boundaries' sends
+    share a link; then ``alone`` holds each send simulated alone on an idle fabric, which is exact.
     """
 
-    alone: dict
-    together: dict
+    lo: dict
+    hi: dict
     disjoint: bool
+    alone: dict | None = None
 
 
 def boundary_times(make_sim, spec: PipelineSpec) -> BoundaryTimes:
-    """Time every stage boundary's send alone, and all of them at once (see ``BoundaryTimes``)."""
-    sim = make_sim()
-    fabric = sim.fabric
-    groups, used = {}, []
+    """Bound every stage boundary's send (see ``BoundaryTimes``); simulate each alone when they are disjoint."""
+    fabric = make_sim().fabric
+    cap = fabric.capacity
+    paths, counts = {}, np.zeros(cap.shape[0])
+    groups = {}
     for a, b in _boundaries(spec):
         groups[(a, b)] = _boundary_group(fabric, spec.stage_ranks[a], spec.stage_ranks[b], spec.p2p_bytes,
                                          f"pp {a}->{b}")
-        used.append(fabric.links_used(groups[(a, b)]))
-    allused = np.concatenate(used)
-    disjoint = bool(np.unique(allused).shape[0] == allused.shape[0])
-    alone = {}
-    for key, group in groups.items():
-        one = make_sim()
-        one.fabric.transfer_group(group)
-        alone[key] = one.run().time
+        paths[(a, b)] = fabric.subflows(groups[(a, b)])
+        counts += np.bincount(paths[(a, b)][3], minlength=cap.shape[0])
+    share = cap / np.maximum(counts, 1.0)
+    lo, hi, disjoint = {}, {}, True
+    for key, (sub_bytes, lat, ptr, links) in paths.items():
+        per_link = np.repeat(sub_bytes, np.diff(ptr))
+        load = np.bincount(links, weights=per_link, minlength=cap.shape[0])
+        used = np.flatnonzero(load)
+        lo[key] = float(lat.min() + np.max(load[used] / cap[used]))
+        hi[key] = float(np.max(lat + sub_bytes / np.minimum.reduceat(share[links], ptr[:-1])))
+        disjoint &= bool(np.all(counts[used] == np.bincount(links, minlength=cap.shape[0])[used]))
+    alone = None
     if disjoint:
-        return BoundaryTimes(alone, dict(alone), True)
-    together = {}
-    for key, group in groups.items():
-        sim.fabric.transfer_group(group).callbacks.append(lambda _ev, key=key: together.__setitem__(key, sim.env.now))
-    sim.run()
-    return BoundaryTimes(alone, together, False)
+        alone = {}
+        for key, group in groups.items():
+            one = make_sim()
+            one.fabric.transfer_group(group)
+            alone[key] = one.run().time
+    return BoundaryTimes(lo, hi, disjoint, alone)
 
 
 #: How the P2P sends are timed: "auto" (exact shortcut when boundaries share no link, else the bracket
@@ -201,19 +211,19 @@ def simulate_pipeline(sim, spec: PipelineSpec, *, trace_ranks: bool = False, mak
     the sends are not simulated as flows during the schedule; each boundary's send is timed beforehand
     (``boundary_times``) and the schedule is run with those durations:
 
-    - the boundaries share no link ("auto"): each send takes its stand-alone time, exact as long as no two
-      sends over one boundary overlap in time (checked while running; otherwise the bracket);
-    - otherwise, the bracket: the schedule runs twice, with every send taking its stand-alone time (``lo``,
-      no contention at all) and its time while every boundary sends in both directions at once (``hi``,
-      the most contention other boundaries can put on it). Sends that overlap over one boundary share it:
-      in ``lo`` they go first in, first out (for equal sends the earliest each can finish under any
-      sharing), in ``hi`` all the sends of a busy period arrive when the period ends (the latest any can).
-      A step is a max-plus function of the send arrival times, so it is monotone in them: the step with
-      flow-level contention lies between the two runs (max-min fair rates are not monotone in the set of
-      flows in general, so this is checked against the flow simulation in the tests, not proved). The
-      ``hi`` run is returned (never optimistic) with ``p2p_bounds = (lo.time, hi.time)``. "auto" returns
-      it when the bracket is narrower than ``BRACKET_TOLERANCE`` of the step or the sends are too many
-      flows to simulate (``FLOW_BUDGET``), and otherwise simulates the flows.
+    - the boundaries share no link ("auto"): each send takes its time simulated alone, exact as long as
+      no two sends over one boundary overlap in time (checked while running; otherwise the bracket);
+    - otherwise, the bracket: the schedule runs twice, with every send taking its lower bound (``lo``:
+      its bytes through its busiest link) and its upper bound (``hi``: every flow at its worst-case
+      max-min share with every boundary sending in both directions at once), see ``BoundaryTimes``.
+      Sends that overlap over one boundary share it: in ``lo`` they go first in, first out (for equal
+      sends the earliest each can finish under any sharing), in ``hi`` all the sends of a busy period
+      arrive when the period ends (the latest any can). A step is a max-plus function of the send
+      arrival times, so it is monotone in them: the step with flow-level contention lies between the two
+      runs (the tests check it against the flow simulation). The ``hi`` run is returned (never
+      optimistic) with ``p2p_bounds = (lo.time, hi.time)``. "auto" returns it when the bracket is
+      narrower than ``BRACKET_TOLERANCE`` of the step or the sends are too many flows to simulate
+      (``FLOW_BUDGET``), and otherwise simulates the flows.
 
     ``p2p="flows"`` (or ``make_sim`` None, or ``trace_ranks``) simulates every send as flows on ``sim``.
     """
@@ -222,15 +232,15 @@ def simulate_pipeline(sim, spec: PipelineSpec, *, trace_ranks: bool = False, mak
     free = spec.stage_ranks is None or spec.p2p_bytes <= 0 or spec.stages == 1
     if make_sim is not None and not free and not trace_ranks and p2p != "flows":
         times = boundary_times(make_sim, spec)
-        if times.disjoint and p2p == "auto":
+        if times.alone is not None and p2p == "auto":
             try:
                 res = _run(make_sim(), spec, False, times.alone)
                 res.p2p_bounds = (res.time, res.time)
                 return res
             except _Overlap:
                 pass
-        lo = _run(make_sim(), spec, False, times.alone, queue="fifo")
-        hi = _run(make_sim(), spec, False, times.together, queue="batch")
+        lo = _run(make_sim(), spec, False, times.lo, queue="fifo")
+        hi = _run(make_sim(), spec, False, times.hi, queue="batch")
         hi.p2p_bounds = (lo.time, hi.time)
         flows = len(hi.sends) * P2P_CHANNELS * len(spec.stage_ranks[0])
         if p2p == "bracket" or hi.time - lo.time <= BRACKET_TOLERANCE * hi.time or flows > FLOW_BUDGET:

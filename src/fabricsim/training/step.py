@@ -53,7 +53,7 @@ from fabricsim.training.layout import DEFAULT_ORDER, Layout, rank_groups
 from fabricsim.training.models import Model
 from fabricsim.training.trace import write_step_trace
 
-__all__ = ["BREAKDOWN_KINDS", "compute_rate", "check_memory", "DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
+__all__ = ["BREAKDOWN_KINDS", "compute_rate", "check_memory", "step_memory", "memory_columns", "DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
            "simulate_step", "write_step_trace"]
 
 MIN_MFU = 1e-3
@@ -498,27 +498,37 @@ def _events_chain(runner, layout: StepLayout, sizes, ready, algorithm, trace, fo
     return start, end, results
 
 
-def check_memory(topology, config: StepConfig):
-    """Refuse a layout whose busiest GPU needs more memory than its HBM (InfeasibleError with the numbers).
+def step_memory(topology, config: StepConfig):
+    """The per-GPU memory report of the busiest pipeline rank (``training.memory``), or None when the
+    topology names no GPU preset (no capacity to compare with)."""
+    from fabricsim.training.memory import gpu_capacity, memory_report
 
-    Uses ``fabricsim.training.memory`` (the per-GPU memory model) when it is installed; returns its report,
-    or None when there is no memory model or the topology names no GPU preset.
-    """
-    try:
-        from fabricsim.training.memory import gpu_capacity, memory_report
-    except ImportError:
-        return None
     capacity = gpu_capacity(topology)
     if capacity is None:
         return None
-    layout = shown = config.layout_for(topology.num_gpus)
+    layout = config.layout_for(topology.num_gpus)
     sequences = _sequences(config, layout.dp)
     micro = max(1, int(sequences // (layout.dp * layout.micro_batch)))
-    report = memory_report(config.model, layout, capacity=capacity, grad_bytes=config.bytes_per_grad,
-                           micro_batches=micro)
-    if not report.fits():
-        raise InfeasibleError(f"{shown.describe()} does not fit in memory: {report.describe()} "
-                              "(raise --tp/--pp, use --zero or --recompute, or add GPUs)")
+    return memory_report(config.model, layout, capacity=capacity, grad_bytes=config.bytes_per_grad,
+                         micro_batches=micro)
+
+
+def memory_columns(topology, config: StepConfig) -> dict:
+    """``memory_GB`` and ``fits`` (1 or 0) for a table row (a sweep marks a layout that does not fit, it
+    does not drop it); empty when the topology names no GPU preset."""
+    report = step_memory(topology, config)
+    return {} if report is None else {"memory_GB": report.total / 1e9, "fits": int(report.fits())}
+
+
+def check_memory(topology, config: StepConfig):
+    """Refuse a layout whose busiest GPU needs more memory than its HBM (InfeasibleError with the numbers).
+
+    Returns the report (``step_memory``), or None when the topology names no GPU preset.
+    """
+    report = step_memory(topology, config)
+    if report is not None and not report.fits():
+        raise InfeasibleError(f"{config.layout_for(topology.num_gpus).describe()} does not fit in memory: "
+                              f"{report.describe()} (raise --tp/--pp, use --zero or --recompute, or add GPUs)")
     return report
 
 
