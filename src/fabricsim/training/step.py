@@ -231,7 +231,8 @@ class StepResult:
     breakdown: dict = field(default_factory=dict)  # seconds of the critical stage by kind (BREAKDOWN_KINDS)
     traffic: dict = field(default_factory=dict)  # bytes each GPU sends per step, by kind
     pipeline: object = field(default=None, repr=False)  # pipeline.PipelineResult (pipelined steps)
-    p2p_bounds: tuple = (0.0, 0.0)  # pipeline end with stand-alone / all-at-once P2P sends (pipeline.py)
+    p2p_bounds: tuple = (0.0, 0.0)  # pipeline end with the P2P sends' lower / upper bounds (pipeline.py)
+    dp_bounds: tuple = (0.0, 0.0)  # step end with the gradient buckets' lower / upper times (parallel_step.py)
     dp_chains: list = field(default_factory=list, repr=False)  # per stage: (sizes, ready, start, end)
     comm_results: dict = field(default_factory=dict, repr=False)
     chunk_comm: dict = field(default_factory=dict, repr=False)  # (global chunk, "F"/"B") -> {kind: exposed s}
