@@ -141,6 +141,19 @@ def test_tiny_mfu():
         fabricsim.StepConfig(fabricsim.resolve_model("llama3-8b"), mfu=1e-300)
 
 
+@pytest.mark.parametrize("command", [["step", "--gpus", 8], ["plan", "--gpus", 8, "--global-batch", 16,
+                                                                "--no-progress", "--model", "llama3-8b"],
+                                     ["sweep", "--sizes", 8, "--no-plots"]])
+@pytest.mark.parametrize("option,value", [("--tp", "0"), ("--cp", "x"), ("--pp", "9" * 30), ("--dp", "1.5"),
+                                          ("--ep", "-2"), ("--virtual-stages", "5000"), ("--micro-batch", "0")])
+def test_layout_options_are_bounded_where_they_enter(command, option, value, tmp_path):
+    """A layout width that is no positive integer, or absurdly large, is refused by the option's type."""
+    result = invoke(*command, "--topology", "dgx-h100", option, value, *(["-o", tmp_path / "o"]
+                                                                        if command[0] == "sweep" else []))
+    assert_one_line_error(result, option)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("factor", ["inf", "nan", "1", "0.5", "1e300"])
 def test_step_factor_out_of_range(factor):
     assert_one_line_error(invoke("allreduce", "--topology", "dgx-h100", "--step-factor", factor), "--step-factor")
