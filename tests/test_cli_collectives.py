@@ -170,7 +170,8 @@ def test_progress_goes_to_stderr_and_rows_stream(monkeypatch):
 
 @pytest.mark.parametrize("args, needle", [
     (["reducescatter", "--algorithm", "tree"], "NCCL has no tree"),
-    (["alltoall", "--model", "analytic"], "all-reduce only"),
+    (["alltoall", "--model", "analytic", "--trace", "t.json"], "needs --model simulate"),
+    (["allgather", "--model", "analytic", "--algorithm", "tree"], "NCCL has no tree"),
     (["allreduce", "--check", "-o", "max"], "reduces with sum"),
     (["broadcast", "-r", "99"], "--root 99"),
     (["allgather", "-d", "complex"], "unknown data type"),
