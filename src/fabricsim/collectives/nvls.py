@@ -51,11 +51,13 @@ def nvlink_kind(fabric, rank: int) -> str:
     return ""
 
 
-def nvls_stage(fabric, islands: list[list[int]]) -> int:
-    """Bytes of one NVLS pipeline stage for these islands: NCCL's loop, channels x heads x 128 KiB, with
-    heads = the largest island's GPUs and NCCL's multi-node channel count across several islands."""
+def nvls_stage(fabric, islands: list[list[int]], nbytes: int | None = None, tree: bool = False) -> int:
+    """Bytes of one NVLS pipeline stage for these islands: NCCL's loop, channels x heads x chunk, with
+    heads = the largest island's GPUs, NCCL's multi-node channel count across several islands and, for the
+    NVLS tree (``tree``), NCCL's chunk for a message of ``nbytes`` (``protocol.nvls_chunk``)."""
     kind = nvlink_kind(fabric, islands[0][0])
-    return nvls_stage_bytes(kind, max(len(i) for i in islands), multi_node=len(islands) > 1)
+    return nvls_stage_bytes(kind, max(len(i) for i in islands), multi_node=len(islands) > 1, nbytes=nbytes,
+                            tree=tree)
 
 
 def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:

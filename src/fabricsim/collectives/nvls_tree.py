@@ -11,8 +11,9 @@ streams the message in stages through three concurrent parts, as the SHARP path 
 3. NVLS all-gather (multicast) of the reduced shards inside each island.
 
 Stage r reduce-scatters chunk r, exchanges chunk r-1 across islands and all-gathers chunk r-2; a chunk is
-NCCL's NVLS loop (``nvls.nvls_stage``: channels x heads x 128 KiB, 32 channels on Blackwell across
-nodes). Across islands the owners of a shard run NCCL's double binary tree (``tree.double_binary_tree``),
+NCCL's NVLSTree loop (``nvls.nvls_stage``: channels x heads x NCCL's NVLSTree chunk, 32 channels on
+Blackwell across nodes; the chunk shrinks from 512 KiB to 32 KiB as the message gets smaller,
+``protocol.nvls_chunk``). Across islands the owners of a shard run NCCL's double binary tree (``tree.double_binary_tree``),
 each tree on half the shard: partial sums go up (a parent adds its children's), the root's sum comes down.
 Per chunk c an owner's NIC carries c/S each way across two islands and 2 c/S across more (an inner tree
 node hears from two children and forwards to two: NCCL's model halves an NVLS tree's network bandwidth
@@ -84,7 +85,7 @@ def nvls_tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Prot
         raise InfeasibleError("an NVLS tree joins several switch islands; this group has one (use nvls)")
     d = len(islands)
     S = max(len(i) for i in islands)
-    chunks = pipeline_chunks(nbytes, nvls_stage(fabric, islands))
+    chunks = pipeline_chunks(nbytes, nvls_stage(fabric, islands, nbytes, tree=True))
     K = len(chunks)
     gi = fabric.gpu_index
     owners = [[isl[s % len(isl)] for isl in islands] for s in range(S)]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from fabricsim.errors import ConfigError
 
-__all__ = ["Protocol", "PROTOCOLS", "LINK_EFFICIENCY", "NVLS_EFFICIENCY", "NVLS_FANIN", "NVLS_LATENCY", "NVLS_CHUNK", "NVLS_CHANNELS",
+__all__ = ["Protocol", "PROTOCOLS", "LINK_EFFICIENCY", "NVLS_EFFICIENCY", "NVLS_FANIN", "NVLS_LATENCY", "NVLS_CHUNK", "NVLS_CHANNELS", "nvls_chunk",
            "nvls_channels", "nvls_stage_bytes", "choose_protocol", "FITTED_ROWS", "Calibration", "CALIBRATED", "IDEAL"]
 
 US = 1e-6
@@ -116,9 +116,38 @@ def nvls_channels(kind: str, multi_node: bool = False) -> int:
     return NVLS_CHANNELS.get(kind, NVLS_CHANNELS["nvlink4"])["multi-node" if multi_node else "domain"]
 
 
-def nvls_stage_bytes(kind: str, heads: int, multi_node: bool = False) -> int:
-    """Bytes one NVLS pipeline stage moves: channels x heads x NVLS_CHUNK."""
-    return nvls_channels(kind, multi_node) * max(1, heads) * NVLS_CHUNK
+# NCCL shrinks the per-head chunk of its NVLS kernels for smaller messages so that the pipeline keeps
+# enough stages in flight (src/enqueue.cc, computeCollDevWork, NCCL 2.2x). With ops = channels x heads:
+# - NVLSTree (several islands): from one Simple step (NCCL_BUFFSIZE 4 MiB / NCCL_STEPS 8 = 512 KiB), then
+#   256 KiB below 32 ops x chunk, 128 KiB below 16 ops x chunk, 64 KiB below 4, 32 KiB below 1 (each test on
+#   the chunk the previous one left). On two NVL72 racks (32 x 72 ops) that is 64 KiB at 0.5-1 GiB, 128 KiB
+#   at 2-8 GiB and 256 KiB at 16 GiB.
+# - NVLS (one island, and NVLS under SHARP): at most 128 KiB, then 64 KiB below 64 ops x chunk, 32 KiB below
+#   8, 16 KiB below 2. Not applied here: with it the single-node and NVL72 rows at 4 MiB-1 GiB come out
+#   10-26% optimistic, so the one-island pipeline keeps 128 KiB stages, whose one-stage fill then stands for
+#   start-up costs the model does not have otherwise (an assumption, listed in docs/validation.md).
+NVLS_TREE_CHUNK = 512 * 2**10
+NVLS_TREE_CHUNK_RULES = ((32, 256 * 2**10), (16, 128 * 2**10), (4, 64 * 2**10), (1, 32 * 2**10))
+
+
+def nvls_chunk(nbytes: int | None, ops: int, tree: bool = False) -> int:
+    """NCCL's per-head NVLS chunk: NVLS_CHUNK for one island (or without a message size), the NVLSTree
+    chunk for a message of ``nbytes`` with ``ops`` = channels x heads across islands (rules above)."""
+    if not tree or nbytes is None:
+        return NVLS_CHUNK
+    chunk = NVLS_TREE_CHUNK
+    for factor, cap in NVLS_TREE_CHUNK_RULES:
+        if nbytes < factor * ops * chunk and chunk > cap:
+            chunk = cap
+    return chunk
+
+
+def nvls_stage_bytes(kind: str, heads: int, multi_node: bool = False, nbytes: int | None = None,
+                     tree: bool = False) -> int:
+    """Bytes one NVLS pipeline stage moves: channels x heads x chunk (``nvls_chunk``: NCCL's NVLSTree chunk
+    for a message of ``nbytes`` when ``tree``, else NVLS_CHUNK)."""
+    ops = nvls_channels(kind, multi_node) * max(1, heads)
+    return ops * nvls_chunk(nbytes, ops, tree)
 
 
 FITTED_ROWS = {"LINK_EFFICIENCY": ["B053", "B066", "A029"], "NVLS_EFFICIENCY": ["B054"], "NVLS_FANIN": ["B067"]}
