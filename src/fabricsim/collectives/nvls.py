@@ -71,12 +71,14 @@ def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
     return list(islands.values())
 
 
-def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: Calibration, fanin: int = 0):
+def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: Calibration, fanin: int = 0,
+               network: bool = False):
     """Arrays of the flows by which every GPU of ``island`` sends ``up`` bytes into its switch chips and
     receives ``down`` bytes from them (one figure for all, or one per GPU), spread over the chips by link
     bandwidth: per GPU and chip, the flow up then the flow down. ``fanin`` is the island's size: every stage
     of an NVLS kernel waits for that many GPUs (its multimem loads, and its per-step flags when it only
-    multicasts), so its bytes carry the fan-in cost (``protocol.NVLS_FANIN``); 0 or 1 for none."""
+    multicasts), so its bytes carry the fan-in cost (``protocol.NVLS_FANIN``); 0 or 1 for none. ``network``:
+    the phase belongs to a multi-node kernel (NVLS tree, SHARP), at ``protocol.NVLS_NETWORK_EFFICIENCY``."""
     src, dst, nbytes = [], [], []
     ups, downs = np.broadcast_to(up, len(island)), np.broadcast_to(down, len(island))  # per GPU, or one for all
     for r, up, down in zip(island, ups.tolist(), downs.tolist()):
@@ -85,7 +87,7 @@ def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: C
         node = int(fabric.gpu_index[r])
         for chip, bw in chips:
             kind = fabric.links.kind[fabric.links.edge_index[(node, chip)]]
-            factor = calibration.nvls_factor(kind, fanin) * bw / total
+            factor = calibration.nvls_factor(kind, fanin, network) * bw / total
             src += [node, chip]
             dst += [chip, node]
             nbytes += [up * factor, down * factor]

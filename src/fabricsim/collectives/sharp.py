@@ -156,7 +156,8 @@ def sharp_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol
     def nvls(phase: str, q: int):
         c = sizes(q)
         parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
-                            calibration, fanin=len(isl)) for isl, own in zip(islands, owned) if len(isl) > 1]
+                            calibration, fanin=len(isl), network=True)
+                 for isl, own in zip(islands, owned) if len(isl) > 1]
         return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
 
     def network(q: int):
