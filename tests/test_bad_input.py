@@ -141,6 +141,19 @@ def test_tiny_mfu():
         fabricsim.StepConfig(fabricsim.resolve_model("llama3-8b"), mfu=1e-300)
 
 
+@pytest.mark.parametrize("command", [["step", "--gpus", 8], ["plan", "--gpus", 8, "--global-batch", 16,
+                                                                "--no-progress", "--model", "llama3-8b"],
+                                     ["sweep", "--sizes", 8, "--no-plots"]])
+@pytest.mark.parametrize("option,value", [("--tp", "0"), ("--cp", "x"), ("--pp", "9" * 30), ("--dp", "1.5"),
+                                          ("--ep", "-2"), ("--virtual-stages", "5000"), ("--micro-batch", "0")])
+def test_layout_options_are_bounded_where_they_enter(command, option, value, tmp_path):
+    """A layout width that is no positive integer, or absurdly large, is refused by the option's type."""
+    result = invoke(*command, "--topology", "dgx-h100", option, value, *(["-o", tmp_path / "o"]
+                                                                        if command[0] == "sweep" else []))
+    assert_one_line_error(result, option)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("factor", ["inf", "nan", "1", "0.5", "1e300"])
 def test_step_factor_out_of_range(factor):
     assert_one_line_error(invoke("allreduce", "--topology", "dgx-h100", "--step-factor", factor), "--step-factor")
@@ -340,6 +353,18 @@ def test_package_ships_py_typed_and_a_license():
     meta = tomllib.loads((root / "pyproject.toml").read_text())
     assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["fabricsim"]
     assert meta["project"]["urls"]
+
+
+def test_readme_images_render_on_the_package_index():
+    """PyPI shows the README without the repository: every image is an absolute URL to a file the repository
+    holds (the URL's host is the project URL of pyproject.toml, an assumption nothing else depends on)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (root / "README.md").read_text())
+    prefix = "https://raw.githubusercontent.com/fabricsim/fabricsim/main/"
+    assert images and all(i.startswith(prefix) and (root / i[len(prefix):]).is_file() for i in images), images
 
 
 def test_protocol_auto_picks_simple_for_1_gib_on_a_fabric_without_nvlink(tmp_path):

@@ -429,8 +429,7 @@ def test_allreduce(data):
     name, gpus = case.fabric()
     command = case.one(["allreduce"] * 4 + ["reducescatter", "allgather", "broadcast", "reduce", "alltoall",
                                             "sendrecv"])
-    model = case.one(["simulate", "simulate", "analytic"] if command == "allreduce" else ["simulate"],
-                     ["exact", "analytic"])
+    model = case.one(["simulate", "simulate", "analytic"], ["exact"])
     fmt = case.one(["json", "json", "json", "table", "csv"], ["xml"])
     args = [command, "--topology", name, "--model", model, "--format", fmt]
     args += ["--gpus", gpus] if gpus is not None else []

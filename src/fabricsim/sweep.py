@@ -25,6 +25,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator
 
+from fabricsim.collectives.records import COLUMNS as RECORD_COLUMNS
 from fabricsim.errors import ConfigError, FabricsimError, InfeasibleError
 from fabricsim.training.step import StepConfig
 
@@ -41,7 +42,8 @@ STEP_COLUMNS = ["topology", "model", "precision", "scaling", "gpus", "tp", "dp",
                 "compute_time_s", "comm_time_s", "exposed_comm_s", "exposed_share", "tp_comm_s", "dp_comm_s",
                 "busbw_GBps", "mfu", "tokens_per_s", "tokens", "buckets", "bucket_bytes", "grad_bytes",
                 "scaling_eff"]
-MESSAGE_COLUMNS = ["topology", "gpus", "algorithm", "protocol", "bytes", "time_s", "algbw_GBps", "busbw_GBps"]
+#: Message rows share every collective command's schema (collectives.records: size_bytes, time_us, ...).
+MESSAGE_COLUMNS = list(RECORD_COLUMNS)
 
 
 def default_sizes(max_gpus: int = 8192, *, min_gpus: int = 8) -> list[int]:
@@ -206,18 +208,20 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
 
 
 def _message_rows(spec, runner, gpus, algorithm, sizes, ranks) -> list[dict]:
+    """All-reduce rows of ``sizes`` in the collective commands' schema (records.COLUMNS); each size is
+    rounded to whole float elements, as ``fabricsim allreduce`` and nccl-tests do."""
+    from fabricsim.collectives.records import nccl_size, record
     from fabricsim.collectives.select import estimate_allreduce
 
     out = []
-    for nbytes in sizes:
+    for requested in sizes:
+        nbytes, count = nccl_size("allreduce", int(requested), len(ranks) if ranks else gpus)
         if spec.estimate == "analytic":
-            res = estimate_allreduce(runner.topology, int(nbytes), algorithm)
+            res = estimate_allreduce(runner.topology, nbytes, algorithm)
         else:
-            res = runner.run(int(nbytes), algorithm, ranks=ranks)
-        out.append({"topology": spec.topology, "gpus": len(ranks) if ranks else gpus,
-                    "algorithm": algorithm if algorithm != "auto" else f"auto:{res.algorithm}",
-                    "protocol": res.protocol, "bytes": int(nbytes), "time_s": res.time,
-                    "algbw_GBps": res.algbw / 1e9, "busbw_GBps": res.busbw / 1e9})
+            res = runner.run(nbytes, algorithm, ranks=ranks)
+        out.append(record(res, topology=spec.topology, count=count, model=spec.estimate))
+        out[-1]["algorithm"] = algorithm if algorithm != "auto" else f"auto:{res.algorithm}"
         if spec.faults:
             out[-1]["faults"] = " ".join(spec.faults)
     return out

@@ -240,6 +240,7 @@ def _format_table(rows, mode: str) -> list[str]:
     head = f"{'GPUs':>6} {'algorithm':<13}{'size':>10}{'time':>11}{'algbw GB/s':>12}{'busbw GB/s':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['gpus']:>6} {r['algorithm']:<13}{format_size(r['bytes']):>10}{format_time(r['time_s']):>11}"
+        lines.append(f"{r['gpus']:>6} {r['algorithm']:<13}{format_size(r['size_bytes']):>10}"
+                     f"{format_time(r['time_us'] * 1e-6):>11}"
                      f"{r['algbw_GBps']:>12.1f}{r['busbw_GBps']:>12.1f}")
     return lines

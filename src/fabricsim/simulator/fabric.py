@@ -234,7 +234,7 @@ class Fabric:
         self._solo: _Launch | None = None  # the launch that may become a cache record
         self._fast: tuple | None = None  # (launch, record, pending run indices in finish order)
         self.on_group_done = None  # optional f(group, start, flow_finish) when flows are recorded
-        self.on_cached = None  # optional f(start, end, link ids, link bytes) when a launch replays the cache
+        self.on_cached = None  # optional f(start, end, link ids, link bytes) when a cached launch has run to its end
         self._down: np.ndarray | None = None  # links a timed fault took out (set_capacity)
         self._nominal: np.ndarray | None = None
         self._rerouted: dict[int, tuple] = {}
@@ -600,8 +600,6 @@ class Fabric:
 
     # --- cached launches ------------------------------------------------------------------------------------
     def _start_fast(self, launch: _Launch, record: _Record) -> None:
-        if self.on_cached is not None:
-            self.on_cached(launch.start, launch.start + max(record.offsets), record.link_ids, record.link_bytes)
         order = sorted(range(len(launch.runs)), key=lambda i: record.offsets[i])
         self._fast = (launch, record, order)
         self._version += 1
@@ -633,6 +631,8 @@ class Fabric:
         else:
             self._fast = None
             self._uses[launch.key] = self._uses.get(launch.key, 0) + 1
+            if self.on_cached is not None:  # told once it ran to its end: a replayed launch reports its own rates
+                self.on_cached(launch.start, launch.start + max(record.offsets), record.link_ids, record.link_bytes)
 
     def _replay_fast(self) -> None:
         """Another launch arrives during a cached one: rebuild the cached one's fluid state up to now.

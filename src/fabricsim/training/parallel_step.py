@@ -122,7 +122,6 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
             tp_time = ar.time
             results["tp"] = (ar,)
     stage0 = set(groups.stage_ranks[0])
-    cp_fwd = cp_bwd = 0.0
     if layout.cp > 1:
         kv = 2 * tokens_mb / layout.cp * model.kv_heads * model.head_dim * act / layout.tp
         cp_groups = [g for g in groups.cp if g[0] in stage0]
@@ -276,6 +275,7 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
     res.breakdown = breakdown
     res.traffic = traffic
     res.pipeline = pipe
+    res.p2p_bounds = tuple(float(x) for x in pipe.p2p_bounds)  # (lo, hi) of the P2P bracket
     res.dp_chains = chains
     res.comm_results = results
     res.chunk_comm = chunk_comm

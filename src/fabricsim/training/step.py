@@ -231,6 +231,7 @@ class StepResult:
     breakdown: dict = field(default_factory=dict)  # seconds of the critical stage by kind (BREAKDOWN_KINDS)
     traffic: dict = field(default_factory=dict)  # bytes each GPU sends per step, by kind
     pipeline: object = field(default=None, repr=False)  # pipeline.PipelineResult (pipelined steps)
+    p2p_bounds: tuple = (0.0, 0.0)  # pipeline end with stand-alone / all-at-once P2P sends (pipeline.py)
     dp_chains: list = field(default_factory=list, repr=False)  # per stage: (sizes, ready, start, end)
     comm_results: dict = field(default_factory=dict, repr=False)
     chunk_comm: dict = field(default_factory=dict, repr=False)  # (global chunk, "F"/"B") -> {kind: exposed s}
@@ -511,10 +512,6 @@ def check_memory(topology, config: StepConfig):
     if capacity is None:
         return None
     layout = shown = config.layout_for(topology.num_gpus)
-    if layout.recompute == "none":
-        # fused (flash) attention, what Megatron-Core runs, never stores the s x s scores: the activation
-        # memory of selective recomputation (Korthikanti et al. 2022, section 5; Dao et al. 2022)
-        layout = layout.with_(recompute="selective")
     sequences = _sequences(config, layout.dp)
     micro = max(1, int(sequences // (layout.dp * layout.micro_batch)))
     report = memory_report(config.model, layout, capacity=capacity, grad_bytes=config.bytes_per_grad,
