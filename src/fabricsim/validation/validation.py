@@ -60,7 +60,11 @@ ASSUMPTIONS = (
     "src/device/all_reduce.h; the NVLSTree kernel's split is assumed to cost the same); Blackwell has no such "
     "share, as its multi-node rows need none.",
     "CoreWeave's two-rack GB200 run is simulated as an NVLS tree and its 20-rack run as a ring: NCCL 2.26.2's "
-    "choice is not printed; the busbw near one rack's (2 racks) and the ~5 ms fixed cost (20 racks) imply them.",
+    "choice is not printed; the busbw near one rack's (2 racks) and the ~5 ms fixed cost (20 racks) imply them. "
+    "CoreWeave's GB200 examples ran with NVLS disabled for a while in 2025 ('Re-enable NVLS. It was disabled "
+    "previously due to issues with older NCCL versions', github.com/coreweave/nccl-tests pull 60); the one-rack "
+    "figures (839 GB/s, above any ring's 700) show NVLS was on for those, and the same setting is assumed for "
+    "the two- and 20-rack runs of the same README section.",
     "The 20-rack ring rows are 14-22% pessimistic under static ECMP (inter-rack flows that cross leaves collide "
     "on spines: 22 GB/s per channel with 16 channels against 48 GB/s alone) and 21-46% optimistic with adaptive "
     "routing (scale_out adaptive_routing=True) or 800G Quantum-X800 switches, where nothing collides. What "
