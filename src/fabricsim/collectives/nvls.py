@@ -27,7 +27,7 @@ from fabricsim.collectives.base import GroupLayout, Schedule, Step
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol, nvls_stage_bytes
 from fabricsim.errors import InfeasibleError
 
-__all__ = ["switch_islands", "nvls_phase", "nvls_payload", "nvls_allreduce", "pipeline_chunks", "shards",
+__all__ = ["switch_islands", "nvls_phase", "owned_shares", "island_phase", "nvls_payload", "nvls_allreduce", "pipeline_chunks", "shards",
            "nvlink_kind", "nvls_stage"]
 
 
@@ -92,6 +92,23 @@ def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: C
             dst += [chip, node]
             nbytes += [up * factor, down * factor]
     return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.array(nbytes), np.zeros(len(src), dtype=np.int64)
+
+
+def owned_shares(islands: list[list[int]], S: int) -> list[np.ndarray]:
+    """Per island, the share of the S shards each GPU owns: a GPU of an island of m GPUs owns the shards
+    j = its position mod m, S/m of them, rounded (the partial-island rule of ``hierarchical.py``)."""
+    return [np.array([len(range(k, S, len(isl))) / S for k in range(len(isl))]) for isl in islands]
+
+
+def island_phase(fabric, islands: list[list[int]], owned: list[np.ndarray], phase: str, c: float,
+                 calibration: Calibration):
+    """Flows of one multi-node NVLS phase on chunk bytes ``c`` in every island of more than one GPU:
+    ``"rs"`` each GPU sends c and receives its owned share, ``"ag"`` the reverse (``nvls_phase`` with
+    ``network=True``: the multi-node kernels' NVLS rate). Shared by the NVLS tree and SHARP."""
+    parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
+                        calibration, fanin=len(isl), network=True)
+             for isl, own in zip(islands, owned) if len(isl) > 1]
+    return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
 
 
 def pipeline_chunks(nbytes: float, chunk: float) -> list[tuple[float, float]]:
