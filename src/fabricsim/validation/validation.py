@@ -83,7 +83,9 @@ ASSUMPTIONS = (
     "Rows whose message size the source does not give are simulated at 8 GiB as the sweep's peak: the "
     "nccl-tests #309 H100 rows (2 and 4 nodes) and the 8-GPU GB200 MNNVL row; the CoreWeave pull-request "
     "rows' '8G' is read as 8 GiB. Those runs' NCCL versions and algorithms are not stated: simulated with "
-    "fabricsim's auto on fabrics without SHARP (their manifests are the non-SHARP ones).",
+    "fabricsim's auto on fabrics without SHARP (their manifests are the non-SHARP ones). The 1,984-GPU H200 "
+    "row (nccl-tests #283) is a stated typical value ('around 350G'), on NICs whose rate is not given (400G "
+    "assumed).",
     "H200 and H20 rows use the DGX H100 preset: same NVLink 4 and NVSwitch gen3; the GB200 rows use one "
     "400G NDR NIC per GPU (CoreWeave's Quantum-X800 fabric may differ).",
     "Network latencies: InfiniBand switch 0.6 us (A031, HDR figure) and NIC traversal 1 us (assumption); RoCE "
