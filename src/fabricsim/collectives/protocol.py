@@ -15,7 +15,9 @@ over links whose usable bandwidth is below line rate. Three families of paramete
 - NVLS (in-switch reduction, see ``nvls.py``): NCCL's own structure, from its source: ``NVLS_CHANNELS``
   CTAs, each moving ``NVLS_CHUNK`` per head and step, so a pipeline stage is channels x heads x chunk; and
   per switch generation one fitted number: Hopper's usable NVLS rate (``NVLS_EFFICIENCY``, row B054) and
-  Blackwell's fan-in cost per doubling of the group (``NVLS_FANIN``, row B067).
+  Blackwell's fan-in cost per doubling of the group (``NVLS_FANIN``, row B067); and Hopper's NVLS share
+  inside NCCL's multi-node kernels (``NVLS_NETWORK_EFFICIENCY``, row CW-H100-2N-8GiB). The NVLS tree's
+  chunk follows NCCL's per-message rule (``nvls_chunk``).
 
 Validation reports the rows used here apart from the rows that were not (DESIGN.md, issue 6).
 """
@@ -26,8 +28,8 @@ from dataclasses import dataclass, field
 
 from fabricsim.errors import ConfigError
 
-__all__ = ["Protocol", "PROTOCOLS", "LINK_EFFICIENCY", "NVLS_EFFICIENCY", "NVLS_FANIN", "NVLS_LATENCY", "NVLS_CHUNK", "NVLS_CHANNELS", "nvls_chunk", "NVLS_NETWORK_EFFICIENCY",
-           "nvls_channels", "nvls_stage_bytes", "choose_protocol", "FITTED_ROWS", "Calibration", "CALIBRATED", "IDEAL"]
+__all__ = ["Protocol", "PROTOCOLS", "LINK_EFFICIENCY", "NVLS_EFFICIENCY", "NVLS_FANIN", "NVLS_LATENCY", "NVLS_CHUNK", "NVLS_CHANNELS",
+           "NVLS_NETWORK_EFFICIENCY", "nvls_chunk", "nvls_channels", "nvls_stage_bytes", "choose_protocol", "FITTED_ROWS", "Calibration", "CALIBRATED", "IDEAL"]
 
 US = 1e-6
 
@@ -156,11 +158,11 @@ def nvls_stage_bytes(kind: str, heads: int, multi_node: bool = False, nbytes: in
 # the in-switch reduction fewer warps, since some send to and receive from the network (src/device/
 # all_reduce.h, NVLS kernel: 3 reduce + 2 broadcast warps with a network peer, as under SHARP, against 5-7
 # reduce warps without; the NVLSTree kernel likewise gives warps to its tree roles, assumed to cost the same).
-# 0.87 = 441 / 507 GB/s, the busbw simulated with and without it on the fitted row, CW-H100-2N-8GiB
-# (440.6 GB/s busbw on 2 x 8 H100, NVLS tree); the SHARP row
-# B070 and the other H100 two-node row (NT309-H100-2N) are its evidence. Blackwell NVLS already runs at its
-# links' usable rate (B066/B067), and its multi-node rows (two DGX B200, two NVL72 racks) need no share:
-# none. That the cause is the warp split is an assumption; the share itself is measured.
+# Fitted on one row, CW-H100-2N-8GiB (440.6 GB/s busbw on 2 x 8 H100, NVLS tree): 0.87 takes the simulated
+# busbw from 507 to 441 GB/s. The SHARP row B070 and the other H100 two-node row (NT309-H100-2N) are its
+# evidence. Blackwell NVLS already runs at its links' usable rate (B066/B067) and its multi-node rows (two
+# DGX B200, two NVL72 racks) need no share, so it has none. That the cause is the warp split is an
+# assumption; the share itself is measured.
 NVLS_NETWORK_EFFICIENCY = {"nvlink4": 0.87}
 
 FITTED_ROWS = {"LINK_EFFICIENCY": ["B053", "B066", "A029"], "NVLS_EFFICIENCY": ["B054"], "NVLS_FANIN": ["B067"],
