@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from fabricsim.collectives.alltoall import all_to_all as alltoall_schedule
+from fabricsim.collectives.alltoall import FINISH_RTOL as ALLTOALL_FINISH_RTOL, all_to_all as alltoall_schedule
 from fabricsim.collectives.base import CollectiveResult, GroupLayout, Schedule, run_schedule
 from fabricsim.collectives.kinds import KINDS, kind as lookup
 from fabricsim.collectives.p2p import normalise_pairs, p2p_protocol, ring_shift_pairs, send_recv as p2p_schedule
@@ -231,8 +231,9 @@ class CollectiveRunner:
                     None if pairs is None else repr(pairs), channels)
             if memo in self._results:
                 return self._results[memo]
+        batching = {"finish_rtol": ALLTOALL_FINISH_RTOL} if k.name == "alltoall" else {}
         sim = self.simulation(trace=trace if trace is not None else False, record="groups" if trace else None,
-                              trace_ranks=trace_ranks)
+                              trace_ranks=trace_ranks, **batching)
         try:
             proc = collective(sim, k.name, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
                               calibration=self.calibration, data=data, root=root, pairs=pairs, channels=channels)
