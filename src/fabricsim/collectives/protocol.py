@@ -24,7 +24,9 @@ Validation reports the rows used here apart from the rows that were not (DESIGN.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from fabricsim.errors import ConfigError
 
@@ -202,7 +204,7 @@ class Calibration:
         """Protocol ``name`` with this calibration's latencies."""
         return (self.protocols or PROTOCOLS)[name]
 
-    def replace(self, **changes) -> "Calibration":
+    def replace(self, **changes: Any) -> "Calibration":
         """A copy with some fields changed (dicts are copied, never shared)."""
         import dataclasses
 
@@ -217,14 +219,14 @@ class Calibration:
 
         return dumps(self)
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write ``to_toml()`` to ``path`` whole (a temporary file renamed over it)."""
         from fabricsim.collectives.calibration_file import save
 
         save(self, path)
 
     @staticmethod
-    def load(path) -> "Calibration":
+    def load(path: str | os.PathLike) -> "Calibration":
         """A calibration from a TOML file (ConfigError naming the file and the bad key)."""
         from fabricsim.collectives.calibration_file import load
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Hashable, Iterable
 
 import numpy as np
 
@@ -116,7 +116,7 @@ class Route:
 class Router:
     """Shortest-path routing with first-hop spreading and ECMP, cached. See the module docstring."""
 
-    def __init__(self, topology: Topology, links: LinkTable | None = None, *, down=()):
+    def __init__(self, topology: Topology, links: LinkTable | None = None, *, down: Iterable[int] = ()) -> None:
         """``down``: link ids routes must avoid (links a timed fault took out; see ``Fabric.set_capacity``)."""
         self.topology = topology
         self.links = links if links is not None else LinkTable.from_topology(topology)

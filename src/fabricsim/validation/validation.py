@@ -27,9 +27,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from fabricsim.errors import ConfigError, FabricsimError
+
+if TYPE_CHECKING:
+    from fabricsim.collectives.protocol import Calibration
 
 __all__ = ["ReferenceRow", "RowResult", "GroupSummary", "ValidationReport", "REFERENCE_PATH", "GROUPS",
            "GROUP_LABELS", "SIZE_CLASSES", "TARGET_PCT", "ASSUMPTIONS", "size_class",
@@ -500,7 +503,7 @@ class _Training:
 
 def validate(rows: Sequence[ReferenceRow] | None = None, *, quick: bool = False, collectives: bool = False,
              ids: Iterable[str] | None = None,
-             calibration=None, on_result: Callable[[RowResult], None] | None = None) -> ValidationReport:
+             calibration: Calibration | None = None, on_result: Callable[[RowResult], None] | None = None) -> ValidationReport:
     """Run the reference rows and compare each with its published figure.
 
     Parameters
