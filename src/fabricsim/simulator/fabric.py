@@ -460,11 +460,15 @@ class Fabric:
         GPUs: one flow of weight w drains exactly like w flows, at a w-th of the cost.
         """
         if group._merged is None:
-            flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
             parent = group._parent
-            if parent is not None and np.array_equal(group.nbytes, parent.nbytes[group._index]):
+            by_parent = parent is not None and np.array_equal(group.nbytes, parent.nbytes[group._index])
+            # the parent first: re-expanding it may drop this group's expansion (memory budget), so this
+            # group's arrays are read after it
+            parent_merged = self._merged(parent)[4] if by_parent else None
+            flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
+            if by_parent:
                 # subflows alike in the parent are alike here: merge by the parent's merged flow
-                _, rep, inverse, weight = np.unique(self._merged(parent)[4][group._parent_sub], return_index=True,
+                _, rep, inverse, weight = np.unique(parent_merged[group._parent_sub], return_index=True,
                                                     return_inverse=True, return_counts=True)
             else:
                 _, rep, inverse, weight = np.unique(_path_table(ptr, links, sub_bytes, lat), axis=0,
