@@ -48,6 +48,10 @@ def test_sweep_writes_rows_table_and_plots(tmp_path, tiny):
         assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.svg").exists()
     for r in rows:
         assert 0 <= float(r["exposed_comm_s"]) <= float(r["comm_time_s"]) * (1 + 1e-9)
+        # the breakdown `fabricsim step` prints, and the memory check, are columns too
+        parts = sum(float(r[f"{k}_s"]) for k in ("compute", "pp_bubble", "pp_p2p", "tp", "cp", "ep", "dp"))
+        assert parts == pytest.approx(float(r["step_time_s"]), rel=1e-6)
+        assert r["pp"] == "1" and r["zero"] == "0" and r["fits"] == "1" and 0 < float(r["memory_GB"]) < 80
 
 
 def test_same_arguments_same_numbers(tiny):

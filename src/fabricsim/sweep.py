@@ -38,10 +38,13 @@ DEFAULT_ALGORITHMS = ("ring", "tree", "hierarchical", "nvls")
 RACK_SIZES = (72, 576, 4608)  # one NVL72, 8 racks, 64 racks
 DEFAULT_CURVE = tuple(2**20 * 4**k for k in range(6))  # 1 MiB .. 1 GiB, x4
 
-STEP_COLUMNS = ["topology", "model", "precision", "scaling", "gpus", "tp", "dp", "algorithm", "step_time_s",
-                "compute_time_s", "comm_time_s", "exposed_comm_s", "exposed_share", "tp_comm_s", "dp_comm_s",
-                "busbw_GBps", "mfu", "tokens_per_s", "tokens", "buckets", "bucket_bytes", "grad_bytes",
-                "scaling_eff"]
+STEP_COLUMNS = ["topology", "model", "precision", "scaling", "gpus", "tp", "cp", "pp", "dp", "ep", "virtual_stages",
+                "zero", "micro_batches", "algorithm", "step_time_s", "compute_time_s", "comm_time_s", "exposed_comm_s",
+                "exposed_share", "tp_comm_s", "dp_comm_s", "busbw_GBps", "mfu", "tokens_per_s", "tokens", "buckets",
+                "bucket_bytes", "grad_bytes", "scaling_eff",
+                # the breakdown `fabricsim step` prints (critical stage; training.step.BREAKDOWN_KINDS)
+                "compute_s", "pp_bubble_s", "pp_p2p_s", "tp_s", "cp_s", "ep_s", "dp_s",
+                "memory_GB", "fits"]
 #: Message rows share every collective command's schema (collectives.records: size_bytes, time_us, ...).
 MESSAGE_COLUMNS = list(RECORD_COLUMNS)
 
@@ -172,7 +175,7 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
     ``curve="only"`` only those are computed.
     """
     from fabricsim.collectives import AllreduceRunner, GroupLayout, available_algorithms
-    from fabricsim.training.step import simulate_step, step_layout
+    from fabricsim.training.step import memory_columns, simulate_step, step_layout
 
     algorithms = spec.algorithms if algorithms is None else tuple(algorithms)
     if curve is None:
@@ -196,6 +199,7 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
                 row = {"topology": spec.topology, "model": spec.step.model.name, "precision": spec.step.precision,
                        "scaling": spec.step.scaling, "bucket_bytes": spec.step.bucket_bytes}
                 row.update(res.row())
+                row.update(memory_columns(topo, spec.step))
                 row["algorithm"] = algorithm if algorithm != "auto" else f"auto:{res.algorithm}"
                 if spec.faults:
                     row["faults"] = " ".join(spec.faults)

@@ -236,7 +236,7 @@ class Fabric:
         self._solo: _Launch | None = None  # the launch that may become a cache record
         self._fast: tuple | None = None  # (launch, record, pending run indices in finish order)
         self.on_group_done = None  # optional f(group, start, flow_finish) when flows are recorded
-        self.on_cached = None  # optional f(start, end, link ids, link bytes) when a launch replays the cache
+        self.on_cached = None  # optional f(start, end, link ids, link bytes) when a cached launch has run to its end
         self._down: np.ndarray | None = None  # links a timed fault took out (set_capacity)
         self._nominal: np.ndarray | None = None
         self._rerouted: dict[int, tuple] = {}
@@ -266,6 +266,12 @@ class Fabric:
     def links_used(self, group: FlowGroup) -> np.ndarray:
         """Indices of the links the group's flows cross (sorted, unique)."""
         return self._expand(group)[5]
+
+    def subflows(self, group: FlowGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The group's fluid subflows (one per flow and path): (bytes, path latency, path pointer into
+        links, links), so that subflow ``i`` crosses ``links[ptr[i]:ptr[i + 1]]``."""
+        _, sub_bytes, lat, ptr, links = self._expand(group)[:5]
+        return sub_bytes, lat, ptr, links
 
     def path_latency(self, group: FlowGroup, *, shortest: bool = False) -> float:
         """Longest (or shortest) path latency among the group's flows (s)."""
@@ -454,11 +460,15 @@ class Fabric:
         GPUs: one flow of weight w drains exactly like w flows, at a w-th of the cost.
         """
         if group._merged is None:
-            flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
             parent = group._parent
-            if parent is not None and np.array_equal(group.nbytes, parent.nbytes[group._index]):
+            by_parent = parent is not None and np.array_equal(group.nbytes, parent.nbytes[group._index])
+            # the parent first: re-expanding it may drop this group's expansion (memory budget), so this
+            # group's arrays are read after it
+            parent_merged = self._merged(parent)[4] if by_parent else None
+            flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
+            if by_parent:
                 # subflows alike in the parent are alike here: merge by the parent's merged flow
-                _, rep, inverse, weight = np.unique(self._merged(parent)[4][group._parent_sub], return_index=True,
+                _, rep, inverse, weight = np.unique(parent_merged[group._parent_sub], return_index=True,
                                                     return_inverse=True, return_counts=True)
             else:
                 _, rep, inverse, weight = np.unique(_path_table(ptr, links, sub_bytes, lat), axis=0,
@@ -604,8 +614,6 @@ class Fabric:
 
     # --- cached launches ------------------------------------------------------------------------------------
     def _start_fast(self, launch: _Launch, record: _Record) -> None:
-        if self.on_cached is not None:
-            self.on_cached(launch.start, launch.start + max(record.offsets), record.link_ids, record.link_bytes)
         order = sorted(range(len(launch.runs)), key=lambda i: record.offsets[i])
         self._fast = (launch, record, order)
         self._version += 1
@@ -637,6 +645,8 @@ class Fabric:
         else:
             self._fast = None
             self._uses[launch.key] = self._uses.get(launch.key, 0) + 1
+            if self.on_cached is not None:  # told once it ran to its end: a replayed launch reports its own rates
+                self.on_cached(launch.start, launch.start + max(record.offsets), record.link_ids, record.link_bytes)
 
     def _replay_fast(self) -> None:
         """Another launch arrives during a cached one: rebuild the cached one's fluid state up to now.
