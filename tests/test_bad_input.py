@@ -116,6 +116,18 @@ def test_binary_topology_file(tmp_path, command):
     assert_one_line_error(invoke(*command, path), "not a text file")
 
 
+def test_a_link_kind_that_is_not_text_is_refused(tmp_path):
+    """Found by the long fuzz profile: a node-link JSON edge with "kind": 0.0 crashed topology info."""
+    path = tmp_path / "f.json"
+    edges = [{"source": a, "target": b, "bandwidth": 5e10, "kind": "nvlink5"} for a, b in
+             (("g0", "s"), ("s", "g0"), ("g1", "s"), ("s", "g1"))]
+    edges[0]["kind"] = 0.0
+    path.write_text(json.dumps({"directed": True, "multigraph": False, "graph": {}, "edges": edges, "nodes": [
+        {"id": "g0", "kind": "gpu"}, {"id": "g1", "kind": "gpu"}, {"id": "s", "kind": "switch"}]}))
+    for command in (["topology", "info"], ["allreduce", "--topology"]):
+        assert_one_line_error(invoke(*command, path), "kind 0.0")
+
+
 def test_binary_model_file(tmp_path):
     path = tmp_path / "garbage.toml"
     path.write_bytes(b"\xb9\x00\xff" * 50)

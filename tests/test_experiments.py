@@ -83,15 +83,21 @@ def test_scattered_jobs_on_an_oversubscribed_fabric_slow_down_and_the_links_are_
     assert ("leaf" in name and "spine" in name)
 
 
-def test_cluster_command(tmp_path):
+def _cluster(tmp_path, text: str, *options):
+    """``fabricsim cluster`` on a scenario file holding ``text``."""
     path = tmp_path / "jobs.toml"
-    path.write_text('topology = "dgx-h100-ib"\ngpus = 32\nplacement = "scattered"\nfaults = ["spine0"]\n'
-                    '[[job]]\nname = "big"\ngpus = 16\nbucket = "1GiB"\n'
-                    '[[job]]\nname = "small"\nranks = "4-7,12-15"\ntp = 2\nbucket = "1GiB"\n')
-    res = CliRunner().invoke(cli, ["cluster", str(path)])
+    path.write_text(text)
+    return CliRunner().invoke(cli, ["cluster", str(path), *options])
+
+
+def test_cluster_command(tmp_path):
+    text = ('topology = "dgx-h100-ib"\ngpus = 32\nplacement = "scattered"\nfaults = ["spine0"]\n'
+            '[[job]]\nname = "big"\ngpus = 16\nbucket = "1GiB"\n'
+            '[[job]]\nname = "small"\nranks = "4-7,12-15"\ntp = 2\nbucket = "1GiB"\n')
+    res = _cluster(tmp_path, text)
     assert res.exit_code == 0, res.output
     assert "big" in res.output and "slowdown" in res.output
-    doc = json.loads(CliRunner().invoke(cli, ["cluster", str(path), "--json"]).output)
+    doc = json.loads(_cluster(tmp_path, text, "--json").output)
     assert [j["name"] for j in doc["jobs"]] == ["big", "small"] and doc["jobs"][1]["ranks"] == [4, 5, 6, 7, 12, 13, 14, 15]
 
 
@@ -99,9 +105,7 @@ def test_cluster_command(tmp_path):
                                          ('[[job]]\nname = "x"\ncolour = 1\n', "unknown key 'colour'"),
                                          ('flavour = 1\n', "unknown key 'flavour'")])
 def test_cluster_refusals(tmp_path, text, match):
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    res = CliRunner().invoke(cli, ["cluster", str(path)])
+    res = _cluster(tmp_path, text)
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert pytest.importorskip("re").search(match, res.output)
 
@@ -142,13 +146,11 @@ def test_zero3_job_refused_with_the_reason(small):
 
 
 def test_cluster_command_takes_parallel_layouts(tmp_path):
-    path = tmp_path / "jobs.toml"
-    path.write_text('topology = "dgx-h100-ib"\ngpus = 32\n'
-                    '[[job]]\nname = "pipe"\ngpus = 16\ntp = 4\npp = 2\nmicro_batch = 1\nbatch = 4\n'
-                    '[[job]]\nname = "zero"\ngpus = 16\nzero = 3\n')
-    res = CliRunner().invoke(cli, ["cluster", str(path)])
+    text = ('topology = "dgx-h100-ib"\ngpus = 32\n'
+            '[[job]]\nname = "pipe"\ngpus = 16\ntp = 4\npp = 2\nmicro_batch = 1\nbatch = 4\n'
+            '[[job]]\nname = "zero"\ngpus = 16\nzero = 3\n')
+    res = _cluster(tmp_path, text)
     assert res.exit_code == 2 and "ZeRO-3" in res.output and "Traceback" not in res.output
-    path.write_text(path.read_text().replace("zero = 3", "zero = 2\ncp = 2"))
-    res = CliRunner().invoke(cli, ["cluster", str(path)])
+    res = _cluster(tmp_path, text.replace("zero = 3", "zero = 2\ncp = 2"))
     assert res.exit_code == 0, res.output
     assert "pipe" in res.output and "zero" in res.output

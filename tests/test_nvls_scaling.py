@@ -108,3 +108,28 @@ def test_nvls_needs_more_than_two_gpus_in_an_island():
     assert "nvls" in available_algorithms(AllreduceRunner(build("dgx-h100", gpus=3)).simulation().fabric,
                                           GroupLayout.of(AllreduceRunner(build("dgx-h100", gpus=3))
                                                          .simulation().fabric, None))
+
+
+def test_multi_node_nvls_share_is_hopper_only_and_round_trips():
+    from fabricsim.collectives.calibration_file import dumps, loads
+    from fabricsim.collectives.protocol import NVLS_NETWORK_EFFICIENCY
+
+    one = CALIBRATED.nvls_factor("nvlink4", 8)
+    assert CALIBRATED.nvls_factor("nvlink4", 8, network=True) == pytest.approx(one / NVLS_NETWORK_EFFICIENCY["nvlink4"])
+    assert CALIBRATED.nvls_factor("nvlink5", 72, network=True) == CALIBRATED.nvls_factor("nvlink5", 72)
+    assert IDEAL.nvls_factor("nvlink4", 8, network=True) == 1.0
+    assert loads(dumps(CALIBRATED)).nvls_network == CALIBRATED.nvls_network
+
+
+def test_hopper_nvls_tree_is_slower_by_the_multi_node_share_and_one_node_is_not():
+    """Two DGX H100 nodes are NVLS-bound (the network carries N/8 per GPU): busbw scales by the share;
+    one node (the one-node kernel) does not move."""
+    two = build("dgx-h100-ib", gpus=16, sharp=False)
+    share = CALIBRATED.nvls_network["nvlink4"]
+    without = Calibration(CALIBRATED.link_efficiency, CALIBRATED.nvls_efficiency, CALIBRATED.nvls_fanin)
+    a = AllreduceRunner(two, calibration=CALIBRATED).run(8 * GiB, "nvls").busbw
+    b = AllreduceRunner(two, calibration=without).run(8 * GiB, "nvls").busbw
+    assert a / b == pytest.approx(share, rel=0.02)
+    one = build("dgx-h100")
+    assert AllreduceRunner(one, calibration=CALIBRATED).run(8 * GiB, "nvls").busbw == pytest.approx(
+        AllreduceRunner(one, calibration=without).run(8 * GiB, "nvls").busbw)

@@ -119,8 +119,9 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, 
     """Simulate a training step (or all-reduces) at every cluster size and algorithm.
 
     With no arguments: Llama 3 8B, data parallel, on GB200 NVL72 racks joined by 400G InfiniBand, from 8
-    to 8,192 GPUs, ring, tree, hierarchical and NVLS all-reduce; writes step.csv, step.json, busbw.csv and
-    the plots into ./fabricsim-out.
+    to 8,192 GPUs, ring, tree, hierarchical and NVLS all-reduce; writes step.csv, step.json, busbw.csv,
+    busbw.json, meta.json and the plots into ./fabricsim-out (message mode: message.csv and message.json
+    in the collective commands' columns).
 
     Every finished point is journaled at once: an interrupted sweep keeps it, exits non-zero with a
     one-line summary, and --resume DIR finishes it with the same files as an uninterrupted run.

@@ -33,8 +33,8 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nvls import (island_pipeline_stage, nvls_phase, nvls_stage, pipeline_chunks,
-                                        switch_islands)
+from fabricsim.collectives.nvls import (island_phase, island_pipeline_stage, nvls_stage, owned_shares,
+                                        pipeline_chunks, switch_islands)
 from fabricsim.collectives.protocol import NVLS_LATENCY, PROTOCOLS, Calibration, Protocol
 from fabricsim.collectives.tree import double_binary_tree
 from fabricsim.errors import InfeasibleError
@@ -93,18 +93,14 @@ def nvls_tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Prot
     n_src = np.array([int(gi[owners[s][f[0]]]) for s in range(S) for f in flows], dtype=np.int64)
     n_dst = np.array([int(gi[owners[s][f[1]]]) for s in range(S) for f in flows], dtype=np.int64)
     n_key = np.repeat(np.arange(S, dtype=np.int64), len(flows))
-    # a GPU of an island of m GPUs owns the shards j = its position mod m: S/m of them, rounded
-    owned = [np.array([len(range(k, S, len(isl))) / S for k in range(len(isl))]) for isl in islands]
+    owned = owned_shares(islands, S)
     first_latency = NVLS_LATENCY["nvlink"] + inter_island_latency(fabric, owners[0], d)
 
     def sizes(q: int) -> float:
         return (chunks[q][1] - chunks[q][0]) * nbytes if 0 <= q < K else 0.0
 
     def nvls(phase: str, q: int):
-        c = sizes(q)
-        parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
-                            calibration, fanin=len(isl)) for isl, own in zip(islands, owned) if len(isl) > 1]
-        return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
+        return island_phase(fabric, islands, owned, phase, sizes(q), calibration)
 
     def network(q: int):
         return [n_src, n_dst, np.full(len(n_src), sizes(q) / S / 2), n_key]  # each tree carries half a shard

@@ -17,8 +17,9 @@ Rules, in order:
    InfiniBand adaptive routing, where a switch picks the output port by its load for every packet among
    the ports of minimal hops to the destination (NVIDIA "InfiniBand Cluster Bring-up Procedure",
    Adaptive Routing: the TREE algorithm's AR groups for fat trees; "AR is enabled by default in the
-   opensm.conf file"), and NCCL sends large messages in messages that may use it (NCCL_IB_AR_THRESHOLD,
-   NCCL environment variables, default 8,192 bytes).
+   opensm.conf file"), and NCCL sends large messages in messages that may use it (support since NCCL 2.6.4,
+   release notes; NCCL_IB_AR_THRESHOLD, NCCL environment variables, default 8,192 bytes). Off by default:
+   whether a given fabric runs it is the operator's choice.
 
 Distances come from a bidirectional breadth-first search over the forwarding nodes, which touches only
 the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is built, so 8,192-GPU fabrics
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Hashable, Iterable
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class Route:
 class Router:
     """Shortest-path routing with first-hop spreading and ECMP, cached. See the module docstring."""
 
-    def __init__(self, topology: Topology, links: LinkTable | None = None, *, down=()):
+    def __init__(self, topology: Topology, links: LinkTable | None = None, *, down: Iterable[int] = ()) -> None:
         """``down``: link ids routes must avoid (links a timed fault took out; see ``Fabric.set_capacity``)."""
         self.topology = topology
         self.links = links if links is not None else LinkTable.from_topology(topology)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +53,10 @@ from fabricsim.training.compute import block_flops, compute_efficiency
 from fabricsim.training.layout import DEFAULT_ORDER, Layout, rank_groups
 from fabricsim.training.models import Model
 from fabricsim.training.trace import write_step_trace
+
+if TYPE_CHECKING:
+    from fabricsim.topologies.base import Topology
+    from fabricsim.training.memory import MemoryReport
 
 __all__ = ["BREAKDOWN_KINDS", "compute_rate", "check_memory", "step_memory", "memory_columns", "DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
            "simulate_step", "write_step_trace"]
@@ -179,7 +184,7 @@ class StepLayout:
         return len(self.dp_groups[0])
 
 
-def step_layout(topology, tp: int) -> StepLayout:
+def step_layout(topology: Topology, tp: int) -> StepLayout:
     """TP groups of ``tp`` consecutive ranks inside each NVLink domain; DP group t = position t of each.
 
     The data-parallel plus tensor-parallel case of :func:`fabricsim.training.layout.rank_groups`.
@@ -352,7 +357,7 @@ def _resolve_algorithm(runner: AllreduceRunner, algorithm: str, nbytes: int, gro
     return runner.choose(int(nbytes), groups=groups) if algorithm == "auto" else algorithm
 
 
-def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | None = None,
+def simulate_step(topology: Topology, config: StepConfig, *, runner: AllreduceRunner | None = None,
                   engine: str = "fast", trace: str | None = None) -> StepResult:
     """Simulate one training step of ``config`` on ``topology``.
 
@@ -499,7 +504,7 @@ def _events_chain(runner, layout: StepLayout, sizes, ready, algorithm, trace, fo
     return start, end, results
 
 
-def step_memory(topology, config: StepConfig):
+def step_memory(topology: Topology, config: StepConfig) -> MemoryReport | None:
     """The per-GPU memory report of the busiest pipeline rank (``training.memory``), or None when the
     topology names no GPU preset (no capacity to compare with)."""
     from fabricsim.training.memory import gpu_capacity, memory_report
@@ -514,14 +519,14 @@ def step_memory(topology, config: StepConfig):
                          micro_batches=micro)
 
 
-def memory_columns(topology, config: StepConfig) -> dict:
+def memory_columns(topology: Topology, config: StepConfig) -> dict:
     """``memory_GB`` and ``fits`` (1 or 0) for a table row (a sweep marks a layout that does not fit, it
     does not drop it); empty when the topology names no GPU preset."""
     report = step_memory(topology, config)
     return {} if report is None else {"memory_GB": report.total / 1e9, "fits": int(report.fits())}
 
 
-def check_memory(topology, config: StepConfig):
+def check_memory(topology: Topology, config: StepConfig) -> MemoryReport | None:
     """Refuse a layout whose busiest GPU needs more memory than its HBM (InfeasibleError with the numbers).
 
     Returns the report (``step_memory``), or None when the topology names no GPU preset.
@@ -533,6 +538,6 @@ def check_memory(topology, config: StepConfig):
     return report
 
 
-def with_options(config: StepConfig, **changes) -> StepConfig:
+def with_options(config: StepConfig, **changes: Any) -> StepConfig:
     """A copy of ``config`` with some fields changed (validated again)."""
     return replace(config, **changes)
