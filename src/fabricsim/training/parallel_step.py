@@ -111,11 +111,17 @@ class _BucketTimes:
         return self._run(size).bytes_per_rank if self.exact else self._ref.bytes_per_rank * size / self.full
 
 
+#: Up to this many GPUs every bucket size is simulated (``exact_buckets`` None); above it, the largest only.
+EXACT_BUCKETS_GPUS = 1024
+
+
 def simulate_parallel_step(topology, config, layout, groups, runner, *, sequences: float, rate: float,
-                           peak: float, model_flops: float, trace: bool = False, exact_buckets: bool = False):
+                           peak: float, model_flops: float, trace: bool = False, exact_buckets: bool | None = None):
     from fabricsim.training.step import StepResult
 
     model = config.model
+    if exact_buckets is None:
+        exact_buckets = topology.num_gpus <= EXACT_BUCKETS_GPUS
     p, v = layout.pp, layout.virtual_stages
     per_replica = sequences / layout.dp
     m = per_replica / layout.micro_batch
