@@ -14,6 +14,8 @@
     model = "llama3-8b"              # preset or model TOML file
     algorithm = "ring"               # data-parallel all-reduce
     tp = 1                           # and precision, mfu, scaling, batch, global_batch, bucket, grad_bytes
+    # the parallel layout of `fabricsim step`: cp, pp, dp, ep, virtual_stages, micro_batch, zero (0-2),
+    # recompute, sequence_parallel, order, tp_comm_overlap
     # placement = "packed" | "scattered", or ranks = "0-575" (or a list)
 
 Unknown keys are refused by name.
@@ -29,8 +31,10 @@ from fabricsim.experiments.cluster import ClusterResult, Job, run_cluster
 __all__ = ["load_scenario", "run_scenario"]
 
 _TOP = {"topology", "gpus", "network", "oversubscription", "planes", "placement", "faults", "job"}
-_JOB = {"name", "gpus", "model", "algorithm", "tp", "precision", "mfu", "scaling", "batch", "global_batch", "bucket",
-        "grad_bytes", "placement", "ranks"}
+_LAYOUT = ("tp", "cp", "pp", "dp", "ep", "virtual_stages", "micro_batch", "zero", "recompute", "sequence_parallel",
+           "order", "tp_comm_overlap")
+_JOB = {"name", "gpus", "model", "algorithm", "precision", "mfu", "scaling", "batch", "global_batch", "bucket",
+        "grad_bytes", "placement", "ranks", *_LAYOUT}
 
 
 def load_scenario(path: str) -> tuple:
@@ -82,7 +86,7 @@ def _config(entry: dict):
     from fabricsim.training import StepConfig, resolve_model
     from fabricsim.units import parse_size
 
-    kw = {k: entry[k] for k in ("algorithm", "precision", "mfu", "tp", "scaling", "batch", "global_batch")
+    kw = {k: entry[k] for k in ("algorithm", "precision", "mfu", "scaling", "batch", "global_batch", *_LAYOUT)
           if k in entry}
     if "bucket" in entry:
         kw["bucket_bytes"] = parse_size(entry["bucket"])

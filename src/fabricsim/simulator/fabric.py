@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import simpy
+from numpy.typing import ArrayLike
 
 from fabricsim.errors import ConfigError, InfeasibleError, TopologyError
 from fabricsim.simulator.fluid import FluidNetwork
@@ -32,17 +33,6 @@ __all__ = ["FlowGroup", "GroupResult", "Fabric"]
 
 _TAG_BITS = 26  # subflow index bits in a fluid tag; the group id sits above them
 _TAG_MASK = (1 << _TAG_BITS) - 1
-
-
-def _path_table(ptr: np.ndarray, links: np.ndarray, sub_bytes: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """One row per subflow: its links (padded with -1), then the bits of its size and latency."""
-    sub_len = np.diff(ptr)
-    width = int(sub_len.max()) if sub_len.size else 0
-    table = np.full((sub_len.shape[0], width + 2), -1, dtype=np.int64)
-    table[:, :width][np.arange(width)[None, :] < sub_len[:, None]] = links
-    table[:, width] = np.ascontiguousarray(sub_bytes).view(np.int64)
-    table[:, width + 1] = np.ascontiguousarray(lat).view(np.int64)
-    return table
 
 
 def _path_rows(ptr: np.ndarray, links: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +84,7 @@ class FlowGroup:
     def __len__(self) -> int:
         return self.src.shape[0]
 
-    def select(self, index, label: str | None = None, charge_latency: bool | None = None) -> "FlowGroup":
+    def select(self, index: ArrayLike, label: str | None = None, charge_latency: bool | None = None) -> "FlowGroup":
         """The flows ``index`` (distinct positions) of this group, as a group of their own.
 
         A fabric routes a selection from its parent's routes with array operations: a schedule whose
@@ -257,8 +247,9 @@ class Fabric:
     expansion_budget = 16_000_000
 
     def __init__(self, env: simpy.Environment, topology: Topology, *, cache: bool = True,
-                 record: str | None = "groups", on_rates=None, efficiency: dict | None = None,
-                 router: Router | None = None, finish_rtol: float = 0.0):
+                 record: str | None = "groups",
+                 on_rates: Callable[[float, np.ndarray, np.ndarray], None] | None = None,
+                 efficiency: dict | None = None, router: Router | None = None, finish_rtol: float = 0.0) -> None:
         if record not in ("groups", "flows", None):
             raise ConfigError(f"record must be 'groups', 'flows' or None, not {record!r}")
         self.env = env
@@ -292,21 +283,23 @@ class Fabric:
         self._solo: _Launch | None = None  # the launch that may become a cache record
         self._fast: tuple | None = None  # (launch, record, pending run indices in finish order)
         self.on_group_done = None  # optional f(group, start, flow_finish) when flows are recorded
-        self.on_cached = None  # optional f(start, end, link ids, link bytes) when a launch replays the cache
+        self.on_cached = None  # optional f(start, end, link ids, link bytes) when a cached launch has run to its end
         self._down: np.ndarray | None = None  # links a timed fault took out (set_capacity)
         self._nominal: np.ndarray | None = None
         self._rerouted: dict[int, tuple] = {}
         self._fault = ""
 
     # --- building groups --------------------------------------------------------------------------------
-    def group(self, src: Sequence[Hashable], dst: Sequence[Hashable], nbytes, key=0, label: str = "") -> FlowGroup:
+    def group(self, src: Sequence[Hashable], dst: Sequence[Hashable], nbytes: ArrayLike, key: ArrayLike = 0,
+              label: str = "") -> FlowGroup:
         """A FlowGroup from node names."""
         node = self.router.node
         return FlowGroup(np.array([node(s) for s in src], dtype=np.int64),
                          np.array([node(d) for d in dst], dtype=np.int64),
                          np.broadcast_to(np.asarray(nbytes, dtype=float), (len(src),)), key, label)
 
-    def group_by_rank(self, src_ranks, dst_ranks, nbytes, key=0, label: str = "") -> FlowGroup:
+    def group_by_rank(self, src_ranks: ArrayLike, dst_ranks: ArrayLike, nbytes: ArrayLike, key: ArrayLike = 0,
+                      label: str = "") -> FlowGroup:
         """A FlowGroup between GPUs given by rank (position in ``topology.gpus``)."""
         src_ranks = np.asarray(src_ranks, dtype=np.int64)
         dst_ranks = np.asarray(dst_ranks, dtype=np.int64)
@@ -320,6 +313,12 @@ class Fabric:
     def links_used(self, group: FlowGroup) -> np.ndarray:
         """Indices of the links the group's flows cross (sorted, unique)."""
         return self._expand(group)[5]
+
+    def subflows(self, group: FlowGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The group's fluid subflows (one per flow and path): (bytes, path latency, path pointer into
+        links, links), so that subflow ``i`` crosses ``links[ptr[i]:ptr[i + 1]]``."""
+        _, sub_bytes, lat, ptr, links = self._expand(group)[:5]
+        return sub_bytes, lat, ptr, links
 
     def path_latency(self, group: FlowGroup, *, shortest: bool = False) -> float:
         """Longest (or shortest) path latency among the group's flows (s)."""
@@ -350,7 +349,7 @@ class Fabric:
         return event
 
     # --- timed faults -------------------------------------------------------------------------------------
-    def set_capacity(self, link_ids, factor, label: str = "") -> None:
+    def set_capacity(self, link_ids: ArrayLike, factor: ArrayLike, label: str = "") -> None:
         """From now on links ``link_ids`` carry ``factor`` of their usable rate (0: the link is down).
 
         Rates are re-solved at once. Flows in flight on a link that went down move, with the bytes they
@@ -499,16 +498,20 @@ class Fabric:
         GPUs: one flow of weight w drains exactly like w flows, at a w-th of the cost.
         """
         if group._merged is None:
-            flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
             parent = group._parent
-            if parent is not None and np.array_equal(group.nbytes, parent.nbytes[group._index]):
+            by_parent = parent is not None and np.array_equal(group.nbytes, parent.nbytes[group._index])
+            # the parent first: re-expanding it may drop this group's expansion (memory budget), so this
+            # group's arrays are read after it
+            parent_merged = self._merged(parent)[4] if by_parent else None
+            cls = None if by_parent else self._classes(group)  # also its parent's first, for the same reason
+            flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
+            if by_parent:
                 # subflows alike in the parent are alike here: merge by the parent's merged flow
-                _, rep, inverse, weight = np.unique(self._merged(parent)[4][group._parent_sub], return_index=True,
+                _, rep, inverse, weight = np.unique(parent_merged[group._parent_sub], return_index=True,
                                                     return_inverse=True, return_counts=True)
             else:
                 # subflows alike: same path class (same links, hence the same latency), then same bytes;
                 # one key in the order of (links, bytes), as rows of a path table would sort
-                cls = self._classes(group)
                 ub, b_inv = np.unique(np.ascontiguousarray(sub_bytes).view(np.int64), return_inverse=True)
                 _, rep, inverse, weight = np.unique(cls * ub.shape[0] + b_inv.reshape(-1), return_index=True,
                                                     return_inverse=True, return_counts=True)
@@ -519,10 +522,12 @@ class Fabric:
     def _classes(self, group: FlowGroup) -> np.ndarray:
         """Per subflow, its path's rank among the distinct paths of the root group it comes from (the
         order of link ids, so any subset keeps the order of its rows)."""
-        self._expand(group)
         if group._parent is None:
+            self._expand(group)
             return group._routes.classes()
-        return self._classes(group._parent)[group._parent_sub]
+        parent = self._classes(group._parent)
+        self._expand(group)  # after the parent: re-expanding it may have dropped this group's arrays
+        return parent[group._parent_sub]
 
     @staticmethod
     def _select(parent: tuple, index: np.ndarray, n_parent: int) -> tuple:
@@ -662,8 +667,6 @@ class Fabric:
 
     # --- cached launches ------------------------------------------------------------------------------------
     def _start_fast(self, launch: _Launch, record: _Record) -> None:
-        if self.on_cached is not None:
-            self.on_cached(launch.start, launch.start + max(record.offsets), record.link_ids, record.link_bytes)
         order = sorted(range(len(launch.runs)), key=lambda i: record.offsets[i])
         self._fast = (launch, record, order)
         self._version += 1
@@ -695,6 +698,8 @@ class Fabric:
         else:
             self._fast = None
             self._uses.setdefault(launch.key, [record, 0])[1] += 1
+            if self.on_cached is not None:  # told once it ran to its end: a replayed launch reports its own rates
+                self.on_cached(launch.start, launch.start + max(record.offsets), record.link_ids, record.link_bytes)
 
     def _replay_fast(self) -> None:
         """Another launch arrives during a cached one: rebuild the cached one's fluid state up to now.

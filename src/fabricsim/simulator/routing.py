@@ -11,6 +11,15 @@ Rules, in order:
    of (source, destination, flow key, node) names: ECMP as switches do it, identical in every run (Python's
    ``hash()`` of strings is salted per process, so names are digested with blake2b and mixed with
    splitmix64 steps instead).
+4. Adaptive routing (``topology.meta["adaptive_routing"]``, set by ``scale_out(adaptive_routing=True)``):
+   a switch with several next hops on shortest paths spreads a flow evenly over all of them instead of
+   hashing it onto one, so the route holds every shortest path with its share. This is the fluid limit of
+   InfiniBand adaptive routing, where a switch picks the output port by its load for every packet among
+   the ports of minimal hops to the destination (NVIDIA "InfiniBand Cluster Bring-up Procedure",
+   Adaptive Routing: the TREE algorithm's AR groups for fat trees; "AR is enabled by default in the
+   opensm.conf file"), and NCCL sends large messages in messages that may use it (support since NCCL 2.6.4,
+   release notes; NCCL_IB_AR_THRESHOLD, NCCL environment variables, default 8,192 bytes). Off by default:
+   whether a given fabric runs it is the operator's choice.
 
 Distances come from a bidirectional breadth-first search over the forwarding nodes, which touches only
 the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is built, so 8,192-GPU fabrics
@@ -24,7 +33,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Hashable, Iterable
 
 import numpy as np
 
@@ -161,7 +170,7 @@ class Router:
     #: Array elements the pair-array cache (``route_many``) may hold; least recently used sets go first.
     set_budget = 32_000_000
 
-    def __init__(self, topology: Topology, links: LinkTable | None = None, *, down=()):
+    def __init__(self, topology: Topology, links: LinkTable | None = None, *, down: Iterable[int] = ()) -> None:
         """``down``: link ids routes must avoid (links a timed fault took out; see ``Fabric.set_capacity``)."""
         self.topology = topology
         self.links = links if links is not None else LinkTable.from_topology(topology)
@@ -204,6 +213,7 @@ class Router:
         self.memo: dict = {}  # for the simulations sharing this router (the fabric's round records)
         self._middles: dict = {}  # (adjacency, X2, Y2) -> shared middle of routes (see _distances)
         self._sets_size = 0
+        self.adaptive = bool(topology.meta.get("adaptive_routing", False))
 
     def node(self, name: Hashable) -> int:
         try:
@@ -412,24 +422,31 @@ class Router:
         succ_f = self._fwd_of[id(succ)]
         weights = self._bandwidth[[edge[(s, v)] for v in first]]
         fractions = weights / weights.sum()
-        paths = []
+        paths, shares = [], []
         hashed = False
-        for v in first:
-            hops = [edge[(s, v)]]
-            u = v
-            while u != d:
-                r = h[u]
-                # one hop left: only d itself is at distance 0; otherwise forwarding nodes one closer
-                options = [d] if r == 1 else [w for w in succ_f[u] if h.get(w) == r - 1]
-                if len(options) == 1:
-                    w = options[0]
-                else:
-                    hashed = True
-                    nh = self._name_hash
-                    w = options[stable_hash(nh[s], nh[d], key, nh[u]) % len(options)]
-                hops.append(edge[(u, w)])
-                u = w
-            paths.append(hops)
+        nh = self._name_hash
+        for v, first_share in zip(first, fractions.tolist()):
+            stack = [([edge[(s, v)]], v, first_share)]
+            while stack:
+                hops, u, share = stack.pop()
+                while u != d:
+                    r = h[u]
+                    # one hop left: only d itself is at distance 0; otherwise forwarding nodes one closer
+                    options = [d] if r == 1 else [w for w in succ_f[u] if h.get(w) == r - 1]
+                    if len(options) == 1:
+                        w = options[0]
+                    elif self.adaptive:  # spread evenly over every next hop (rule 4)
+                        share /= len(options)
+                        stack += [(hops + [edge[(u, x)]], x, share) for x in options[1:]]
+                        w = options[0]
+                    else:
+                        hashed = True
+                        w = options[stable_hash(nh[s], nh[d], key, nh[u]) % len(options)]
+                    hops.append(edge[(u, w)])
+                    u = w
+                paths.append(hops)
+                shares.append(share)
+        fractions = np.asarray(shares)
         lat = self._latency
         latencies = np.array([_array_sum([lat[e] for e in p]) for p in paths])
         lengths = np.array([len(p) for p in paths], dtype=np.int64)

@@ -159,7 +159,8 @@ class TraceRecorder:
             self._spill()
 
     def on_cached(self, start: float, end: float, link_ids: np.ndarray, link_bytes: np.ndarray) -> None:
-        """A launch replayed from the round cache: its links at their mean rate over its span."""
+        """A launch served from the round cache, once it has run to its end: its links at their mean rate
+        over its span (a cached launch taken back into the fluid model reports its rates as it runs)."""
         if end <= start or link_ids.size == 0:
             return
         ids, inv = np.unique(link_ids, return_inverse=True)

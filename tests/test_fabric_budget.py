@@ -1,0 +1,26 @@
+"""The route-expansion memory budget never changes a run: a group expanded, dropped and expanded again
+while it is being started runs as if nothing had been dropped."""
+
+import numpy as np
+import pytest
+
+from fabricsim.simulator import Simulation
+
+from fabric_helpers import star
+
+
+@pytest.mark.parametrize("budget", [1, Simulation(star(2)).fabric.expansion_budget])
+def test_selection_started_while_its_parent_is_dropped(budget):
+    """A selection of a group whose own expansion dropped its parent's (a budget of one element drops
+    every idle expansion): merging its flows re-expands the parent, which drops the selection's arrays;
+    they are read afterwards (this raised an IndexError on dgx-h100-ib at 8,192 GPUs, tree)."""
+    sim = Simulation(star(8))
+    fabric = sim.fabric
+    fabric.expansion_budget = budget
+    parent = fabric.group_by_rank(np.arange(8), (np.arange(8) + 1) % 8, 1e6)
+    child = parent.select([0, 2, 4])
+
+    def body():
+        yield fabric.transfer_group(child)
+    sim.process(body())
+    assert sim.run().time == pytest.approx(2e-6 + 1e6 / 1e9)  # two 1 us hops, then 1 MB at 1 GB/s
