@@ -87,3 +87,26 @@ def test_p2p_bracket_holds_the_flow_simulation(p, v, groups, mbytes, tf):
 def test_unknown_p2p_mode_is_refused():
     with pytest.raises(ConfigError, match="p2p must be one of"):
         simulate_pipeline(Simulation(TOPO), PipelineSpec(2, 1, 2, [1.0] * 2, [1.0] * 2), p2p="guess")
+
+
+@pytest.mark.parametrize("network", [{}, {"oversubscription": 2.0, "network": "fat-tree"}])
+def test_boundary_bounds_hold_the_sends_alone_and_all_at_once(network):
+    """lo <= a boundary's send alone, and its send with every boundary sending in both directions <= hi."""
+    from fabricsim.training.pipeline import _boundaries, _boundary_group, boundary_times
+
+    topo = build("dgx-h100-ib", gpus=128, **network)
+    runner = AllreduceRunner(topo)
+    g = rank_groups(topo, Layout(tp=8, pp=4, dp=4, virtual_stages=2))
+    spec = PipelineSpec(4, 2, 4, [1e-3] * 8, [2e-3] * 8, stage_ranks=g.stage_ranks, p2p_bytes=32e6)
+    times = boundary_times(runner.simulation, spec)
+    sim = runner.simulation()
+    together = {}
+    for key in _boundaries(spec):
+        group = _boundary_group(sim.fabric, spec.stage_ranks[key[0]], spec.stage_ranks[key[1]], 32e6, "x")
+        alone = runner.simulation()
+        alone.fabric.transfer_group(group)
+        assert times.lo[key] <= alone.run().time * (1 + 1e-9)
+        sim.fabric.transfer_group(group).callbacks.append(lambda _e, key=key: together.__setitem__(key, sim.env.now))
+    sim.run()
+    for key, t in together.items():
+        assert times.lo[key] * (1 - 1e-9) <= t <= times.hi[key] * (1 + 1e-9)

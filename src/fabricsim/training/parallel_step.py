@@ -25,13 +25,16 @@ Composition (what runs where, and why each reuse is exact):
 
 2. **The pipeline** (``pipeline.simulate_pipeline``): one SimPy process per stage runs 1F1B or
    interleaved 1F1B over those times; activations and gradients are P2P flow groups on the fabric,
-   ``b s / cp x h / tp`` x 2 bytes per rank (Megatron's scatter-gather of pipeline tensors over TP).
+   ``b s / cp x h / tp`` x 2 bytes per rank (Megatron's scatter-gather of pipeline tensors over TP),
+   timed exactly or between two bounds (``p2p_bounds``; see ``simulate_pipeline``).
 
 3. **Data parallel** (``sharding``): each stage's gradient buckets become ready during the final backward
    of each of its chunks and are reduced one at a time; ZeRO-1/2 parameter all-gathers gate each chunk's
-   first forward. A bucket's duration is simulated once per size with the data-parallel groups of EVERY
-   stage at once: exact when the stages' buckets run at the same moments, and an upper bound on the
-   contention otherwise (stages finish at different times), never optimistic.
+   first forward. A bucket's duration is simulated with the data-parallel groups of EVERY stage at once:
+   exact when the stages' buckets run at the same moments, and an upper bound on the contention otherwise
+   (stages finish at different times), never optimistic. Every size is simulated up to
+   ``EXACT_BUCKETS_GPUS``; beyond, the largest only, and the smaller remainders are bounded by it
+   (``_BucketTimes``; the step reports the upper end, ``dp_bounds`` both).
 
 The step ends when the last stage's last bucket does. The optimizer step itself (element-wise, memory
 bound) is not timed. The breakdown splits the critical stage's time into compute, the pipeline bubble
