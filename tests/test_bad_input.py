@@ -290,6 +290,19 @@ def test_unexpected_exception_is_one_line_naming_a_bug_report(monkeypatch):
     assert isinstance(debug.exception, ZeroDivisionError)
 
 
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch):
+    """Found by the long fuzz profile: an interrupted command printed click's "Aborted!" and exited 1, the
+    code that means validate --strict found rows outside their bounds."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    import fabricsim.cli.topology as topology_cli
+
+    monkeypatch.setattr(topology_cli, "format_summary", interrupted)
+    result = CliRunner().invoke(cli, ["topology", "info", "dgx-h100"])
+    assert result.exit_code == 130 and result.stderr.strip() == "Error: interrupted", result.output
+
+
 def test_debug_shows_the_traceback_of_a_project_error():
     result = CliRunner().invoke(cli, ["--debug", "topology", "info", "no-such-fabric"])
     assert isinstance(result.exception, TopologyError)

@@ -24,10 +24,11 @@ from click.exceptions import NoArgsIsHelpError
 from fabricsim import __version__
 from fabricsim.errors import FabricsimError
 
-__all__ = ["cli", "main", "EXIT_USAGE", "EXIT_BUG", "BUG_REPORT_URL"]
+__all__ = ["cli", "main", "EXIT_USAGE", "EXIT_BUG", "EXIT_INTERRUPTED", "BUG_REPORT_URL"]
 
 EXIT_USAGE = 2
 EXIT_BUG = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 BUG_REPORT_URL = "https://github.com/fabricsim/fabricsim/issues"
 
 
@@ -83,6 +84,10 @@ class FabricsimGroup(click.Group):
             raise
         except BrokenPipeError:
             _quiet_broken_pipe()
+        except KeyboardInterrupt:  # Ctrl-C: one line and 130, not click's "Aborted!" and 1 (validate --strict's code)
+            if debug:
+                raise
+            _fail("interrupted", EXIT_INTERRUPTED)
         except FabricsimError as exc:
             if debug:
                 raise
@@ -111,7 +116,8 @@ class FabricsimGroup(click.Group):
 def cli(debug: bool) -> None:
     """Simulate multi-GPU cluster interconnects: topologies, collectives and training steps.
 
-    Exit codes: 0 done, 2 bad input (one line on stderr), 3 a bug in fabricsim (rerun with --debug).
+    Exit codes: 0 done, 2 bad input (one line on stderr), 3 a bug in fabricsim (rerun with --debug),
+    130 interrupted (Ctrl-C).
     """
 
 
