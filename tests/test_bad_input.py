@@ -116,6 +116,18 @@ def test_binary_topology_file(tmp_path, command):
     assert_one_line_error(invoke(*command, path), "not a text file")
 
 
+def test_a_link_kind_that_is_not_text_is_refused(tmp_path):
+    """Found by the long fuzz profile: a node-link JSON edge with "kind": 0.0 crashed topology info."""
+    path = tmp_path / "f.json"
+    edges = [{"source": a, "target": b, "bandwidth": 5e10, "kind": "nvlink5"} for a, b in
+             (("g0", "s"), ("s", "g0"), ("g1", "s"), ("s", "g1"))]
+    edges[0]["kind"] = 0.0
+    path.write_text(json.dumps({"directed": True, "multigraph": False, "graph": {}, "edges": edges, "nodes": [
+        {"id": "g0", "kind": "gpu"}, {"id": "g1", "kind": "gpu"}, {"id": "s", "kind": "switch"}]}))
+    for command in (["topology", "info"], ["allreduce", "--topology"]):
+        assert_one_line_error(invoke(*command, path), "kind 0.0")
+
+
 def test_binary_model_file(tmp_path):
     path = tmp_path / "garbage.toml"
     path.write_bytes(b"\xb9\x00\xff" * 50)
@@ -139,6 +151,19 @@ def test_tiny_mfu():
     assert_one_line_error(invoke("step", "--gpus", 8, "--mfu", "1e-300"), "--mfu")
     with pytest.raises(ConfigError, match="mfu"):
         fabricsim.StepConfig(fabricsim.resolve_model("llama3-8b"), mfu=1e-300)
+
+
+@pytest.mark.parametrize("command", [["step", "--gpus", 8], ["plan", "--gpus", 8, "--global-batch", 16,
+                                                                "--no-progress", "--model", "llama3-8b"],
+                                     ["sweep", "--sizes", 8, "--no-plots"]])
+@pytest.mark.parametrize("option,value", [("--tp", "0"), ("--cp", "x"), ("--pp", "9" * 30), ("--dp", "1.5"),
+                                          ("--ep", "-2"), ("--virtual-stages", "5000"), ("--micro-batch", "0")])
+def test_layout_options_are_bounded_where_they_enter(command, option, value, tmp_path):
+    """A layout width that is no positive integer, or absurdly large, is refused by the option's type."""
+    result = invoke(*command, "--topology", "dgx-h100", option, value, *(["-o", tmp_path / "o"]
+                                                                        if command[0] == "sweep" else []))
+    assert_one_line_error(result, option)
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("factor", ["inf", "nan", "1", "0.5", "1e300"])
@@ -340,6 +365,18 @@ def test_package_ships_py_typed_and_a_license():
     meta = tomllib.loads((root / "pyproject.toml").read_text())
     assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["fabricsim"]
     assert meta["project"]["urls"]
+
+
+def test_readme_images_render_on_the_package_index():
+    """PyPI shows the README without the repository: every image is an absolute URL to a file the repository
+    holds (the URL's host is the project URL of pyproject.toml, an assumption nothing else depends on)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (root / "README.md").read_text())
+    prefix = "https://raw.githubusercontent.com/fabricsim/fabricsim/main/"
+    assert images and all(i.startswith(prefix) and (root / i[len(prefix):]).is_file() for i in images), images
 
 
 def test_protocol_auto_picks_simple_for_1_gib_on_a_fabric_without_nvlink(tmp_path):

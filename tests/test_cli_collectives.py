@@ -104,6 +104,36 @@ def test_json_loads_with_pandas():
     assert list(frame.columns) == list(COLUMNS) and len(frame) == 2
 
 
+def test_every_command_writes_the_collective_schema(tmp_path):
+    """Sweep message mode, the sweep's busbw curve and the collective commands share records.COLUMNS, at full
+    precision, as CSV and as JSON arrays of records; the same all-reduce gives the same row everywhere."""
+    sweep = run("sweep", "-t", "dgx-h100", "--sizes", "8", "--mode", "message", "--bytes", "1M,64M", "-a", "ring",
+                "-j", "1", "--no-plots", "-o", str(tmp_path / "m"))
+    assert sweep.exit_code == 0, sweep.output
+    model = tmp_path / "tiny.toml"
+    model.write_text('name = "tiny"\nlayers = 2\nhidden = 256\nffn = 1024\nheads = 4\nvocab = 1000\nseq_len = 128\n')
+    step = run("sweep", "-t", "dgx-h100", "--sizes", "8", "-m", str(model), "-a", "ring", "--curve-gpus", "8", "-j",
+               "1", "--no-plots", "-o", str(tmp_path / "s"))
+    assert step.exit_code == 0, step.output
+    command = json.loads(run("allreduce", "--topology", "dgx-h100", "-b", "1M", "-e", "64M", "-f", "64",
+                             "--algorithm", "ring", "--format", "json").stdout)
+    for stem in (tmp_path / "m" / "message", tmp_path / "s" / "busbw"):
+        rows_csv = list(csv.DictReader(open(f"{stem}.csv")))
+        rows_json = json.loads(open(f"{stem}.json").read())
+        assert list(rows_csv[0]) == list(COLUMNS), stem
+        assert isinstance(rows_json, list) and all(list(r) == list(COLUMNS) for r in rows_json), stem
+        for c, j in zip(rows_csv, rows_json):
+            assert float(c["time_us"]) == j["time_us"] and float(c["busbw_GBps"]) == j["busbw_GBps"]
+    message = json.loads(open(tmp_path / "m" / "message.json").read())
+    same = ("collective", "gpus", "size_bytes", "count", "type", "redop", "root", "time_us", "busbw_GBps", "algorithm",
+            "protocol", "model")
+    assert [{k: r[k] for k in same} for r in message] == [{k: r[k] for k in same} for r in command]
+    pd = pytest.importorskip("pandas")
+    for path in ("m/message.json", "s/busbw.json", "s/step.json"):
+        frame = pd.read_json(tmp_path / path)
+        assert len(frame) >= 1 and "gpus" in frame.columns, path
+
+
 def test_nccl_tests_flags_that_do_not_change_a_simulation_are_accepted():
     plain = json.loads(run("allreduce", "--topology", "dgx-h100", "-b", "1M", "-e", "1M", "--format", "json").stdout)
     noisy = json.loads(run("allreduce", "--topology", "dgx-h100", "-b", "1M", "-e", "1M", "-n", "100", "-w", "1",
@@ -140,7 +170,8 @@ def test_progress_goes_to_stderr_and_rows_stream(monkeypatch):
 
 @pytest.mark.parametrize("args, needle", [
     (["reducescatter", "--algorithm", "tree"], "NCCL has no tree"),
-    (["alltoall", "--model", "analytic"], "all-reduce only"),
+    (["alltoall", "--model", "analytic", "--trace", "t.json"], "needs --model simulate"),
+    (["allgather", "--model", "analytic", "--algorithm", "tree"], "NCCL has no tree"),
     (["allreduce", "--check", "-o", "max"], "reduces with sum"),
     (["broadcast", "-r", "99"], "--root 99"),
     (["allgather", "-d", "complex"], "unknown data type"),

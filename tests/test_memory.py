@@ -45,19 +45,36 @@ def test_fp32_gradients_and_cp_in_the_optimizer_group():
 def test_korthikanti_formulas_gpt3():
     s, h, a, t = GPT3.seq_len, GPT3.hidden, GPT3.heads, 8
     sbh = s * h
-    none = layer_activation_bytes(GPT3, Layout())
+    unfused = {"fused_attention": False}  # Korthikanti et al.'s figures keep the s x s scores
+    none = layer_activation_bytes(GPT3, Layout(), **unfused)
     assert none == pytest.approx(sbh * (34 + 5 * a * s / h))
-    tp = layer_activation_bytes(GPT3, Layout(tp=t, sequence_parallel=False))
+    tp = layer_activation_bytes(GPT3, Layout(tp=t, sequence_parallel=False), **unfused)
     assert tp == pytest.approx(sbh * (10 + 24 / t + 5 * a * s / (h * t)))
-    sp = layer_activation_bytes(GPT3, Layout(tp=t))
+    sp = layer_activation_bytes(GPT3, Layout(tp=t), **unfused)
     assert sp == pytest.approx(sbh * (34 + 5 * a * s / h) / t)
     assert layer_activation_bytes(GPT3, Layout(tp=t, recompute="selective")) == pytest.approx(34 * sbh / t)
     assert layer_activation_bytes(GPT3, Layout(tp=t, recompute="full")) == pytest.approx(2 * sbh / t)
     assert layer_activation_bytes(GPT3, Layout(tp=t, recompute="full", sequence_parallel=False)) == 2 * sbh
     # micro-batch scales, CP divides the sequence (the score term by cp^2)
     assert layer_activation_bytes(GPT3, Layout(micro_batch=3, recompute="selective")) == 3 * 34 * sbh
-    cp = layer_activation_bytes(GPT3, Layout(cp=4))
+    cp = layer_activation_bytes(GPT3, Layout(cp=4), **unfused)
     assert cp == pytest.approx(s / 4 * h * (34 + 5 * a * s / 4 / h))
+
+
+def test_fused_attention_keeps_no_scores():
+    """Flash attention keeps an fp32 log-sum-exp per head and token instead of the s x s scores."""
+    s, h, a, t = GPT3.seq_len, GPT3.hidden, GPT3.heads, 8
+    fused = layer_activation_bytes(GPT3, Layout(tp=t))
+    assert fused == pytest.approx(s * h * (34 + 4 * a / h) / t)
+    # worked example: GPT-3 175B (s 2048, h 12288, a 96), TP 8 with SP: 2048 x 12288 x 34.03 / 8 bytes,
+    # 107 MB per layer and sequence fused; unfused keeps 5 x 96 x 2048 / 12288 = 80 more units of sbh/t,
+    # 252 MB more
+    assert (s, h, a) == (2048, 12288, 96)
+    assert round(fused / 1e6) == 107
+    unfused = layer_activation_bytes(GPT3, Layout(tp=t), fused_attention=False)
+    assert unfused - fused == pytest.approx(s * h * (5 * a * s / h - 4 * a / h) / t)
+    assert round((unfused - fused) / 1e6) == 252
+    assert layer_activation_bytes(GPT3, Layout(tp=t, recompute="selective")) < fused < unfused
 
 
 def test_swiglu_gqa_and_moe_layers_keep_more_or_less():

@@ -7,8 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from fabricsim.collectives import CALIBRATED, IDEAL, AllreduceRunner, available_algorithms
 from fabricsim.collectives.base import GroupLayout
-from fabricsim.collectives.protocol import (LINK_EFFICIENCY, NVLS_FANIN, Calibration, nvls_channels,
-                                            nvls_stage_bytes)
+from fabricsim.collectives.protocol import (LINK_EFFICIENCY, NVLS_CHUNK, NVLS_FANIN, Calibration, nvls_channels,
+                                            nvls_chunk, nvls_stage_bytes)
 from fabricsim.errors import InfeasibleError
 from fabricsim.topologies.io import build
 
@@ -35,6 +35,24 @@ def test_stage_bytes_are_ncclS_loop():
     assert nvls_stage_bytes("nvlink5", 8) == 24 * 2**20
     assert nvls_stage_bytes("nvlink5", 72) == 216 * 2**20
     assert nvls_channels("nvlink5", multi_node=True) == 32
+
+
+def test_nvls_tree_chunk_follows_nccl_rules():
+    # NCCL src/enqueue.cc: NVLSTree chunks shrink from 512 KiB as the message gets smaller
+    racks = 32 * 72  # two NVL72 racks: 32 channels x 72 heads
+    assert nvls_chunk(512 * 2**20, racks, tree=True) == 64 * 2**10
+    assert nvls_chunk(GiB, racks, tree=True) == 64 * 2**10
+    assert nvls_chunk(4 * GiB, racks, tree=True) == 128 * 2**10
+    assert nvls_chunk(16 * GiB, racks, tree=True) == 256 * 2**10
+    assert nvls_chunk(4 * GiB, 16 * 8, tree=True) == 512 * 2**10  # DGX H100 nodes: 16 channels x 8 heads
+    assert nvls_chunk(4 * GiB, racks) == NVLS_CHUNK  # one island keeps 128 KiB (see protocol.py)
+    assert nvls_stage_bytes("nvlink5", 72, multi_node=True, nbytes=GiB, tree=True) == racks * 64 * 2**10
+
+
+@given(a=st.integers(1, 64 * GiB), b=st.integers(1, 64 * GiB), ops=st.integers(1, 4096))
+def test_nvls_tree_chunk_never_shrinks_for_a_larger_message(a, b, ops):
+    lo, hi = sorted((a, b))
+    assert 32 * 2**10 <= nvls_chunk(lo, ops, tree=True) <= nvls_chunk(hi, ops, tree=True) <= 512 * 2**10
 
 
 def test_nvls_closed_form_on_one_island_with_ideal_calibration():
@@ -90,3 +108,28 @@ def test_nvls_needs_more_than_two_gpus_in_an_island():
     assert "nvls" in available_algorithms(AllreduceRunner(build("dgx-h100", gpus=3)).simulation().fabric,
                                           GroupLayout.of(AllreduceRunner(build("dgx-h100", gpus=3))
                                                          .simulation().fabric, None))
+
+
+def test_multi_node_nvls_share_is_hopper_only_and_round_trips():
+    from fabricsim.collectives.calibration_file import dumps, loads
+    from fabricsim.collectives.protocol import NVLS_NETWORK_EFFICIENCY
+
+    one = CALIBRATED.nvls_factor("nvlink4", 8)
+    assert CALIBRATED.nvls_factor("nvlink4", 8, network=True) == pytest.approx(one / NVLS_NETWORK_EFFICIENCY["nvlink4"])
+    assert CALIBRATED.nvls_factor("nvlink5", 72, network=True) == CALIBRATED.nvls_factor("nvlink5", 72)
+    assert IDEAL.nvls_factor("nvlink4", 8, network=True) == 1.0
+    assert loads(dumps(CALIBRATED)).nvls_network == CALIBRATED.nvls_network
+
+
+def test_hopper_nvls_tree_is_slower_by_the_multi_node_share_and_one_node_is_not():
+    """Two DGX H100 nodes are NVLS-bound (the network carries N/8 per GPU): busbw scales by the share;
+    one node (the one-node kernel) does not move."""
+    two = build("dgx-h100-ib", gpus=16, sharp=False)
+    share = CALIBRATED.nvls_network["nvlink4"]
+    without = Calibration(CALIBRATED.link_efficiency, CALIBRATED.nvls_efficiency, CALIBRATED.nvls_fanin)
+    a = AllreduceRunner(two, calibration=CALIBRATED).run(8 * GiB, "nvls").busbw
+    b = AllreduceRunner(two, calibration=without).run(8 * GiB, "nvls").busbw
+    assert a / b == pytest.approx(share, rel=0.02)
+    one = build("dgx-h100")
+    assert AllreduceRunner(one, calibration=CALIBRATED).run(8 * GiB, "nvls").busbw == pytest.approx(
+        AllreduceRunner(one, calibration=without).run(8 * GiB, "nvls").busbw)

@@ -119,3 +119,27 @@ def test_sweep_takes_the_layout_options(tmp_path):
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert {r["pp"] for r in rows} == {2} and {r["zero"] for r in rows} == {1}
     assert all(r["pp_bubble_s"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_remainder_buckets_bracket_the_exact_chain(topo, zero):
+    """Buckets smaller than the largest take its time (upper bound) or its share of it (lower bound);
+    simulating every size exactly lands between the two, and the bytes are the same."""
+    from fabricsim.collectives import CALIBRATED, AllreduceRunner
+    from fabricsim.training.layout import rank_groups
+    from fabricsim.training.parallel_step import simulate_parallel_step
+    from fabricsim.training.step import _peak, compute_rate
+
+    big = Model("big", layers=8, hidden=4096, ffn=16384, heads=32, vocab=32768, seq_len=1024)
+    cfg = StepConfig(big, tp=4, pp=2, zero=zero, scaling="strong", global_batch=8)
+    lay = cfg.layout_for(topo.num_gpus)
+    runner = AllreduceRunner(topo, calibration=CALIBRATED)
+    peak = _peak(topo, cfg)
+    args = dict(sequences=8.0, rate=compute_rate(topo, cfg, peak), peak=peak, model_flops=1.0)
+    fast = simulate_parallel_step(topo, cfg, lay, rank_groups(topo, lay), runner, exact_buckets=False, **args)
+    exact = simulate_parallel_step(topo, cfg, lay, rank_groups(topo, lay), runner, exact_buckets=True, **args)
+    sizes = {int(x) for sz, *_ in fast.dp_chains for x in sz}
+    assert len(sizes) > 1  # full buckets and remainders
+    lo, hi = fast.dp_bounds
+    assert hi == fast.step_time and lo <= exact.step_time * (1 + 1e-12) and exact.step_time <= hi * (1 + 1e-12)
+    assert fast.traffic["dp"] == pytest.approx(exact.traffic["dp"], rel=1e-6)

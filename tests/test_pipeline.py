@@ -63,3 +63,50 @@ def test_p2p_over_the_fabric_adds_to_the_bubble_and_never_beats_free():
     assert slow.time >= free.time + 6 * 64e6 / 50e9 * 0.99
     assert fast.time == pytest.approx(slow.time, rel=1e-9)  # the boundary shortcut is exact here
     assert len(slow.sends) == 2 * 8 * 3
+
+
+@settings(max_examples=8, deadline=None)
+@given(p=st.sampled_from([2, 4]), v=st.sampled_from([1, 2]), groups=st.integers(1, 2),
+       mbytes=st.sampled_from([4e6, 32e6, 128e6]), tf=st.floats(2e-4, 3e-3))
+def test_p2p_bracket_holds_the_flow_simulation(p, v, groups, mbytes, tf):
+    """The shortcut's bracket: schedule with stand-alone sends <= schedule with flows <= all-at-once sends."""
+    topo = build("dgx-h100-ib", gpus=64)
+    runner = AllreduceRunner(topo)
+    g = rank_groups(topo, Layout(tp=8, pp=p, dp=8 // p))
+    m = p * groups
+    spec = PipelineSpec(p, v, m, [tf] * (p * v), [2 * tf] * (p * v), stage_ranks=g.stage_ranks, p2p_bytes=mbytes)
+    flows = simulate_pipeline(runner.simulation(), spec, p2p="flows")
+    bracket = simulate_pipeline(runner.simulation(), spec, make_sim=runner.simulation, p2p="bracket")
+    lo, hi = bracket.p2p_bounds
+    assert hi == bracket.time
+    assert lo * (1 - 1e-9) <= flows.time <= hi * (1 + 1e-9)
+    auto = simulate_pipeline(runner.simulation(), spec, make_sim=runner.simulation)
+    assert auto.time == pytest.approx(flows.time, rel=1e-9) or (auto.time - flows.time) <= 0.01 * auto.time
+
+
+def test_unknown_p2p_mode_is_refused():
+    with pytest.raises(ConfigError, match="p2p must be one of"):
+        simulate_pipeline(Simulation(TOPO), PipelineSpec(2, 1, 2, [1.0] * 2, [1.0] * 2), p2p="guess")
+
+
+@pytest.mark.parametrize("network", [{}, {"oversubscription": 2.0, "network": "fat-tree"}])
+def test_boundary_bounds_hold_the_sends_alone_and_all_at_once(network):
+    """lo <= a boundary's send alone, and its send with every boundary sending in both directions <= hi."""
+    from fabricsim.training.pipeline import _boundaries, _boundary_group, boundary_times
+
+    topo = build("dgx-h100-ib", gpus=128, **network)
+    runner = AllreduceRunner(topo)
+    g = rank_groups(topo, Layout(tp=8, pp=4, dp=4, virtual_stages=2))
+    spec = PipelineSpec(4, 2, 4, [1e-3] * 8, [2e-3] * 8, stage_ranks=g.stage_ranks, p2p_bytes=32e6)
+    times = boundary_times(runner.simulation, spec)
+    sim = runner.simulation()
+    together = {}
+    for key in _boundaries(spec):
+        group = _boundary_group(sim.fabric, spec.stage_ranks[key[0]], spec.stage_ranks[key[1]], 32e6, "x")
+        alone = runner.simulation()
+        alone.fabric.transfer_group(group)
+        assert times.lo[key] <= alone.run().time * (1 + 1e-9)
+        sim.fabric.transfer_group(group).callbacks.append(lambda _e, key=key: together.__setitem__(key, sim.env.now))
+    sim.run()
+    for key, t in together.items():
+        assert times.lo[key] * (1 - 1e-9) <= t <= times.hi[key] * (1 + 1e-9)

@@ -21,7 +21,7 @@ def step_rows():
 
 
 def message_rows():
-    return [{"topology": "t", "gpus": 16, "algorithm": a, "bytes": b, "busbw_GBps": b / 2**24 + k}
+    return [{"topology": "t", "gpus": 16, "algorithm": a, "size_bytes": b, "busbw_GBps": b / 2**24 + k}
             for k, a in enumerate(("ring", "nvls")) for b in (2**20, 2**24, 2**30)]
 
 

@@ -41,13 +41,17 @@ def test_sweep_writes_rows_table_and_plots(tmp_path, tiny):
     rows = list(csv.DictReader(open(out / "step.csv")))
     assert [(r["gpus"], r["algorithm"]) for r in rows][:3] == [("8", "ring"), ("8", "tree"), ("8", "nvls")]
     assert {r["algorithm"] for r in rows if r["gpus"] == "16"} == {"ring", "tree", "hierarchical", "nvls"}
-    doc = json.load(open(out / "step.json"))
-    assert doc["meta"]["step"]["model"] == "tiny" and len(doc["rows"]) == len(rows)
+    assert json.load(open(out / "meta.json"))["step"]["model"] == "tiny"
+    assert len(json.load(open(out / "step.json"))) == len(rows)
     assert max(float(r["scaling_eff"]) for r in rows if r["gpus"] == "8") == pytest.approx(1.0)
     for stem in ("step_time", "exposed_share", "scaling_efficiency", "busbw_vs_size"):
         assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.svg").exists()
     for r in rows:
         assert 0 <= float(r["exposed_comm_s"]) <= float(r["comm_time_s"]) * (1 + 1e-9)
+        # the breakdown `fabricsim step` prints, and the memory check, are columns too
+        parts = sum(float(r[f"{k}_s"]) for k in ("compute", "pp_bubble", "pp_p2p", "tp", "cp", "ep", "dp"))
+        assert parts == pytest.approx(float(r["step_time_s"]), rel=1e-6)
+        assert r["pp"] == "1" and r["zero"] == "0" and r["fits"] == "1" and 0 < float(r["memory_GB"]) < 80
 
 
 def test_same_arguments_same_numbers(tiny):
@@ -64,7 +68,7 @@ def test_message_mode(tmp_path):
                  "-a", "ring,tree", "-o", out, "-j", "1")
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(out / "message.csv")))
-    assert len(rows) == 2 * 2 * 2 and {r["bytes"] for r in rows} == {str(2**20), str(64 * 2**20)}
+    assert len(rows) == 2 * 2 * 2 and {r["size_bytes"] for r in rows} == {str(2**20), str(64 * 2**20)}
     assert (out / "busbw_vs_size.png").exists() and (out / "busbw_vs_gpus.png").exists()
 
 

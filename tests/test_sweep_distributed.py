@@ -34,7 +34,7 @@ def test_sweep_file_compares_two_fabrics_in_one_plot(tmp_path):
     res = CliRunner().invoke(cli, ["sweep", "--file", str(path), "-o", str(tmp_path / "out"), "-j", "1"])
     assert res.exit_code == 0, res.output
     rows = (tmp_path / "out" / "message.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and {r.split(",")[0] for r in rows[1:]} == {"dgx-h100-ib", "gb200-nvl72-ib"}
+    assert len(rows) == 1 + 4 and {r.split(",")[1] for r in rows[1:]} == {"dgx-h100-ib", "gb200-nvl72-ib"}
     assert (tmp_path / "out" / "busbw_vs_gpus.png").stat().st_size > 1000
 
 

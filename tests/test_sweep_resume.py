@@ -19,7 +19,7 @@ N = 16
 SIZES = ",".join(str(8 * k) for k in range(1, N + 1))
 ARGS = ["sweep", "-t", "dgx-h100-ib", "--sizes", SIZES, "--mode", "message", "--bytes", "1M,4M",
         "-a", "ring,tree", "--no-plots"]
-RESULTS = ("message.csv", "message.json", JOURNAL)
+RESULTS = ("message.csv", "message.json", "meta.json", JOURNAL)
 
 
 def invoke(*args):
@@ -104,7 +104,7 @@ def test_failing_point_is_recorded_and_the_rest_finish(tmp_path, monkeypatch):
                                               r"boom at 16\).*--resume"):
         run_and_write(spec, tmp_path, jobs=1)
     assert json.loads((tmp_path / "failed.json").read_text()) == {"0/16": "RuntimeError: boom at 16"}
-    assert [r["gpus"] for r in json.loads((tmp_path / "message.json").read_text())["rows"]] == [8, 24]
+    assert [r["gpus"] for r in json.loads((tmp_path / "message.json").read_text())] == [8, 24]
     monkeypatch.setattr(sweep, "run_point", real)
     done = run_and_write(None, tmp_path, jobs=1, resume=True)
     assert [r["gpus"] for r in done.rows] == [8, 16, 24] and not (tmp_path / "failed.json").exists()

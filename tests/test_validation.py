@@ -18,10 +18,6 @@ QUICK = [r for r in load_reference() if r.quick]
 
 # Measured with `fabricsim validate` at commit time (see docs/validation.md).
 OUT_OF_BOUND = {
-    "B055-nvls-3": "-16.2% vs 10%: NVLS on 3 GPUs simulated 308.0 vs 367.5 GB/s (NCCL likely ran a ring)",
-    "B070": "+10.5% vs 10%: NVLS + IB SHARP on 32 H100 simulated 530 vs 480 GB/s",
-    "CW-2NVL72-512MiB": "-16.0% vs 10%: NVLS tree on two NVL72 racks simulated 415 vs 494 GB/s",
-    "CW-2NVL72-1GiB": "-10.6% vs 10%: NVLS tree on two NVL72 racks simulated 533 vs 596 GB/s",
 }
 
 

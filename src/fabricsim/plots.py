@@ -19,15 +19,16 @@ __all__ = ["read_rows", "plot_step_time", "plot_exposed_share", "plot_scaling_ef
 
 _STYLE = {"ring": ("tab:blue", "o"), "tree": ("tab:orange", "s"), "hierarchical": ("tab:green", "^"),
           "nvls": ("tab:red", "D")}
-_INTS = {"gpus", "tp", "dp", "buckets", "bucket_bytes", "grad_bytes", "bytes", "cp", "pp", "ep", "virtual_stages",
+_INTS = {"gpus", "tp", "dp", "buckets", "bucket_bytes", "grad_bytes", "size_bytes", "count", "root", "wrong", "cp",
+         "pp", "ep", "virtual_stages",
          "micro_batch", "micro_batches", "zero"}
 _TEXT = {"topology", "model", "precision", "scaling", "algorithm", "protocol", "recompute", "order", "layout",
-         "source", "schedule", "faults"}
+         "source", "schedule", "faults", "collective", "type", "redop"}
 
 
 # columns each kind of row must fill in every row (what the figures read)
 _NEEDED = {"step": ("gpus", "algorithm", "step_time_s", "compute_time_s", "exposed_share"),
-           "message": ("gpus", "algorithm", "bytes", "busbw_GBps")}
+           "message": ("gpus", "algorithm", "size_bytes", "busbw_GBps")}
 
 
 def read_rows(path) -> list[dict]:
@@ -48,6 +49,8 @@ def read_rows(path) -> list[dict]:
         raise ConfigError(f"cannot read results file {os.fspath(path)!r}: {exc}") from None
     if not rows or "gpus" not in rows[0] or "algorithm" not in rows[0]:
         raise ConfigError(f"{os.fspath(path)!r} holds no sweep rows (expected columns gpus, algorithm, ...)")
+    if "bytes" in rows[0] and "size_bytes" not in rows[0]:  # message CSVs written before the shared schema
+        rows = [{("size_bytes" if k == "bytes" else k): v for k, v in r.items()} for r in rows]
     kind = _kind(rows)
     out = []
     for i, row in enumerate(rows, start=2):
@@ -64,7 +67,7 @@ def read_rows(path) -> list[dict]:
                 conv[key] = int(value) if key in _INTS else float(value)
             except (ValueError, OverflowError):
                 raise ConfigError(f"{os.fspath(path)!r} line {i}: {key} = {value!r} is not a number") from None
-            if not math.isfinite(conv[key]) or (key in _INTS and conv[key] < (1 if key == "gpus" else 0)):
+            if not math.isfinite(conv[key]) or (key in _INTS and conv[key] < {"gpus": 1, "root": -1}.get(key, 0)):
                 raise ConfigError(f"{os.fspath(path)!r} line {i}: {key} = {value!r} is out of range")
         empty = [k for k in _NEEDED[kind] if conv.get(k) in (None, "")]
         if empty:
@@ -76,9 +79,9 @@ def read_rows(path) -> list[dict]:
 def _kind(rows) -> str:
     if "step_time_s" in rows[0]:
         return "step"
-    if "busbw_GBps" in rows[0] and "bytes" in rows[0]:
+    if "busbw_GBps" in rows[0] and "size_bytes" in rows[0]:
         return "message"
-    raise ConfigError("rows are neither step rows (step_time_s) nor message rows (bytes, busbw_GBps)")
+    raise ConfigError("rows are neither step rows (step_time_s) nor message rows (size_bytes, busbw_GBps)")
 
 
 def _axes(ax, size=(7.5, 4.6)):
@@ -104,7 +107,7 @@ def _by_algorithm(rows):
     for row, scenario in zip(rows, _scenario(rows)):
         lines.setdefault(f"{scenario}: {row['algorithm']}" if scenario else row["algorithm"], []).append(row)
     for key in lines:
-        lines[key].sort(key=lambda r: (r["gpus"], r.get("bytes", 0)))
+        lines[key].sort(key=lambda r: (r["gpus"], r.get("size_bytes", 0)))
     known = list(_STYLE)
     return dict(sorted(lines.items(), key=lambda kv: (known.index(kv[0].split(":")[-1].strip())
                                                       if kv[0].split(":")[-1].strip() in known else len(known),
@@ -299,8 +302,8 @@ def plot_busbw_vs_size(rows, ax=None, *, gpus: int | None = None):
     rows = [r for r in rows if r["gpus"] == gpus]
     if not rows:
         raise ConfigError(f"no message rows at {gpus} GPUs")
-    _algorithm_lines(ax, rows, "bytes", lambda r: r["busbw_GBps"])
-    sizes = sorted({r["bytes"] for r in rows})
+    _algorithm_lines(ax, rows, "size_bytes", lambda r: r["busbw_GBps"])
+    sizes = sorted({r["size_bytes"] for r in rows})
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(sizes))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -317,7 +320,7 @@ def plot_busbw_vs_size(rows, ax=None, *, gpus: int | None = None):
 def plot_busbw_vs_gpus(rows, ax=None):
     """All-reduce busbw vs GPUs, one line per algorithm and message size."""
     ax = _axes(ax)
-    sizes = sorted({r["bytes"] for r in rows})
+    sizes = sorted({r["size_bytes"] for r in rows})
     styles = ["-", "--", ":", "-."]
     scenarios: list[str] = []
     for algorithm, line in _by_algorithm(rows).items():
@@ -326,7 +329,7 @@ def plot_busbw_vs_gpus(rows, ax=None):
         if scenario not in scenarios:
             scenarios.append(scenario)
         for k, size in enumerate(sizes):
-            pts = [r for r in line if r["bytes"] == size]
+            pts = [r for r in line if r["size_bytes"] == size]
             label = algorithm if len(sizes) == 1 else f"{algorithm}, {_size(size)}"
             ax.plot([r["gpus"] for r in pts], [r["busbw_GBps"] for r in pts], marker=marker, color=color,
                     ls=styles[(k + scenarios.index(scenario)) % len(styles)], label=label, ms=5)
@@ -376,6 +379,6 @@ def write_plots(rows, out_dir: str, *, curve_rows=None, breakdown: bool | None =
             messages = rows
             if len({r["gpus"] for r in rows}) > 1:
                 paths += _save(plot_busbw_vs_gpus(rows), out_dir, "busbw_vs_gpus")
-    if messages and len({r["bytes"] for r in messages}) > 1:
+    if messages and len({r["size_bytes"] for r in messages}) > 1:
         paths += _save(plot_busbw_vs_size(messages), out_dir, "busbw_vs_size")
     return paths

@@ -25,6 +25,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator
 
+from fabricsim.collectives.records import COLUMNS as RECORD_COLUMNS
 from fabricsim.errors import ConfigError, FabricsimError, InfeasibleError
 from fabricsim.training.step import StepConfig
 
@@ -37,11 +38,15 @@ DEFAULT_ALGORITHMS = ("ring", "tree", "hierarchical", "nvls")
 RACK_SIZES = (72, 576, 4608)  # one NVL72, 8 racks, 64 racks
 DEFAULT_CURVE = tuple(2**20 * 4**k for k in range(6))  # 1 MiB .. 1 GiB, x4
 
-STEP_COLUMNS = ["topology", "model", "precision", "scaling", "gpus", "tp", "dp", "algorithm", "step_time_s",
-                "compute_time_s", "comm_time_s", "exposed_comm_s", "exposed_share", "tp_comm_s", "dp_comm_s",
-                "busbw_GBps", "mfu", "tokens_per_s", "tokens", "buckets", "bucket_bytes", "grad_bytes",
-                "scaling_eff"]
-MESSAGE_COLUMNS = ["topology", "gpus", "algorithm", "protocol", "bytes", "time_s", "algbw_GBps", "busbw_GBps"]
+STEP_COLUMNS = ["topology", "model", "precision", "scaling", "gpus", "tp", "cp", "pp", "dp", "ep", "virtual_stages",
+                "zero", "micro_batches", "algorithm", "step_time_s", "compute_time_s", "comm_time_s", "exposed_comm_s",
+                "exposed_share", "tp_comm_s", "dp_comm_s", "busbw_GBps", "mfu", "tokens_per_s", "tokens", "buckets",
+                "bucket_bytes", "grad_bytes", "scaling_eff",
+                # the breakdown `fabricsim step` prints (critical stage; training.step.BREAKDOWN_KINDS)
+                "compute_s", "pp_bubble_s", "pp_p2p_s", "tp_s", "cp_s", "ep_s", "dp_s",
+                "memory_GB", "fits"]
+#: Message rows share every collective command's schema (collectives.records: size_bytes, time_us, ...).
+MESSAGE_COLUMNS = list(RECORD_COLUMNS)
 
 
 def default_sizes(max_gpus: int = 8192, *, min_gpus: int = 8) -> list[int]:
@@ -170,7 +175,7 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
     ``curve="only"`` only those are computed.
     """
     from fabricsim.collectives import AllreduceRunner, GroupLayout, available_algorithms
-    from fabricsim.training.step import simulate_step, step_layout
+    from fabricsim.training.step import memory_columns, simulate_step, step_layout
 
     algorithms = spec.algorithms if algorithms is None else tuple(algorithms)
     if curve is None:
@@ -194,6 +199,7 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
                 row = {"topology": spec.topology, "model": spec.step.model.name, "precision": spec.step.precision,
                        "scaling": spec.step.scaling, "bucket_bytes": spec.step.bucket_bytes}
                 row.update(res.row())
+                row.update(memory_columns(topo, spec.step))
                 row["algorithm"] = algorithm if algorithm != "auto" else f"auto:{res.algorithm}"
                 if spec.faults:
                     row["faults"] = " ".join(spec.faults)
@@ -206,18 +212,20 @@ def run_point(spec: SweepSpec, gpus: int, algorithms=None, *, curve: bool | None
 
 
 def _message_rows(spec, runner, gpus, algorithm, sizes, ranks) -> list[dict]:
+    """All-reduce rows of ``sizes`` in the collective commands' schema (records.COLUMNS); each size is
+    rounded to whole float elements, as ``fabricsim allreduce`` and nccl-tests do."""
+    from fabricsim.collectives.records import nccl_size, record
     from fabricsim.collectives.select import estimate_allreduce
 
     out = []
-    for nbytes in sizes:
+    for requested in sizes:
+        nbytes, count = nccl_size("allreduce", int(requested), len(ranks) if ranks else gpus)
         if spec.estimate == "analytic":
-            res = estimate_allreduce(runner.topology, int(nbytes), algorithm)
+            res = estimate_allreduce(runner.topology, nbytes, algorithm)
         else:
-            res = runner.run(int(nbytes), algorithm, ranks=ranks)
-        out.append({"topology": spec.topology, "gpus": len(ranks) if ranks else gpus,
-                    "algorithm": algorithm if algorithm != "auto" else f"auto:{res.algorithm}",
-                    "protocol": res.protocol, "bytes": int(nbytes), "time_s": res.time,
-                    "algbw_GBps": res.algbw / 1e9, "busbw_GBps": res.busbw / 1e9})
+            res = runner.run(nbytes, algorithm, ranks=ranks)
+        out.append(record(res, topology=spec.topology, count=count, model=spec.estimate))
+        out[-1]["algorithm"] = algorithm if algorithm != "auto" else f"auto:{res.algorithm}"
         if spec.faults:
             out[-1]["faults"] = " ".join(spec.faults)
     return out

@@ -10,9 +10,10 @@ Files in the directory:
 - ``points.jsonl``: the journal. One line per finished point, appended, flushed and fsync'd as the point
   finishes: ``{"key", "rows", "curve", "skipped"}``, or ``{"key", "error"}`` for a point that failed. A
   line cut short by a kill is dropped when the journal is next opened.
-- ``step.csv`` / ``step.json`` / ``busbw.csv`` (or ``message.*``): written whole (temporary file, then
-  rename) from the journal in plan order, after every run, complete or not; ``failed.json`` lists failed
-  points while there are any. When every point has finished the journal is rewritten in plan order too,
+- ``step.csv`` / ``step.json`` / ``busbw.csv`` / ``busbw.json`` (or ``message.*``), ``meta.json``: written
+  whole (temporary file, then rename) from the journal in plan order, after every run, complete or not;
+  each JSON file is an array of rows (``pandas.read_json`` loads it), ``meta.json`` says what was swept.
+  ``failed.json`` lists failed points while there are any. When every point has finished the journal is rewritten in plan order too,
   so a resumed sweep leaves the same files, byte for byte, as one that ran straight through.
 """
 
@@ -95,7 +96,7 @@ class SweepStore:
         """A fresh sweep: forget an earlier one's journal and results, then record the plan."""
         for name in os.listdir(self.out_dir):
             if name in (JOURNAL, FAILED, PLAN) or name.endswith((".csv", ".json")) and \
-                    name.split(".")[0] in ("step", "message", "busbw"):
+                    name.split(".")[0] in ("step", "message", "busbw", "meta"):
                 os.remove(self.path(name))
         _write_atomic(self.path(PLAN), pickle.dumps(list(specs)), binary=True)
 
@@ -179,11 +180,14 @@ class SweepStore:
             res.paths["curve"] = self.path("busbw.csv")
             _write_atomic(res.paths["curve"], _csv(MESSAGE_COLUMNS + (["faults"] if "faults" in columns else []),
                                                    res.curve))
+        # JSON files are arrays of rows (pandas.read_json loads each as a frame); what was swept is in meta.json
         meta = specs[0].meta() if len(specs) == 1 else {"scenarios": [s.meta() for s in specs]}
-        doc = {"meta": meta, "rows": res.rows}
+        _write_atomic(res.paths["json"], json.dumps(res.rows, indent=1, default=float))
         if res.curve:
-            doc["busbw_curve"] = res.curve
-        _write_atomic(res.paths["json"], json.dumps(doc, indent=1, default=float))
+            res.paths["curve_json"] = self.path("busbw.json")
+            _write_atomic(res.paths["curve_json"], json.dumps(res.curve, indent=1, default=float))
+        res.paths["meta"] = self.path("meta.json")
+        _write_atomic(res.paths["meta"], json.dumps(meta, indent=1, default=float))
         if res.failed:
             _write_atomic(self.path(FAILED), json.dumps(res.failed, indent=1))
         elif os.path.exists(self.path(FAILED)):

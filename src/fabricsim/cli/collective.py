@@ -90,7 +90,7 @@ change nothing (a simulation is deterministic: every iteration takes the same ti
     @click.option("-w", "--warmup-iters", type=click.IntRange(0), default=5, help="Accepted; changes nothing.")
     @click.option("-z", "--blocking", type=click.IntRange(0, 1), default=0, help="Accepted; changes nothing.")
     @click.option("--model", type=click.Choice(["simulate", "analytic"]), default="simulate", show_default=True,
-                  help="Simulate on the fabric, or a closed-form estimate (all-reduce only).")
+                  help="Simulate on the fabric, or its closed-form alpha-beta estimate (no contention; fast).")
     @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
     @click.option("--trace", type=click.Path(dir_okay=False), default=None,
                   help="Perfetto trace of the largest size (simulate only).")
@@ -116,8 +116,6 @@ def run_collective(name: str, *, faults=None, topology_name, gpus, planes, algor
     """Run ``sizes`` of collective ``name`` and write one row per size as it finishes."""
     k = KINDS[name]
     dtype = dtype_name(dtype)
-    if model == "analytic" and name != "allreduce":
-        raise ConfigError("--model analytic estimates all-reduce only; simulate the others")
     if trace is not None and model == "analytic":
         raise ConfigError("--trace needs --model simulate (a closed-form estimate has no timeline)")
     if check and op != "sum":
@@ -145,9 +143,10 @@ def run_collective(name: str, *, faults=None, topology_name, gpus, planes, algor
             size, count = nccl_size(name, requested, p, dtype)
             where = root if k.rooted else None
             if model == "analytic":
-                from fabricsim.collectives.select import estimate_allreduce
+                from fabricsim.collectives.estimate import estimate
 
-                res = estimate_allreduce(topo, size, algorithm, protocol=protocol)
+                res = estimate(topo, name, size, algorithm, protocol=protocol,
+                               **({"calibration": calibration} if calibration else {}))
             else:
                 chosen = runner.choose(name, size, root=where) if algorithm == "auto" else algorithm
                 last = trace is not None and i == len(sizes) - 1

@@ -12,7 +12,16 @@ import functools
 
 import click
 
+from fabricsim.cli.params import MAX_GPUS, BoundedInt
+
 __all__ = ["layout_options", "LAYOUT_KEYS"]
+
+#: A parallel width: one GPU up to the most GPUs any option accepts (the layout then checks it divides the job).
+WIDTH = BoundedInt(1, MAX_GPUS)
+#: Model chunks per pipeline rank: the deepest published models have ~130 layers, so 1024 chunks is no limit.
+VIRTUAL_STAGES = BoundedInt(1, 1024)
+#: Sequences per micro-batch: the same bound as the sweep's --batch.
+MICRO_BATCH = BoundedInt(1, 10**7)
 
 LAYOUT_KEYS = ("tp", "cp", "pp", "dp", "ep", "virtual_stages", "micro_batch", "zero", "recompute",
                "sequence_parallel", "order", "tp_comm_overlap")
@@ -23,18 +32,18 @@ def layout_options(command):
     from fabricsim.training.layout import DEFAULT_ORDER, RECOMPUTE
 
     options = [
-        click.option("--tp", type=int, default=1, show_default=True,
+        click.option("--tp", type=WIDTH, default=1, show_default=True,
                      help="Tensor-parallel width (inside one NVLink domain)."),
-        click.option("--cp", type=int, default=1, show_default=True,
+        click.option("--cp", type=WIDTH, default=1, show_default=True,
                      help="Context-parallel width (ring attention over the sequence)."),
-        click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages."),
-        click.option("--dp", type=int, default=None,
+        click.option("--pp", type=WIDTH, default=1, show_default=True, help="Pipeline stages."),
+        click.option("--dp", type=WIDTH, default=None,
                      help="Data-parallel replicas [default: GPUs / (tp x cp x pp)]."),
-        click.option("--ep", type=int, default=1, show_default=True,
+        click.option("--ep", type=WIDTH, default=1, show_default=True,
                      help="Expert-parallel width for MoE models (divides dp x cp)."),
-        click.option("--virtual-stages", type=int, default=1, show_default=True,
+        click.option("--virtual-stages", type=VIRTUAL_STAGES, default=1, show_default=True,
                      help="Model chunks per pipeline rank (interleaved 1F1B when > 1)."),
-        click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per micro-batch."),
+        click.option("--micro-batch", type=MICRO_BATCH, default=1, show_default=True, help="Sequences per micro-batch."),
         click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True,
                      help="0 plain DP; 1 sharded optimizer (Megatron distributed optimizer); 2 + gradients; "
                           "3 + parameters (FSDP)."),

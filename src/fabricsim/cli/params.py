@@ -143,6 +143,8 @@ class BoundedFloat(click.ParamType):
 class BoundedInt(click.IntRange):
     """An integer within [min, max], both ends closed (click.IntRange with the project's wording)."""
 
+    name = "integer"  # click's IntRange says "not a valid integer range" of a value such as 'x'
+
     def __init__(self, minimum: int, maximum: int) -> None:
         super().__init__(minimum, maximum)
 

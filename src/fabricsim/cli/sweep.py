@@ -119,8 +119,9 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, 
     """Simulate a training step (or all-reduces) at every cluster size and algorithm.
 
     With no arguments: Llama 3 8B, data parallel, on GB200 NVL72 racks joined by 400G InfiniBand, from 8
-    to 8,192 GPUs, ring, tree, hierarchical and NVLS all-reduce; writes step.csv, step.json, busbw.csv and
-    the plots into ./fabricsim-out.
+    to 8,192 GPUs, ring, tree, hierarchical and NVLS all-reduce; writes step.csv, step.json, busbw.csv,
+    busbw.json, meta.json and the plots into ./fabricsim-out (message mode: message.csv and message.json
+    in the collective commands' columns).
 
     Every finished point is journaled at once: an interrupted sweep keeps it, exits non-zero with a
     one-line summary, and --resume DIR finishes it with the same files as an uninterrupted run.
@@ -240,6 +241,7 @@ def _format_table(rows, mode: str) -> list[str]:
     head = f"{'GPUs':>6} {'algorithm':<13}{'size':>10}{'time':>11}{'algbw GB/s':>12}{'busbw GB/s':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['gpus']:>6} {r['algorithm']:<13}{format_size(r['bytes']):>10}{format_time(r['time_s']):>11}"
+        lines.append(f"{r['gpus']:>6} {r['algorithm']:<13}{format_size(r['size_bytes']):>10}"
+                     f"{format_time(r['time_us'] * 1e-6):>11}"
                      f"{r['algbw_GBps']:>12.1f}{r['busbw_GBps']:>12.1f}")
     return lines

@@ -10,6 +10,8 @@ Every key is one of the shipped calibration's parameters (protocol.py), in the p
     nvlink4 = 0.76
     [nvls_fanin]               # NVLS cost per doubling of the fan-in
     nvlink5 = 0.105
+    [nvls_network]             # share of the NVLS rate inside multi-node kernels (NVLS tree, SHARP)
+    nvlink4 = 0.87
     [protocols.ll.step_latency]   # per-step latency, "algorithm.link class"
     "ring.nvlink" = 6.0e-7
     [protocols.ll.launch_latency] # per-collective latency, per algorithm
@@ -33,7 +35,7 @@ from fabricsim.errors import ConfigError
 
 __all__ = ["dumps", "loads", "load", "save"]
 
-_SHARES = ("link_efficiency", "nvls_efficiency", "nvls_fanin")
+_SHARES = ("link_efficiency", "nvls_efficiency", "nvls_fanin", "nvls_network")
 
 
 def _fmt(value: float) -> str:
@@ -107,7 +109,7 @@ def loads(text: str, where: str = "<calibration>") -> Calibration:
         protocols[name] = replace(proto, launch_latency=launch, step_latency=step)
     source = data.get("source", where)
     return Calibration(shares["link_efficiency"], shares["nvls_efficiency"], shares["nvls_fanin"],
-                       protocols=protocols, source=str(source))
+                       protocols=protocols, source=str(source), nvls_network=shares["nvls_network"])
 
 
 def load(path) -> Calibration:

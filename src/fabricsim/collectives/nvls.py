@@ -27,7 +27,7 @@ from fabricsim.collectives.base import GroupLayout, Schedule, Step
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol, nvls_stage_bytes
 from fabricsim.errors import InfeasibleError
 
-__all__ = ["switch_islands", "nvls_phase", "nvls_payload", "nvls_allreduce", "pipeline_chunks", "shards",
+__all__ = ["switch_islands", "nvls_phase", "owned_shares", "island_phase", "nvls_payload", "nvls_allreduce", "pipeline_chunks", "shards",
            "nvlink_kind", "nvls_stage"]
 
 
@@ -51,11 +51,13 @@ def nvlink_kind(fabric, rank: int) -> str:
     return ""
 
 
-def nvls_stage(fabric, islands: list[list[int]]) -> int:
-    """Bytes of one NVLS pipeline stage for these islands: NCCL's loop, channels x heads x 128 KiB, with
-    heads = the largest island's GPUs and NCCL's multi-node channel count across several islands."""
+def nvls_stage(fabric, islands: list[list[int]], nbytes: int | None = None, tree: bool = False) -> int:
+    """Bytes of one NVLS pipeline stage for these islands: NCCL's loop, channels x heads x chunk, with
+    heads = the largest island's GPUs, NCCL's multi-node channel count across several islands and, for the
+    NVLS tree (``tree``), NCCL's chunk for a message of ``nbytes`` (``protocol.nvls_chunk``)."""
     kind = nvlink_kind(fabric, islands[0][0])
-    return nvls_stage_bytes(kind, max(len(i) for i in islands), multi_node=len(islands) > 1)
+    return nvls_stage_bytes(kind, max(len(i) for i in islands), multi_node=len(islands) > 1, nbytes=nbytes,
+                            tree=tree)
 
 
 def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
@@ -69,12 +71,14 @@ def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
     return list(islands.values())
 
 
-def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: Calibration, fanin: int = 0):
+def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: Calibration, fanin: int = 0,
+               network: bool = False):
     """Arrays of the flows by which every GPU of ``island`` sends ``up`` bytes into its switch chips and
     receives ``down`` bytes from them (one figure for all, or one per GPU), spread over the chips by link
     bandwidth: per GPU and chip, the flow up then the flow down. ``fanin`` is the island's size: every stage
     of an NVLS kernel waits for that many GPUs (its multimem loads, and its per-step flags when it only
-    multicasts), so its bytes carry the fan-in cost (``protocol.NVLS_FANIN``); 0 or 1 for none."""
+    multicasts), so its bytes carry the fan-in cost (``protocol.NVLS_FANIN``); 0 or 1 for none. ``network``:
+    the phase belongs to a multi-node kernel (NVLS tree, SHARP), at ``protocol.NVLS_NETWORK_EFFICIENCY``."""
     src, dst, nbytes = [], [], []
     ups, downs = np.broadcast_to(up, len(island)), np.broadcast_to(down, len(island))  # per GPU, or one for all
     for r, up, down in zip(island, ups.tolist(), downs.tolist()):
@@ -83,11 +87,28 @@ def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: C
         node = int(fabric.gpu_index[r])
         for chip, bw in chips:
             kind = fabric.links.kind[fabric.links.edge_index[(node, chip)]]
-            factor = calibration.nvls_factor(kind, fanin) * bw / total
+            factor = calibration.nvls_factor(kind, fanin, network) * bw / total
             src += [node, chip]
             dst += [chip, node]
             nbytes += [up * factor, down * factor]
     return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.array(nbytes), np.zeros(len(src), dtype=np.int64)
+
+
+def owned_shares(islands: list[list[int]], S: int) -> list[np.ndarray]:
+    """Per island, the share of the S shards each GPU owns: a GPU of an island of m GPUs owns the shards
+    j = its position mod m, S/m of them, rounded (the partial-island rule of ``hierarchical.py``)."""
+    return [np.array([len(range(k, S, len(isl))) / S for k in range(len(isl))]) for isl in islands]
+
+
+def island_phase(fabric, islands: list[list[int]], owned: list[np.ndarray], phase: str, c: float,
+                 calibration: Calibration):
+    """Flows of one multi-node NVLS phase on chunk bytes ``c`` in every island of more than one GPU:
+    ``"rs"`` each GPU sends c and receives its owned share, ``"ag"`` the reverse (``nvls_phase`` with
+    ``network=True``: the multi-node kernels' NVLS rate). Shared by the NVLS tree and SHARP."""
+    parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
+                        calibration, fanin=len(isl), network=True)
+             for isl, own in zip(islands, owned) if len(isl) > 1]
+    return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
 
 
 def pipeline_chunks(nbytes: float, chunk: float) -> list[tuple[float, float]]:

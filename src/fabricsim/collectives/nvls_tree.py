@@ -11,8 +11,9 @@ streams the message in stages through three concurrent parts, as the SHARP path 
 3. NVLS all-gather (multicast) of the reduced shards inside each island.
 
 Stage r reduce-scatters chunk r, exchanges chunk r-1 across islands and all-gathers chunk r-2; a chunk is
-NCCL's NVLS loop (``nvls.nvls_stage``: channels x heads x 128 KiB, 32 channels on Blackwell across
-nodes). Across islands the owners of a shard run NCCL's double binary tree (``tree.double_binary_tree``),
+NCCL's NVLSTree loop (``nvls.nvls_stage``: channels x heads x NCCL's NVLSTree chunk, 32 channels on
+Blackwell across nodes; the chunk shrinks from 512 KiB to 32 KiB as the message gets smaller,
+``protocol.nvls_chunk``). Across islands the owners of a shard run NCCL's double binary tree (``tree.double_binary_tree``),
 each tree on half the shard: partial sums go up (a parent adds its children's), the root's sum comes down.
 Per chunk c an owner's NIC carries c/S each way across two islands and 2 c/S across more (an inner tree
 node hears from two children and forwards to two: NCCL's model halves an NVLS tree's network bandwidth
@@ -32,8 +33,8 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nvls import (island_pipeline_stage, nvls_phase, nvls_stage, pipeline_chunks,
-                                        switch_islands)
+from fabricsim.collectives.nvls import (island_phase, island_pipeline_stage, nvls_stage, owned_shares,
+                                        pipeline_chunks, switch_islands)
 from fabricsim.collectives.protocol import NVLS_LATENCY, PROTOCOLS, Calibration, Protocol
 from fabricsim.collectives.tree import double_binary_tree
 from fabricsim.errors import InfeasibleError
@@ -84,7 +85,7 @@ def nvls_tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Prot
         raise InfeasibleError("an NVLS tree joins several switch islands; this group has one (use nvls)")
     d = len(islands)
     S = max(len(i) for i in islands)
-    chunks = pipeline_chunks(nbytes, nvls_stage(fabric, islands))
+    chunks = pipeline_chunks(nbytes, nvls_stage(fabric, islands, nbytes, tree=True))
     K = len(chunks)
     gi = fabric.gpu_index
     owners = [[isl[s % len(isl)] for isl in islands] for s in range(S)]
@@ -92,18 +93,14 @@ def nvls_tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Prot
     n_src = np.array([int(gi[owners[s][f[0]]]) for s in range(S) for f in flows], dtype=np.int64)
     n_dst = np.array([int(gi[owners[s][f[1]]]) for s in range(S) for f in flows], dtype=np.int64)
     n_key = np.repeat(np.arange(S, dtype=np.int64), len(flows))
-    # a GPU of an island of m GPUs owns the shards j = its position mod m: S/m of them, rounded
-    owned = [np.array([len(range(k, S, len(isl))) / S for k in range(len(isl))]) for isl in islands]
+    owned = owned_shares(islands, S)
     first_latency = NVLS_LATENCY["nvlink"] + inter_island_latency(fabric, owners[0], d)
 
     def sizes(q: int) -> float:
         return (chunks[q][1] - chunks[q][0]) * nbytes if 0 <= q < K else 0.0
 
     def nvls(phase: str, q: int):
-        c = sizes(q)
-        parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
-                            calibration, fanin=len(isl)) for isl, own in zip(islands, owned) if len(isl) > 1]
-        return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
+        return island_phase(fabric, islands, owned, phase, sizes(q), calibration)
 
     def network(q: int):
         return [n_src, n_dst, np.full(len(n_src), sizes(q) / S / 2), n_key]  # each tree carries half a shard

@@ -15,19 +15,23 @@ over links whose usable bandwidth is below line rate. Three families of paramete
 - NVLS (in-switch reduction, see ``nvls.py``): NCCL's own structure, from its source: ``NVLS_CHANNELS``
   CTAs, each moving ``NVLS_CHUNK`` per head and step, so a pipeline stage is channels x heads x chunk; and
   per switch generation one fitted number: Hopper's usable NVLS rate (``NVLS_EFFICIENCY``, row B054) and
-  Blackwell's fan-in cost per doubling of the group (``NVLS_FANIN``, row B067).
+  Blackwell's fan-in cost per doubling of the group (``NVLS_FANIN``, row B067); and Hopper's NVLS share
+  inside NCCL's multi-node kernels (``NVLS_NETWORK_EFFICIENCY``, row CW-H100-2N-8GiB). The NVLS tree's
+  chunk follows NCCL's per-message rule (``nvls_chunk``).
 
 Validation reports the rows used here apart from the rows that were not (DESIGN.md, issue 6).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from fabricsim.errors import ConfigError
 
 __all__ = ["Protocol", "PROTOCOLS", "LINK_EFFICIENCY", "NVLS_EFFICIENCY", "NVLS_FANIN", "NVLS_LATENCY", "NVLS_CHUNK", "NVLS_CHANNELS",
-           "nvls_channels", "nvls_stage_bytes", "choose_protocol", "FITTED_ROWS", "Calibration", "CALIBRATED", "IDEAL"]
+           "NVLS_NETWORK_EFFICIENCY", "nvls_chunk", "nvls_channels", "nvls_stage_bytes", "choose_protocol", "FITTED_ROWS", "Calibration", "CALIBRATED", "IDEAL"]
 
 US = 1e-6
 
@@ -116,12 +120,55 @@ def nvls_channels(kind: str, multi_node: bool = False) -> int:
     return NVLS_CHANNELS.get(kind, NVLS_CHANNELS["nvlink4"])["multi-node" if multi_node else "domain"]
 
 
-def nvls_stage_bytes(kind: str, heads: int, multi_node: bool = False) -> int:
-    """Bytes one NVLS pipeline stage moves: channels x heads x NVLS_CHUNK."""
-    return nvls_channels(kind, multi_node) * max(1, heads) * NVLS_CHUNK
+# NCCL shrinks the per-head chunk of its NVLS kernels for smaller messages so that the pipeline keeps
+# enough stages in flight (src/enqueue.cc, computeCollDevWork, NCCL 2.2x). With ops = channels x heads:
+# - NVLSTree (several islands): from one Simple step (NCCL_BUFFSIZE 4 MiB / NCCL_STEPS 8 = 512 KiB), then
+#   256 KiB below 32 ops x chunk, 128 KiB below 16 ops x chunk, 64 KiB below 4, 32 KiB below 1 (each test on
+#   the chunk the previous one left). On two NVL72 racks (32 x 72 ops) that is 64 KiB at 0.5-1 GiB, 128 KiB
+#   at 2-8 GiB and 256 KiB at 16 GiB.
+# - NVLS (one island, and NVLS under SHARP): at most 128 KiB, then 64 KiB below 64 ops x chunk, 32 KiB below
+#   8, 16 KiB below 2. Not applied here: with it the single-node and NVL72 rows at 4 MiB-1 GiB come out
+#   10-26% optimistic, so the one-island pipeline keeps 128 KiB stages, whose one-stage fill then stands for
+#   start-up costs the model does not have otherwise (an assumption, listed in docs/validation.md).
+NVLS_TREE_CHUNK = 512 * 2**10
+NVLS_TREE_CHUNK_RULES = ((32, 256 * 2**10), (16, 128 * 2**10), (4, 64 * 2**10), (1, 32 * 2**10))
 
 
-FITTED_ROWS = {"LINK_EFFICIENCY": ["B053", "B066", "A029"], "NVLS_EFFICIENCY": ["B054"], "NVLS_FANIN": ["B067"]}
+def nvls_chunk(nbytes: int | None, ops: int, tree: bool = False) -> int:
+    """NCCL's per-head NVLS chunk: NVLS_CHUNK for one island (or without a message size), the NVLSTree
+    chunk for a message of ``nbytes`` with ``ops`` = channels x heads across islands (rules above)."""
+    if not tree or nbytes is None:
+        return NVLS_CHUNK
+    chunk = NVLS_TREE_CHUNK
+    for factor, cap in NVLS_TREE_CHUNK_RULES:
+        if nbytes < factor * ops * chunk and chunk > cap:
+            chunk = cap
+    return chunk
+
+
+def nvls_stage_bytes(kind: str, heads: int, multi_node: bool = False, nbytes: int | None = None,
+                     tree: bool = False) -> int:
+    """Bytes one NVLS pipeline stage moves: channels x heads x chunk (``nvls_chunk``: NCCL's NVLSTree chunk
+    for a message of ``nbytes`` when ``tree``, else NVLS_CHUNK)."""
+    ops = nvls_channels(kind, multi_node) * max(1, heads)
+    return ops * nvls_chunk(nbytes, ops, tree)
+
+
+# NVLS inside NCCL's multi-node kernels (NVLSTree; NVLS over IB SHARP): the share of the one-island NVLS
+# rate they reach, per switch generation. Hopper's NVLS runs below its links' usable rate (308 of 370 GB/s,
+# B054 against B053), so it is bounded by the kernel, not by the wire; NCCL's multi-node NVLS kernels give
+# the in-switch reduction fewer warps, since some send to and receive from the network (src/device/
+# all_reduce.h, NVLS kernel: 3 reduce + 2 broadcast warps with a network peer, as under SHARP, against 5-7
+# reduce warps without; the NVLSTree kernel likewise gives warps to its tree roles, assumed to cost the same).
+# Fitted on one row, CW-H100-2N-8GiB (440.6 GB/s busbw on 2 x 8 H100, NVLS tree): 0.87 takes the simulated
+# busbw from 507 to 441 GB/s. The SHARP row B070 and the other H100 two-node row (NT309-H100-2N) are its
+# evidence. Blackwell NVLS already runs at its links' usable rate (B066/B067) and its multi-node rows (two
+# DGX B200, two NVL72 racks) need no share, so it has none. That the cause is the warp split is an
+# assumption; the share itself is measured.
+NVLS_NETWORK_EFFICIENCY = {"nvlink4": 0.87}
+
+FITTED_ROWS = {"LINK_EFFICIENCY": ["B053", "B066", "A029"], "NVLS_EFFICIENCY": ["B054"], "NVLS_FANIN": ["B067"],
+               "NVLS_NETWORK_EFFICIENCY": ["CW-H100-2N-8GiB"]}
 
 def choose_protocol(nbytes: int, protocol: str = "auto", *, cost=None, protocols: dict | None = None) -> Protocol:
     """The protocol for a message of ``nbytes``.
@@ -151,12 +198,13 @@ class Calibration:
     nvls_fanin: dict = field(default_factory=dict)
     protocols: dict = field(default_factory=dict)  # name -> Protocol; empty: PROTOCOLS (NCCL's constants)
     source: str = ""  # what it was fitted on (a calibration file says which logs and sizes)
+    nvls_network: dict = field(default_factory=dict)  # NVLS_NETWORK_EFFICIENCY: kind -> share; absent: 1
 
     def protocol(self, name: str) -> Protocol:
         """Protocol ``name`` with this calibration's latencies."""
         return (self.protocols or PROTOCOLS)[name]
 
-    def replace(self, **changes) -> "Calibration":
+    def replace(self, **changes: Any) -> "Calibration":
         """A copy with some fields changed (dicts are copied, never shared)."""
         import dataclasses
 
@@ -171,31 +219,34 @@ class Calibration:
 
         return dumps(self)
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write ``to_toml()`` to ``path`` whole (a temporary file renamed over it)."""
         from fabricsim.collectives.calibration_file import save
 
         save(self, path)
 
     @staticmethod
-    def load(path) -> "Calibration":
+    def load(path: str | os.PathLike) -> "Calibration":
         """A calibration from a TOML file (ConfigError naming the file and the bad key)."""
         from fabricsim.collectives.calibration_file import load
 
         return load(path)
 
-    def nvls_factor(self, kind: str, fanin: int = 0) -> float:
+    def nvls_factor(self, kind: str, fanin: int = 0, network: bool = False) -> float:
         """Wire bytes per payload byte of NVLS traffic on ``kind`` links, on top of link efficiency, when a
-        stage waits for ``fanin`` GPUs: (link / NVLS share) x (1 + f log2(fanin) / (1 + 1/fanin))."""
+        stage waits for ``fanin`` GPUs: (link / NVLS share) x (1 + f log2(fanin) / (1 + 1/fanin)), divided
+        by the multi-node kernels' share (``nvls_network``) when ``network``."""
         import math
 
         link = self.link_efficiency.get(kind, 1.0)
         factor = link / self.nvls_efficiency.get(kind, link)
+        if network:
+            factor /= self.nvls_network.get(kind, 1.0)
         f = self.nvls_fanin.get(kind, 0.0)
         if fanin > 1 and f:
             factor *= 1.0 + f * math.log2(fanin) / (1.0 + 1.0 / fanin)
         return factor
 
 
-CALIBRATED = Calibration(LINK_EFFICIENCY, NVLS_EFFICIENCY, NVLS_FANIN)
+CALIBRATED = Calibration(LINK_EFFICIENCY, NVLS_EFFICIENCY, NVLS_FANIN, nvls_network=NVLS_NETWORK_EFFICIENCY)
 IDEAL = Calibration({}, {})  # line rate everywhere, no fan-in cost: what closed-form checks compare against

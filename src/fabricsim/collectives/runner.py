@@ -13,9 +13,10 @@ all-gather), rooted.py (broadcast, reduce), alltoall.py and p2p.py.
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import TYPE_CHECKING, Any, Sequence, Tuple, Union
 
-from fabricsim.collectives.alltoall import all_to_all as alltoall_schedule
+from fabricsim.collectives.alltoall import FINISH_RTOL as ALLTOALL_FINISH_RTOL, all_to_all as alltoall_schedule
 from fabricsim.collectives.base import CollectiveResult, GroupLayout, Schedule, run_schedule
 from fabricsim.collectives.kinds import KINDS, kind as lookup
 from fabricsim.collectives.p2p import normalise_pairs, p2p_protocol, ring_shift_pairs, send_recv as p2p_schedule
@@ -27,6 +28,15 @@ from fabricsim.errors import ConfigError, InfeasibleError
 
 __all__ = ["COLLECTIVES", "available", "build", "collective", "reduce_scatter", "all_gather", "all_to_all",
            "broadcast", "reduce", "send_recv", "CollectiveRunner"]
+
+if TYPE_CHECKING:
+    from simpy.events import Process
+
+    from fabricsim.simulator.engine import Simulation
+    from fabricsim.topologies.base import Topology
+
+#: (src, dst) ranks of one send/recv, or a list of them
+Pairs = Union[Tuple[int, int], Sequence[Tuple[int, int]]]
 
 COLLECTIVES = tuple(KINDS)
 
@@ -116,10 +126,10 @@ def _check_data(kind: str, layout: GroupLayout, data: dict | None) -> None:
         raise ConfigError(f"data-carrying all-to-all: the buffer length must be a multiple of {layout.p} ranks")
 
 
-def collective(sim, kind: str, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm: str | None = None,
-               protocol: str = "auto", calibration: Calibration = CALIBRATED, data: dict | None = None,
-               root: int | None = None, pairs=None, channels: int | None = None, groups: dict | None = None,
-               memo: dict | None = None):
+def collective(sim: Simulation, kind: str, nbytes: int, *, ranks: Sequence[int] | None = None,
+               algorithm: str | None = None, protocol: str = "auto", calibration: Calibration = CALIBRATED,
+               data: dict | None = None, root: int | None = None, pairs: Pairs | None = None,
+               channels: int | None = None, groups: dict | None = None, memo: dict | None = None) -> Process:
     """Start one collective in ``sim``; returns the SimPy process, whose value is a CollectiveResult.
 
     Parameters
@@ -163,32 +173,32 @@ def collective(sim, kind: str, nbytes: int, *, ranks: Sequence[int] | None = Non
     return sim.env.process(body())
 
 
-def reduce_scatter(sim, nbytes: int, **options):
+def reduce_scatter(sim: Simulation, nbytes: int, **options: Any) -> Process:
     """``collective(sim, "reducescatter", nbytes, ...)``: ``nbytes`` is the full input; rank j keeps shard j."""
     return collective(sim, "reducescatter", nbytes, **options)
 
 
-def all_gather(sim, nbytes: int, **options):
+def all_gather(sim: Simulation, nbytes: int, **options: Any) -> Process:
     """``collective(sim, "allgather", nbytes, ...)``: ``nbytes`` is the full output; rank j gives shard j."""
     return collective(sim, "allgather", nbytes, **options)
 
 
-def all_to_all(sim, nbytes: int, **options):
+def all_to_all(sim: Simulation, nbytes: int, **options: Any) -> Process:
     """``collective(sim, "alltoall", nbytes, ...)``: ``nbytes`` is one rank's send buffer (p blocks)."""
     return collective(sim, "alltoall", nbytes, **options)
 
 
-def broadcast(sim, nbytes: int, **options):
+def broadcast(sim: Simulation, nbytes: int, **options: Any) -> Process:
     """``collective(sim, "broadcast", nbytes, ...)`` from ``root`` (default the group's first rank)."""
     return collective(sim, "broadcast", nbytes, **options)
 
 
-def reduce(sim, nbytes: int, **options):
+def reduce(sim: Simulation, nbytes: int, **options: Any) -> Process:
     """``collective(sim, "reduce", nbytes, ...)`` to ``root`` (default the group's first rank)."""
     return collective(sim, "reduce", nbytes, **options)
 
 
-def send_recv(sim, pairs_or_src_dst, nbytes: int, **options):
+def send_recv(sim: Simulation, pairs_or_src_dst: Pairs, nbytes: int, **options: Any) -> Process:
     """Point-to-point: ``(src, dst)`` or many pairs at once (one flow group), ``nbytes`` per pair."""
     return collective(sim, "sendrecv", nbytes, pairs=pairs_or_src_dst, **options)
 
@@ -200,7 +210,7 @@ class CollectiveRunner:
     routes, so both runners give identical all-reduce answers.
     """
 
-    def __init__(self, topology, *, calibration: Calibration = CALIBRATED, protocol: str = "auto"):
+    def __init__(self, topology: Topology, *, calibration: Calibration = CALIBRATED, protocol: str = "auto") -> None:
         self.allreduce = AllreduceRunner(topology, calibration=calibration, protocol=protocol)
         self._choice: dict = {}
         self._results: dict = {}  # runs are deterministic: an identical run alone is not simulated twice
@@ -209,7 +219,7 @@ class CollectiveRunner:
     calibration = property(lambda self: self.allreduce.calibration)
     protocol = property(lambda self: self.allreduce.protocol)
 
-    def simulation(self, **options):
+    def simulation(self, **options: Any) -> Simulation:
         """A fresh Simulation of the topology that reuses the runner's routes."""
         return self.allreduce.simulation(**options)
 
@@ -218,8 +228,9 @@ class CollectiveRunner:
         return available(sim.fabric, GroupLayout.of(sim.fabric, ranks), kind)
 
     def run(self, kind: str, nbytes: int, algorithm: str | None = None, *, ranks: Sequence[int] | None = None,
-            root: int | None = None, pairs=None, data: dict | None = None, trace: str | None = None,
-            channels: int | None = None, trace_ranks=None) -> CollectiveResult:
+            root: int | None = None, pairs: Pairs | None = None, data: dict | None = None,
+            trace: str | os.PathLike | None = None, channels: int | None = None,
+            trace_ranks: str | Sequence[int] | None = None) -> CollectiveResult:
         """One collective alone on an idle fabric; ``trace`` writes its Perfetto timeline (GPU tracks of
         ``trace_ranks`` only, if given; a failed run leaves no file)."""
         k = lookup(kind)
@@ -231,8 +242,9 @@ class CollectiveRunner:
                     None if pairs is None else repr(pairs), channels)
             if memo in self._results:
                 return self._results[memo]
+        batching = {"finish_rtol": ALLTOALL_FINISH_RTOL} if k.name == "alltoall" else {}
         sim = self.simulation(trace=trace if trace is not None else False, record="groups" if trace else None,
-                              trace_ranks=trace_ranks)
+                              trace_ranks=trace_ranks, **batching)
         try:
             proc = collective(sim, k.name, nbytes, ranks=ranks, algorithm=algorithm, protocol=self.protocol,
                               calibration=self.calibration, data=data, root=root, pairs=pairs, channels=channels)
@@ -247,7 +259,7 @@ class CollectiveRunner:
         return proc.value
 
     def choose(self, kind: str, nbytes: int, ranks: Sequence[int] | None = None, *, root: int | None = None,
-               pairs=None) -> str:
+               pairs: Pairs | None = None) -> str:
         """The fastest algorithm that applies to this collective, size and group (simulated, remembered)."""
         k = lookup(kind)
         if k.name == "allreduce":

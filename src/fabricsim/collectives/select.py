@@ -7,7 +7,8 @@ fabric and the fastest wins (the choice is remembered per group and size).
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -21,6 +22,13 @@ from fabricsim.collectives.ring import MAX_CHANNELS, ring_allreduce
 from fabricsim.collectives.sharp import sharp_allreduce, sharp_capable
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
+
+if TYPE_CHECKING:
+    from simpy.events import Process
+
+    from fabricsim.simulator.engine import Simulation
+    from fabricsim.simulator.fabric import Fabric
+    from fabricsim.topologies.base import Topology
 
 __all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner", "estimate_allreduce",
            "fastest_protocol", "group_shape", "protocol_cost"]
@@ -38,7 +46,7 @@ def _has_nvls(fabric, layout: GroupLayout) -> bool:
     return any(len(i) > 2 for i in islands) or (len(islands) > 1 and any(len(i) > 1 for i in islands))
 
 
-def available_algorithms(fabric, layout: GroupLayout) -> list[str]:
+def available_algorithms(fabric: Fabric, layout: GroupLayout) -> list[str]:
     """Algorithms that make sense for this group: ring and tree always; hierarchical across domains;
     NVLS where the GPUs hang off NVLink switch chips; SHARP where, in addition, several switch islands
     are joined by network switches that the fabric declares SHARP-capable (``sharp=True``)."""
@@ -215,9 +223,9 @@ def _no_launch(make):
     return build
 
 
-def allreduce(sim, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm: str = "ring",
+def allreduce(sim: Simulation, nbytes: int, *, ranks: Sequence[int] | None = None, algorithm: str = "ring",
               protocol: str = "auto", calibration: Calibration = CALIBRATED, channels: int | None = None,
-              data: dict | None = None, groups: dict | None = None, memo: dict | None = None):
+              data: dict | None = None, groups: dict | None = None, memo: dict | None = None) -> Process:
     """Start an all-reduce in ``sim``; returns the SimPy process, whose value is a CollectiveResult.
 
     ``memo`` remembers protocol choices across calls (pass ``AllreduceRunner.memo``)."""
@@ -284,7 +292,8 @@ class AllreduceRunner:
         ``channels`` outside 1..64.
     """
 
-    def __init__(self, topology, *, calibration: Calibration = CALIBRATED, protocol: str = "auto"):
+    def __init__(self, topology: Topology, *, calibration: Calibration = CALIBRATED,
+                 protocol: str = "auto") -> None:
         from fabricsim.simulator.engine import Simulation
         from fabricsim.topologies.base import Topology
 
@@ -305,7 +314,7 @@ class AllreduceRunner:
         self.memo: dict = {}
         self._concurrent: dict = {}
 
-    def simulation(self, **options):
+    def simulation(self, **options: Any) -> Simulation:
         sim = self._Simulation(self.topology, efficiency=self.calibration.link_efficiency, router=self._router,
                                **options)
         self._router = sim.fabric.router
@@ -313,7 +322,7 @@ class AllreduceRunner:
 
     def run(self, nbytes: int, algorithm: str = "ring", *, ranks: Sequence[int] | None = None,
             data: dict | None = None, trace: str | None = None, channels: int | None = None,
-            trace_ranks=None) -> CollectiveResult:
+            trace_ranks: str | Sequence[int] | None = None) -> CollectiveResult:
         """One all-reduce alone on an idle fabric; ``trace`` writes its Perfetto timeline (only the
         GPU tracks of ``trace_ranks``, if given; a failed run leaves no file)."""
         _check_run(nbytes, algorithm, channels)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nvls import (island_pipeline_stage, nvls_phase, nvls_stage, pipeline_chunks,
-                                        switch_islands)
+from fabricsim.collectives.nvls import (island_phase, island_pipeline_stage, nvls_stage, owned_shares,
+                                        pipeline_chunks, switch_islands)
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
 from fabricsim.errors import InfeasibleError
 from fabricsim.simulator.routing import stable_hash
@@ -150,14 +150,10 @@ def sharp_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol
     def sizes(q: int | None) -> float:
         return (chunks[q][1] - chunks[q][0]) * nbytes if q is not None and 0 <= q < K else 0.0
 
-    # a GPU of an island of m GPUs owns the shards j = its position mod m: S/m of them, rounded
-    owned = [np.array([len(range(k, S, len(isl))) / S for k in range(len(isl))]) for isl in islands]
+    owned = owned_shares(islands, S)
 
     def nvls(phase: str, q: int):
-        c = sizes(q)
-        parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
-                            calibration, fanin=len(isl)) for isl, own in zip(islands, owned) if len(isl) > 1]
-        return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
+        return island_phase(fabric, islands, owned, phase, sizes(q), calibration)
 
     def network(q: int):
         return [n_src, n_dst, np.full(len(n_src), sizes(q) / S), np.zeros(len(n_src), dtype=np.int64)]

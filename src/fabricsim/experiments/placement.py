@@ -14,16 +14,19 @@ Explicit jobs are placed first, then the others in the order given, on the GPUs 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from fabricsim.errors import ConfigError, InfeasibleError
+
+if TYPE_CHECKING:
+    from fabricsim.topologies.base import Topology
 
 __all__ = ["PLACEMENTS", "place", "parse_ranks"]
 
 PLACEMENTS = ("packed", "scattered")
 
 
-def parse_ranks(value) -> list[int]:
+def parse_ranks(value: str | Sequence[int]) -> list[int]:
     """Ranks from a list of ints or a string ``"0-3,8,10-11"``.
 
     >>> parse_ranks("0-3,8")
@@ -46,7 +49,7 @@ def parse_ranks(value) -> list[int]:
     raise ConfigError(f"ranks must be a list of integers or a string like '0-71,144-215', got {value!r}")
 
 
-def place(topology, jobs: Sequence[tuple[int | None, object]]) -> list[list[int]]:
+def place(topology: Topology, jobs: Sequence[tuple[int | None, object]]) -> list[list[int]]:
     """Ranks of every job. ``jobs``: (size, placement) pairs, placement a policy name or explicit ranks.
 
     Raises ConfigError for an unknown policy or a bad rank list, InfeasibleError when the jobs do not fit

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Generator, Sequence
 
 import numpy as np
 import simpy
@@ -31,6 +32,9 @@ from fabricsim.errors import ConfigError
 from fabricsim.simulator.fabric import Fabric
 from fabricsim.simulator.trace import TraceRecorder
 from fabricsim.topologies.base import Topology
+
+if TYPE_CHECKING:
+    from fabricsim.simulator.routing import Router
 
 __all__ = ["Simulation", "SimulationResult", "set_capacity"]
 
@@ -87,8 +91,9 @@ class Simulation:
     """
 
     def __init__(self, topology: Topology, *, cache: bool = True, record: str | None = "groups",
-                 trace=False, efficiency: dict | None = None, router=None, finish_rtol: float = 0.0,
-                 trace_ranks=None):
+                 trace: bool | str | os.PathLike = False, efficiency: dict | None = None,
+                 router: Router | None = None, finish_rtol: float = 0.0,
+                 trace_ranks: str | Sequence[int] | None = None) -> None:
         self.env = simpy.Environment()
         self.topology = topology
         trace = trace is not False and trace is not None
@@ -106,7 +111,7 @@ class Simulation:
         for t, links, label in topology.meta.get("timed_faults", ()):
             self.at(t, set_capacity(links), label)
 
-    def at(self, t: float, action, label: str = "") -> None:
+    def at(self, t: float, action: Callable[["Simulation"], object], label: str = "") -> None:
         """Call ``action(sim)`` at simulated time ``t``, e.g. ``sim.at(1e-3, set_capacity(links, 0.0))``.
 
         A pending action does not keep the run going: a run whose work ends before ``t`` ends there and
@@ -124,7 +129,7 @@ class Simulation:
             action(self)
         self.env.timeout(t - self.env.now).callbacks.append(fire)
 
-    def process(self, generator) -> simpy.Process:
+    def process(self, generator: Generator) -> simpy.Process:
         return self.env.process(generator)
 
     def compute(self, rank: int, seconds: float, label: str = "compute") -> simpy.Event:
@@ -148,7 +153,7 @@ class Simulation:
         return SimulationResult(float(self.env.now), list(self.fabric.log), names, link_bytes, link_busy,
                                 links.bandwidth.copy(), stats)
 
-    def write_trace(self, path, *, max_links: int = 32) -> None:
+    def write_trace(self, path: str | os.PathLike, *, max_links: int = 32) -> None:
         """Publish the recorded timeline as Chrome/Perfetto trace-event JSON (complete, or no file)."""
         if self.tracer is None:
             raise ConfigError("this simulation was created without trace=True")

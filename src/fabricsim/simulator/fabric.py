@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import simpy
+from numpy.typing import ArrayLike
 
 from fabricsim.errors import ConfigError, InfeasibleError, TopologyError
 from fabricsim.simulator.fluid import FluidNetwork
@@ -93,7 +94,7 @@ class FlowGroup:
     def __len__(self) -> int:
         return self.src.shape[0]
 
-    def select(self, index, label: str | None = None, charge_latency: bool | None = None) -> "FlowGroup":
+    def select(self, index: ArrayLike, label: str | None = None, charge_latency: bool | None = None) -> "FlowGroup":
         """The flows ``index`` (distinct positions) of this group, as a group of their own.
 
         A fabric routes a selection from its parent's routes with array operations: a schedule whose
@@ -201,8 +202,9 @@ class Fabric:
     expansion_budget = 16_000_000
 
     def __init__(self, env: simpy.Environment, topology: Topology, *, cache: bool = True,
-                 record: str | None = "groups", on_rates=None, efficiency: dict | None = None,
-                 router: Router | None = None, finish_rtol: float = 0.0):
+                 record: str | None = "groups",
+                 on_rates: Callable[[float, np.ndarray, np.ndarray], None] | None = None,
+                 efficiency: dict | None = None, router: Router | None = None, finish_rtol: float = 0.0) -> None:
         if record not in ("groups", "flows", None):
             raise ConfigError(f"record must be 'groups', 'flows' or None, not {record!r}")
         self.env = env
@@ -241,14 +243,16 @@ class Fabric:
         self._fault = ""
 
     # --- building groups --------------------------------------------------------------------------------
-    def group(self, src: Sequence[Hashable], dst: Sequence[Hashable], nbytes, key=0, label: str = "") -> FlowGroup:
+    def group(self, src: Sequence[Hashable], dst: Sequence[Hashable], nbytes: ArrayLike, key: ArrayLike = 0,
+              label: str = "") -> FlowGroup:
         """A FlowGroup from node names."""
         node = self.router.node
         return FlowGroup(np.array([node(s) for s in src], dtype=np.int64),
                          np.array([node(d) for d in dst], dtype=np.int64),
                          np.broadcast_to(np.asarray(nbytes, dtype=float), (len(src),)), key, label)
 
-    def group_by_rank(self, src_ranks, dst_ranks, nbytes, key=0, label: str = "") -> FlowGroup:
+    def group_by_rank(self, src_ranks: ArrayLike, dst_ranks: ArrayLike, nbytes: ArrayLike, key: ArrayLike = 0,
+                      label: str = "") -> FlowGroup:
         """A FlowGroup between GPUs given by rank (position in ``topology.gpus``)."""
         src_ranks = np.asarray(src_ranks, dtype=np.int64)
         dst_ranks = np.asarray(dst_ranks, dtype=np.int64)
@@ -262,6 +266,12 @@ class Fabric:
     def links_used(self, group: FlowGroup) -> np.ndarray:
         """Indices of the links the group's flows cross (sorted, unique)."""
         return self._expand(group)[5]
+
+    def subflows(self, group: FlowGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The group's fluid subflows (one per flow and path): (bytes, path latency, path pointer into
+        links, links), so that subflow ``i`` crosses ``links[ptr[i]:ptr[i + 1]]``."""
+        _, sub_bytes, lat, ptr, links = self._expand(group)[:5]
+        return sub_bytes, lat, ptr, links
 
     def path_latency(self, group: FlowGroup, *, shortest: bool = False) -> float:
         """Longest (or shortest) path latency among the group's flows (s)."""
@@ -292,7 +302,7 @@ class Fabric:
         return event
 
     # --- timed faults -------------------------------------------------------------------------------------
-    def set_capacity(self, link_ids, factor, label: str = "") -> None:
+    def set_capacity(self, link_ids: ArrayLike, factor: ArrayLike, label: str = "") -> None:
         """From now on links ``link_ids`` carry ``factor`` of their usable rate (0: the link is down).
 
         Rates are re-solved at once. Flows in flight on a link that went down move, with the bytes they

@@ -11,6 +11,15 @@ Rules, in order:
    of (source, destination, flow key, node) names: ECMP as switches do it, identical in every run (Python's
    ``hash()`` of strings is salted per process, so names are digested with blake2b and mixed with
    splitmix64 steps instead).
+4. Adaptive routing (``topology.meta["adaptive_routing"]``, set by ``scale_out(adaptive_routing=True)``):
+   a switch with several next hops on shortest paths spreads a flow evenly over all of them instead of
+   hashing it onto one, so the route holds every shortest path with its share. This is the fluid limit of
+   InfiniBand adaptive routing, where a switch picks the output port by its load for every packet among
+   the ports of minimal hops to the destination (NVIDIA "InfiniBand Cluster Bring-up Procedure",
+   Adaptive Routing: the TREE algorithm's AR groups for fat trees; "AR is enabled by default in the
+   opensm.conf file"), and NCCL sends large messages in messages that may use it (support since NCCL 2.6.4,
+   release notes; NCCL_IB_AR_THRESHOLD, NCCL environment variables, default 8,192 bytes). Off by default:
+   whether a given fabric runs it is the operator's choice.
 
 Distances come from a bidirectional breadth-first search over the forwarding nodes, which touches only
 the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is built, so 8,192-GPU fabrics
@@ -21,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Hashable, Iterable
 
 import numpy as np
 
@@ -107,7 +116,7 @@ class Route:
 class Router:
     """Shortest-path routing with first-hop spreading and ECMP, cached. See the module docstring."""
 
-    def __init__(self, topology: Topology, links: LinkTable | None = None, *, down=()):
+    def __init__(self, topology: Topology, links: LinkTable | None = None, *, down: Iterable[int] = ()) -> None:
         """``down``: link ids routes must avoid (links a timed fault took out; see ``Fabric.set_capacity``)."""
         self.topology = topology
         self.links = links if links is not None else LinkTable.from_topology(topology)
@@ -140,6 +149,7 @@ class Router:
         self._name_hash = [int.from_bytes(hashlib.blake2b(str(node).encode(), digest_size=8).digest(), "little")
                            for node in lt.nodes]
         self._cache: dict[tuple[int, int, int], Route] = {}
+        self.adaptive = bool(topology.meta.get("adaptive_routing", False))
 
     def node(self, name: Hashable) -> int:
         try:
@@ -227,23 +237,30 @@ class Router:
         first = [v for v in succ[s] if h.get(v) == length - 1 and (fwd[v] or v == d)]
         weights = np.array([lt.bandwidth[lt.edge_index[(s, v)]] for v in first], dtype=float)
         fractions = weights / weights.sum()
-        paths = []
+        paths, shares = [], []
         hashed = False
-        for v in first:
-            hops = [lt.edge_index[(s, v)]]
-            u = v
-            while u != d:
-                r = h[u]
-                options = [w for w in succ[u] if h.get(w) == r - 1 and (fwd[w] or w == d)]
-                if len(options) == 1:
-                    w = options[0]
-                else:
-                    hashed = True
-                    nh = self._name_hash
-                    w = options[stable_hash(nh[s], nh[d], key, nh[u]) % len(options)]
-                hops.append(lt.edge_index[(u, w)])
-                u = w
-            paths.append(np.asarray(hops, dtype=np.int64))
+        nh = self._name_hash
+        for v, first_share in zip(first, fractions.tolist()):
+            stack = [([lt.edge_index[(s, v)]], v, first_share)]
+            while stack:
+                hops, u, share = stack.pop()
+                while u != d:
+                    r = h[u]
+                    options = [w for w in succ[u] if h.get(w) == r - 1 and (fwd[w] or w == d)]
+                    if len(options) == 1:
+                        w = options[0]
+                    elif self.adaptive:  # spread evenly over every next hop (rule 4)
+                        share /= len(options)
+                        stack += [(hops + [lt.edge_index[(u, x)]], x, share) for x in options[1:]]
+                        w = options[0]
+                    else:
+                        hashed = True
+                        w = options[stable_hash(nh[s], nh[d], key, nh[u]) % len(options)]
+                    hops.append(lt.edge_index[(u, w)])
+                    u = w
+                paths.append(np.asarray(hops, dtype=np.int64))
+                shares.append(share)
+        fractions = np.asarray(shares)
         latencies = np.array([lt.latency[p].sum() for p in paths])
         ptr = np.zeros(len(paths) + 1, dtype=np.int64)
         ptr[1:] = np.cumsum([len(p) for p in paths])

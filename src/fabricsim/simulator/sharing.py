@@ -23,7 +23,8 @@ _LEVEL_RTOL = 1e-12
 
 
 def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.ndarray, n_flows: int,
-                  weight: np.ndarray | None = None, *, bottleneck: bool = False):
+                  weight: np.ndarray | None = None, *,
+                  bottleneck: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Max-min fair rate of every flow.
 
     Parameters

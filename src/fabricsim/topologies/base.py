@@ -247,7 +247,7 @@ class Topology:
 
         Checked: at least one GPU; known node kinds; no self-loops; every edge's bandwidth within the
         range ``units.MIN_RATE..MAX_IDEAL_RATE`` (1 B/s..1e30 B/s: what the rate solve handles; files
-        are also held to the physical range, see :meth:`check_physical`), latency within ``0..units.MAX_LATENCY`` and a positive integer ``lanes``; the rank
+        are also held to the physical range, see :meth:`check_physical`), latency within ``0..units.MAX_LATENCY``, a positive integer ``lanes`` and a text ``kind``; the rank
         order and the NVLink domains name every GPU once, domains contiguous; every GPU reaches every
         other through forwarding nodes.
 
@@ -276,6 +276,8 @@ class Topology:
                 raise TopologyError(f"edge {u!r} -> {v!r} has invalid latency {lat!r} (seconds, 0..{MAX_LATENCY:g})")
             if isinstance(lanes, bool) or not isinstance(lanes, numbers.Integral) or lanes < 1:
                 raise TopologyError(f"edge {u!r} -> {v!r} has lanes {lanes!r}; expected a positive integer")
+            if not isinstance(d.get("kind", ""), str):
+                raise TopologyError(f"edge {u!r} -> {v!r} has kind {d['kind']!r}; expected text such as 'nvlink4'")
         gpu_nodes = {n for n, k in G.nodes(data="kind") if k == "gpu"}
         seen: set = set()
         for g in self.gpus:

@@ -45,7 +45,7 @@ FORMATS = ("toml", "yaml", "graphml", "json", "dot")
 _SUFFIXES = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".graphml": "graphml", ".json": "json",
              ".dot": "dot", ".gv": "dot"}
 _SCALE_OUT_OPTIONS = ("gpus", "count", "network", "oversubscription", "planes", "nic", "switch", "sharp",
-                      "network_kind", "net_latency")
+                      "network_kind", "net_latency", "adaptive_routing")
 
 
 @dataclass(frozen=True)

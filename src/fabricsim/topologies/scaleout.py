@@ -94,7 +94,8 @@ def _ceil(x: float) -> int:
 def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int | None = None,
               network: str = "rail", nic: LinkSpec = IB_NDR, switch: SwitchSpec = QUANTUM2_NDR,
               oversubscription: float = 1.0, planes: str = "aggregate", sharp: bool | None = None,
-              network_kind: str | None = None, net_latency: float | None = None) -> Topology:
+              network_kind: str | None = None, net_latency: float | None = None,
+              adaptive_routing: bool = False) -> Topology:
     """NVLink domains joined by a two- or three-tier fat tree of InfiniBand/Ethernet switches.
 
     Parameters
@@ -128,6 +129,10 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     net_latency : float, optional
         One NIC traversal in seconds (GPU -> NIC or NIC -> GPU), overriding the kind's: e.g. a cloud
         fabric's measured half round trip minus its switch hops.
+    adaptive_routing : bool
+        Whether switches spread every flow evenly over all their next hops on shortest paths (the fluid
+        limit of InfiniBand adaptive routing, ``simulator.routing`` rule 4) instead of hashing each flow
+        onto one (static ECMP, the default). Stored as ``meta["adaptive_routing"]``, which the router reads.
 
     Returns
     -------
@@ -170,6 +175,8 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
     elif sharp and switch.kind not in SHARP_SWITCHES:
         raise ConfigError(f"{switch.kind} switches do not reduce in the network (SHARP-capable: "
                           f"{', '.join(SHARP_SWITCHES)})")
+    if not isinstance(adaptive_routing, bool):
+        raise ConfigError(f"adaptive_routing must be True or False, got {adaptive_routing!r}")
     n_domains, total = _sizes(kind.size, gpus, count)
     k = switch.ports
     ratio = nic.bandwidth / (oversubscription * switch.port_bandwidth)
@@ -224,6 +231,7 @@ def scale_out(domain: str = "dgx-h100", *, gpus: int | None = None, count: int |
         "rails": kind.rails if network == "rail" else 0, "planes": planes, "oversubscription": oversubscription,
         "radix": k, "nics_per_leaf": per_leaf, "leaves": n_leaves, "uplinks_per_leaf": uplinks, "sharp": sharp,
         "network_kind": network_kind, "nic_latency": nic.latency, "switch_latency": switch.latency,
+        "adaptive_routing": adaptive_routing,
     }
     leaf_pod = [0] * n_leaves
     if n_leaves == 1:

@@ -26,8 +26,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from itertools import product
+from typing import TYPE_CHECKING, Any
 
 from fabricsim.errors import ConfigError, InfeasibleError
+
+if TYPE_CHECKING:
+    from fabricsim.topologies.base import Topology
 
 __all__ = ["Layout", "RankGroups", "rank_groups", "DEFAULT_ORDER", "RECOMPUTE", "DIMS"]
 
@@ -118,7 +122,7 @@ class Layout:
 
     @classmethod
     def for_gpus(cls, gpus: int, *, tp: int = 1, cp: int = 1, pp: int = 1, dp: int | None = None,
-                 **options) -> "Layout":
+                 **options: Any) -> "Layout":
         """The layout on ``gpus`` GPUs, ``dp`` derived as ``gpus / (tp cp pp)`` unless given."""
         _positive("gpus", gpus)
         for name, value in (("tp", tp), ("cp", cp), ("pp", pp)):
@@ -150,7 +154,7 @@ class Layout:
     def size(self, dim: str) -> int:
         return getattr(self, dim)
 
-    def with_(self, **changes) -> "Layout":
+    def with_(self, **changes: Any) -> "Layout":
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
@@ -221,7 +225,7 @@ def _groups_along(layout: Layout, rank_of, dim: str) -> list:
     return groups
 
 
-def rank_groups(topology, layout: Layout) -> RankGroups:
+def rank_groups(topology: Topology, layout: Layout) -> RankGroups:
     """Map ``layout`` onto ``topology``'s ranks (Megatron-Core's rank order; see the module docstring).
 
     Raises

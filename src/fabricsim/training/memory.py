@@ -16,7 +16,13 @@ the layer being computed and of the one being prefetched: two blocks' weights, c
 arXiv:2205.05198, section 4): per layer and micro-batch of ``b`` sequences of ``s`` tokens, hidden ``h``, ``a``
 heads, 2-byte activations and 1-byte dropout masks, a GPT layer keeps ``sbh (34 + 5as/h)`` bytes; with
 tensor parallelism ``t``, ``sbh (10 + 24/t + 5as/(ht))``; with sequence parallelism too, ``sbh (34 + 5as/h) / t``.
-Selective recomputation drops the ``5as/h`` attention-score term (``34 sbh / t`` with SP); full recomputation
+The ``5as/h`` term is the ``s x s`` attention scores an unfused kernel keeps (softmax output, its dropout mask
+and dropout output, section 4.1). Fused (flash) attention (Dao et al., "FlashAttention", arXiv:2205.14135,
+section 3.1), what Megatron-Core runs through Transformer Engine by default, never materialises them: it
+keeps the output (already in the 34) and the softmax's log-sum-exp, one fp32 number per head and token,
+``4 a s b`` bytes (``/ t``). So with ``fused_attention=True`` (the default) no recomputation keeps
+``sbh (34 + 4a/h)`` (``/ t`` with SP); ``fused_attention=False`` gives Korthikanti's unfused figures.
+Selective recomputation drops the attention-score term (``34 sbh / t`` with SP); full recomputation
 keeps only each layer's input, ``2 sbh`` (``/ t`` with SP), plus the working set of the one layer being
 recomputed. Context parallelism splits the sequence: ``s -> s / cp``. The 34 is a sum this module keeps term
 by term so that it generalises: 10h replicated over TP (layer-norm inputs 4h, attention and MLP inputs 2h
@@ -45,7 +51,7 @@ from dataclasses import dataclass, field
 from fabricsim.errors import ConfigError
 
 __all__ = ["MemoryReport", "memory_report", "stage_layers", "layer_activation_bytes", "gpu_capacity",
-           "PARAM_BYTES", "OPTIMIZER_BYTES"]
+           "PARAM_BYTES", "OPTIMIZER_BYTES", "FUSED_ATTENTION"]
 
 PARAM_BYTES = 2  # bf16 weights
 OPTIMIZER_BYTES = 12  # fp32 master weights + Adam's two moments (ZeRO, arXiv:1910.02054 section 3.1)
@@ -130,8 +136,13 @@ def stage_layers(layers: int, pp: int, virtual_stages: int = 1) -> list[list[int
     return out
 
 
+#: Fused (flash) attention never stores the s x s scores (see the module docstring).
+FUSED_ATTENTION = True
+LSE_BYTES = 4  # fp32 log-sum-exp per head and token, kept by the fused kernel for its backward
+
+
 def layer_activation_bytes(model, layout, *, moe: bool = False, recompute: str | None = None,
-                           seq_len: int | None = None) -> float:
+                           seq_len: int | None = None, fused_attention: bool = FUSED_ATTENTION) -> float:
     """Bytes one block keeps for backward, for one micro-batch (see the module docstring).
 
     Examples
@@ -165,7 +176,12 @@ def layer_activation_bytes(model, layout, *, moe: bool = False, recompute: str |
         split += per_ffn * model.expert_ffn * (model.top_k + model.shared_experts)
     else:
         split += per_ffn * model.ffn
-    scores = 5 * model.heads * s if recompute == "none" else 0.0  # softmax in/out, dropout mask and output
+    if recompute != "none":
+        scores = 0.0
+    elif fused_attention:
+        scores = LSE_BYTES * model.heads  # the kernel's log-sum-exp (bytes per token)
+    else:
+        scores = 5 * model.heads * s  # softmax output, dropout mask and dropout output (unfused)
     per_token = (replicated / t if sp else replicated) + (split + scores) / t
     return per_token * tokens
 

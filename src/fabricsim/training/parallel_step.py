@@ -25,13 +25,16 @@ Composition (what runs where, and why each reuse is exact):
 
 2. **The pipeline** (``pipeline.simulate_pipeline``): one SimPy process per stage runs 1F1B or
    interleaved 1F1B over those times; activations and gradients are P2P flow groups on the fabric,
-   ``b s / cp x h / tp`` x 2 bytes per rank (Megatron's scatter-gather of pipeline tensors over TP).
+   ``b s / cp x h / tp`` x 2 bytes per rank (Megatron's scatter-gather of pipeline tensors over TP),
+   timed exactly or between two bounds (``p2p_bounds``; see ``simulate_pipeline``).
 
 3. **Data parallel** (``sharding``): each stage's gradient buckets become ready during the final backward
    of each of its chunks and are reduced one at a time; ZeRO-1/2 parameter all-gathers gate each chunk's
-   first forward. A bucket's duration is simulated once per size with the data-parallel groups of EVERY
-   stage at once: exact when the stages' buckets run at the same moments, and an upper bound on the
-   contention otherwise (stages finish at different times), never optimistic.
+   first forward. A bucket's duration is simulated with the data-parallel groups of EVERY stage at once:
+   exact when the stages' buckets run at the same moments, and an upper bound on the contention otherwise
+   (stages finish at different times), never optimistic. Every size is simulated up to
+   ``EXACT_BUCKETS_GPUS``; beyond, the largest only, and the smaller remainders are bounded by it
+   (``_BucketTimes``; the step reports the upper end, ``dp_bounds`` both).
 
 The step ends when the last stage's last bucket does. The optimizer step itself (element-wise, memory
 bound) is not timed. The breakdown splits the critical stage's time into compute, the pipeline bubble
@@ -83,11 +86,45 @@ def _expert_params(model, blocks) -> float:
     return float(sum(model.experts * model.expert_params for i in blocks if fn(i)))
 
 
+class _BucketTimes:
+    """Durations of one collective over every data-parallel group at once, by bucket size.
+
+    The largest size is simulated (``StepComm.concurrent``); a smaller bucket (each chunk's remainder) is
+    not, unless ``exact``: it takes at most the largest one's time (a smaller buffer on the same groups,
+    algorithm and fabric never takes longer: ``hi``) and at least its share of it, ``T(F) x size / F`` (the
+    time is a fixed latency part plus a part proportional to the bytes: ``lo``). Bytes sent scale with
+    the size (every algorithm here moves a fixed multiple of the buffer).
+    """
+
+    def __init__(self, comm, kind, groups, algorithm, sizes, exact: bool):
+        self.comm, self.kind, self.groups, self.algorithm, self.exact = comm, kind, groups, algorithm, exact
+        self.full = max(sizes, default=0)
+        self._ref = comm.concurrent(kind, self.full, groups, algorithm=algorithm) if self.full else None
+
+    def _run(self, size):
+        return self.comm.concurrent(self.kind, size, self.groups, algorithm=self.algorithm)
+
+    def hi(self, size) -> float:
+        return self._run(size).time if self.exact else self._ref.time
+
+    def lo(self, size) -> float:
+        return self._run(size).time if self.exact else self._ref.time * size / self.full
+
+    def bytes_per_rank(self, size) -> float:
+        return self._run(size).bytes_per_rank if self.exact else self._ref.bytes_per_rank * size / self.full
+
+
+#: Up to this many GPUs every bucket size is simulated (``exact_buckets`` None); above it, the largest only.
+EXACT_BUCKETS_GPUS = 1024
+
+
 def simulate_parallel_step(topology, config, layout, groups, runner, *, sequences: float, rate: float,
-                           peak: float, model_flops: float, trace: bool = False):
+                           peak: float, model_flops: float, trace: bool = False, exact_buckets: bool | None = None):
     from fabricsim.training.step import StepResult
 
     model = config.model
+    if exact_buckets is None:
+        exact_buckets = topology.num_gpus <= EXACT_BUCKETS_GPUS
     p, v = layout.pp, layout.virtual_stages
     per_replica = sequences / layout.dp
     m = per_replica / layout.micro_batch
@@ -122,7 +159,6 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
             tp_time = ar.time
             results["tp"] = (ar,)
     stage0 = set(groups.stage_ranks[0])
-    cp_fwd = cp_bwd = 0.0
     if layout.cp > 1:
         kv = 2 * tokens_mb / layout.cp * model.kv_heads * model.head_dim * act / layout.tp
         cp_groups = [g for g in groups.cp if g[0] in stage0]
@@ -188,18 +224,17 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
     # --- ZeRO-1/2 parameter all-gather gates each chunk's first forward ----------------------------------
     bucket = bucket_params(d) * 2
     gate = None
-    ag_duration: dict = {}
     if layout.zero in (1, 2) and d > 1:
         gate = [[0.0] * v for _ in range(p)]
+        plan = [[bucket_sizes(pbytes[k * p + s], bucket).tolist() for k in range(v)] for s in range(p)]
+        ag = _BucketTimes(comm, "all_gather", dpcp, "ring", [x for row in plan for sz in row for x in sz],
+                          exact_buckets)
         for s in range(p):
             t = 0.0
             for k in range(v):
-                sizes = bucket_sizes(pbytes[k * p + s], bucket)
-                for size in sizes.tolist():
-                    if size not in ag_duration:
-                        ag_duration[size] = comm.concurrent("all_gather", size, dpcp)
-                    t += ag_duration[size].time
-                    dp_sent += ag_duration[size].bytes_per_rank
+                for size in plan[s][k]:
+                    t += ag.hi(size)
+                    dp_sent += ag.bytes_per_rank(size)
                 gate[s][k] = t
 
     p2p = tokens_mb / layout.cp * model.hidden * act / layout.tp
@@ -214,10 +249,10 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
     if kind == "all_reduce" and algorithm == "auto" and d > 1:
         algorithm = runner.choose(int(min(bucket, max(gbytes))), groups=dpcp)  # with every group running
     gbucket = bucket_params(d) * config.bytes_per_grad
-    dur: dict = {}
     chains = []
-    end_step = pipe.time
+    end_step = end_lo = pipe.time
     if layout.zero in (0, 1, 2) and d > 1:
+        per_stage = []
         for s in range(p):
             ready, sizes = [], []
             for k in sorted(range(v), key=lambda k: pipe.last_backward(s, k)[1]):
@@ -227,14 +262,16 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
                     continue
                 ready += (b0 + (b1 - b0) * np.cumsum(sz) / sz.sum()).tolist()
                 sizes += sz.tolist()
-            for size in sizes:
-                if size not in dur:
-                    dur[size] = comm.concurrent(kind, size, dpcp, algorithm=algorithm)
-                dp_sent += dur[size].bytes_per_rank
-            start, end = bucket_chain(np.asarray(ready), np.asarray([dur[x].time for x in sizes]))
+            per_stage.append((ready, sizes))
+        dur = _BucketTimes(comm, kind, dpcp, algorithm, [x for _, sz in per_stage for x in sz], exact_buckets)
+        for ready, sizes in per_stage:
+            dp_sent += sum(dur.bytes_per_rank(x) for x in sizes)
+            start, end = bucket_chain(np.asarray(ready), np.asarray([dur.hi(x) for x in sizes]))
+            _, end_l = bucket_chain(np.asarray(ready), np.asarray([dur.lo(x) for x in sizes]))
             chains.append((np.asarray(sizes), np.asarray(ready), start, end))
             if len(end):
                 end_step = max(end_step, float(end[-1]))
+                end_lo = max(end_lo, float(end_l[-1]))
     step_time = end_step
 
     # --- accounting -------------------------------------------------------------------------------------
@@ -276,6 +313,8 @@ def simulate_parallel_step(topology, config, layout, groups, runner, *, sequence
     res.breakdown = breakdown
     res.traffic = traffic
     res.pipeline = pipe
+    res.p2p_bounds = tuple(float(x) for x in pipe.p2p_bounds)  # (lo, hi) of the P2P bracket
+    res.dp_bounds = (float(end_lo), float(step_time))  # step end with the buckets' lower / upper times
     res.dp_chains = chains
     res.comm_results = results
     res.chunk_comm = chunk_comm

@@ -36,7 +36,8 @@ import numpy as np
 
 from fabricsim.errors import ConfigError
 
-__all__ = ["PipelineSpec", "PipelineResult", "schedule_ops", "simulate_pipeline", "P2P_CHANNELS"]
+__all__ = ["PipelineSpec", "PipelineResult", "BoundaryTimes", "boundary_times", "schedule_ops", "simulate_pipeline",
+           "P2P_CHANNELS", "P2P_MODES"]
 
 # NCCL spreads a point-to-point transfer to a network peer over NCCL_NCHANNELS_PER_NET_PEER channels
 # (default 2, NCCL environment-variable documentation), i.e. two flows with their own ECMP hash.
@@ -91,6 +92,7 @@ class PipelineResult:
     ops: list
     sends: list = field(default_factory=list)  # (boundary label, start, end)
     p2p_bytes_per_rank: float = 0.0
+    p2p_bounds: tuple = (0.0, 0.0)  # (lo, hi) step time of the P2P bracket; lo == hi when exact
 
     def busy(self, s: int) -> float:
         return float(sum(e - b for _, _, _, b, e in self.ops[s]))
@@ -130,56 +132,125 @@ class _Overlap(Exception):
     """Two sends over one stage boundary overlapped in time: the shortcut is not exact, simulate flows."""
 
 
-def boundary_times(make_sim, spec: PipelineSpec) -> dict | None:
-    """Each stage boundary's send (all replicas) timed alone on an idle fabric, when that is exact.
-
-    It is exact when no two boundaries' flow groups share a link (checked on their routes): then sends of
-    different boundaries never contend, and a send alone on its links lasts what it lasts alone. Returns
-    ``{(from, to): seconds}``, or None when some links are shared (the flows must then be simulated).
-    """
+def _boundaries(spec: PipelineSpec) -> list[tuple[int, int]]:
+    """(from stage, to stage) of every send direction the schedule uses."""
     p = spec.stages
     pairs = {(s, s + 1) for s in range(p - 1)} | {(s + 1, s) for s in range(p - 1)}
     if spec.virtual > 1:
         pairs |= {(p - 1, 0), (0, p - 1)}
-    sim = make_sim()
-    fabric = sim.fabric
+    return sorted(pairs)
+
+
+@dataclass(frozen=True)
+class BoundaryTimes:
+    """Each boundary's send (every replica's pairs): bounds on its duration, and its exact time when alone.
+
+    ``lo[(a, b)]``: no send over ``a -> b`` can be faster, whatever else runs: every link it crosses must
+    carry its bytes, ``min latency + max over links (its bytes on the link / capacity)``. ``hi[(a, b)]``: no
+    send can be slower while at most one send per boundary and direction is in flight: under max-min
+    fairness a flow gets at least ``capacity / flows`` on its bottleneck link, so at least
+    ``min over its links (capacity / flows)`` at every instant, counting the subflows of every boundary's
+    send on each link; the subflow ends by ``latency + bytes / that rate`` (a bound that holds for any
+    subset of those flows, so for any moment of the schedule). ``disjoint``: no two boundaries' sends
+    share a link; then ``alone`` holds each send simulated alone on an idle fabric, which is exact.
+    """
+
+    lo: dict
+    hi: dict
+    disjoint: bool
+    alone: dict | None = None
+
+
+def boundary_times(make_sim, spec: PipelineSpec) -> BoundaryTimes:
+    """Bound every stage boundary's send (see ``BoundaryTimes``); simulate each alone when they are disjoint."""
+    fabric = make_sim().fabric
+    cap = fabric.capacity
+    paths, counts = {}, np.zeros(cap.shape[0])
     groups = {}
-    used = []
-    for a, b in sorted(pairs):
+    for a, b in _boundaries(spec):
         groups[(a, b)] = _boundary_group(fabric, spec.stage_ranks[a], spec.stage_ranks[b], spec.p2p_bytes,
                                          f"pp {a}->{b}")
-        used.append(fabric.links_used(groups[(a, b)]))
-    allused = np.concatenate(used)
-    if np.unique(allused).shape[0] != allused.shape[0]:
-        return None
-    times = {}
-    for key, group in groups.items():
-        one = make_sim()
-        one.fabric.transfer_group(group)
-        times[key] = one.run().time
-    return times
+        paths[(a, b)] = fabric.subflows(groups[(a, b)])
+        counts += np.bincount(paths[(a, b)][3], minlength=cap.shape[0])
+    share = cap / np.maximum(counts, 1.0)
+    lo, hi, disjoint = {}, {}, True
+    for key, (sub_bytes, lat, ptr, links) in paths.items():
+        per_link = np.repeat(sub_bytes, np.diff(ptr))
+        load = np.bincount(links, weights=per_link, minlength=cap.shape[0])
+        used = np.flatnonzero(load)
+        lo[key] = float(lat.min() + np.max(load[used] / cap[used]))
+        hi[key] = float(np.max(lat + sub_bytes / np.minimum.reduceat(share[links], ptr[:-1])))
+        disjoint &= bool(np.all(counts[used] == np.bincount(links, minlength=cap.shape[0])[used]))
+    alone = None
+    if disjoint:
+        alone = {}
+        for key, group in groups.items():
+            one = make_sim()
+            one.fabric.transfer_group(group)
+            alone[key] = one.run().time
+    return BoundaryTimes(lo, hi, disjoint, alone)
 
 
-def simulate_pipeline(sim, spec: PipelineSpec, *, trace_ranks: bool = False, make_sim=None) -> PipelineResult:
+#: How the P2P sends are timed: "auto" (exact shortcut when boundaries share no link, else the bracket
+#: when it is narrow or the flows too many), "bracket" (always the bracket), "flows" (every send simulated
+#: as flows on the fabric, the reference: exact and slow).
+P2P_MODES = ("auto", "bracket", "flows")
+#: "auto" accepts the bracket when ``hi - lo <= BRACKET_TOLERANCE x hi``.
+BRACKET_TOLERANCE = 0.01
+#: "auto" simulates flows when the bracket is wider and the schedule's sends hold at most this many flows
+#: in all (sends x flows per send; about 10 s of CPU).
+FLOW_BUDGET = 1_000_000
+
+
+def simulate_pipeline(sim, spec: PipelineSpec, *, trace_ranks: bool = False, make_sim=None,
+                      p2p: str = "auto") -> PipelineResult:
     """Run the schedule on ``sim`` (a Simulation whose fabric carries the P2P flows); returns the timeline.
 
     Without ``stage_ranks`` or with ``p2p_bytes == 0`` communication is free (the oracle case). With
-    ``make_sim`` (a factory of fresh Simulations of the same fabric), sends take their boundary's
-    stand-alone time when ``boundary_times`` proves that exact and no two sends over one boundary
-    overlap in time; otherwise (checked while running) every send is simulated as flows on ``sim``.
+    ``make_sim`` (a factory of fresh Simulations of the same fabric) and ``p2p`` "auto" or "bracket",
+    the sends are not simulated as flows during the schedule; each boundary's send is timed beforehand
+    (``boundary_times``) and the schedule is run with those durations:
+
+    - the boundaries share no link ("auto"): each send takes its time simulated alone, exact as long as
+      no two sends over one boundary overlap in time (checked while running; otherwise the bracket);
+    - otherwise, the bracket: the schedule runs twice, with every send taking its lower bound (``lo``:
+      its bytes through its busiest link) and its upper bound (``hi``: every flow at its worst-case
+      max-min share with every boundary sending in both directions at once), see ``BoundaryTimes``.
+      Sends that overlap over one boundary share it: in ``lo`` they go first in, first out (for equal
+      sends the earliest each can finish under any sharing), in ``hi`` all the sends of a busy period
+      arrive when the period ends (the latest any can). A step is a max-plus function of the send
+      arrival times, so it is monotone in them: the step with flow-level contention lies between the two
+      runs (the tests check it against the flow simulation). The ``hi`` run is returned (never
+      optimistic) with ``p2p_bounds = (lo.time, hi.time)``. "auto" returns it when the bracket is
+      narrower than ``BRACKET_TOLERANCE`` of the step or the sends are too many flows to simulate
+      (``FLOW_BUDGET``), and otherwise simulates the flows.
+
+    ``p2p="flows"`` (or ``make_sim`` None, or ``trace_ranks``) simulates every send as flows on ``sim``.
     """
+    if p2p not in P2P_MODES:
+        raise ConfigError(f"p2p must be one of {', '.join(P2P_MODES)}, got {p2p!r}")
     free = spec.stage_ranks is None or spec.p2p_bytes <= 0 or spec.stages == 1
-    if make_sim is not None and not free and not trace_ranks:
+    if make_sim is not None and not free and not trace_ranks and p2p != "flows":
         times = boundary_times(make_sim, spec)
-        if times is not None:
+        if times.alone is not None and p2p == "auto":
             try:
-                return _run(make_sim(), spec, trace_ranks, times)
+                res = _run(make_sim(), spec, False, times.alone)
+                res.p2p_bounds = (res.time, res.time)
+                return res
             except _Overlap:
                 pass
-    return _run(sim, spec, trace_ranks, None)
+        lo = _run(make_sim(), spec, False, times.lo, queue="fifo")
+        hi = _run(make_sim(), spec, False, times.hi, queue="batch")
+        hi.p2p_bounds = (lo.time, hi.time)
+        flows = len(hi.sends) * P2P_CHANNELS * len(spec.stage_ranks[0])
+        if p2p == "bracket" or hi.time - lo.time <= BRACKET_TOLERANCE * hi.time or flows > FLOW_BUDGET:
+            return hi
+    res = _run(sim, spec, trace_ranks, None)
+    res.p2p_bounds = (res.time, res.time)
+    return res
 
 
-def _run(sim, spec: PipelineSpec, trace_ranks: bool, times: dict | None) -> PipelineResult:
+def _run(sim, spec: PipelineSpec, trace_ranks: bool, times: dict | None, queue: str = "") -> PipelineResult:
     env, fabric = sim.env, sim.fabric
     p, v, m = spec.stages, spec.virtual, spec.micro_batches
     chunks = p * v
@@ -196,6 +267,7 @@ def _run(sim, spec: PipelineSpec, trace_ranks: bool, times: dict | None) -> Pipe
 
     groups: dict = {}
     in_flight: dict = {}  # boundary -> end of its latest send (shortcut mode)
+    waiting: dict = {}  # boundary -> (event, start) of the sends of its current busy period ("batch")
 
     def flow_group(s_from: int, s_to: int, what: str):
         key = (s_from, s_to)
@@ -210,19 +282,31 @@ def _run(sim, spec: PipelineSpec, trace_ranks: bool, times: dict | None) -> Pipe
             target.succeed()
             return
         t0 = env.now
-        if times is not None:
-            if in_flight.get((s_from, s_to), -1.0) > t0:
-                raise _Overlap
-            d = times[(s_from, s_to)]
-            in_flight[(s_from, s_to)] = t0 + d
-            ev = env.timeout(d)
-        else:
+        label = f"{what} {s_from}->{s_to}"
+        if times is None:
             ev = fabric.transfer_group(flow_group(s_from, s_to, what))
+            ev.callbacks.append(lambda _ev: (sends.append((label, t0, env.now)), target.succeed()))
+            return
+        key = (s_from, s_to)
+        busy_until = in_flight.get(key, -1.0)
+        if busy_until > t0 and not queue:
+            raise _Overlap
+        end = max(t0, busy_until) + times[key]
+        in_flight[key] = end
+        if queue != "batch":  # exact shortcut, or first-in first-out (each send in turn)
+            env.timeout(end - t0).callbacks.append(lambda _ev: (sends.append((label, t0, env.now)), target.succeed()))
+            return
+        # every send of a busy period arrives when the period ends (the latest any of them can under sharing)
+        waiting.setdefault(key, []).append((target, t0))
+        n = len(waiting[key])
 
-        def arrived(_ev, t0=t0, label=f"{what} {s_from}->{s_to}"):
-            sends.append((label, t0, env.now))
-            target.succeed()
-        ev.callbacks.append(arrived)
+        def period_end(_ev):
+            if len(waiting.get(key, ())) != n:
+                return  # a later send extended the busy period: its own timeout delivers
+            for tgt, start in waiting.pop(key, []):
+                sends.append((label, start, env.now))
+                tgt.succeed()
+        env.timeout(end - t0).callbacks.append(period_end)
 
     def stage(s: int):
         gates = spec.gate[s] if spec.gate is not None else None

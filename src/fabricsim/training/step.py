@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,7 +54,11 @@ from fabricsim.training.layout import DEFAULT_ORDER, Layout, rank_groups
 from fabricsim.training.models import Model
 from fabricsim.training.trace import write_step_trace
 
-__all__ = ["BREAKDOWN_KINDS", "compute_rate", "check_memory", "DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
+if TYPE_CHECKING:
+    from fabricsim.topologies.base import Topology
+    from fabricsim.training.memory import MemoryReport
+
+__all__ = ["BREAKDOWN_KINDS", "compute_rate", "check_memory", "step_memory", "memory_columns", "DEFAULT_MFU", "DEFAULT_BUCKET", "StepConfig", "StepLayout", "StepResult", "step_layout",
            "simulate_step", "write_step_trace"]
 
 MIN_MFU = 1e-3
@@ -179,7 +184,7 @@ class StepLayout:
         return len(self.dp_groups[0])
 
 
-def step_layout(topology, tp: int) -> StepLayout:
+def step_layout(topology: Topology, tp: int) -> StepLayout:
     """TP groups of ``tp`` consecutive ranks inside each NVLink domain; DP group t = position t of each.
 
     The data-parallel plus tensor-parallel case of :func:`fabricsim.training.layout.rank_groups`.
@@ -231,6 +236,8 @@ class StepResult:
     breakdown: dict = field(default_factory=dict)  # seconds of the critical stage by kind (BREAKDOWN_KINDS)
     traffic: dict = field(default_factory=dict)  # bytes each GPU sends per step, by kind
     pipeline: object = field(default=None, repr=False)  # pipeline.PipelineResult (pipelined steps)
+    p2p_bounds: tuple = (0.0, 0.0)  # pipeline end with the P2P sends' lower / upper bounds (pipeline.py)
+    dp_bounds: tuple = (0.0, 0.0)  # step end with the gradient buckets' lower / upper times (parallel_step.py)
     dp_chains: list = field(default_factory=list, repr=False)  # per stage: (sizes, ready, start, end)
     comm_results: dict = field(default_factory=dict, repr=False)
     chunk_comm: dict = field(default_factory=dict, repr=False)  # (global chunk, "F"/"B") -> {kind: exposed s}
@@ -350,7 +357,7 @@ def _resolve_algorithm(runner: AllreduceRunner, algorithm: str, nbytes: int, gro
     return runner.choose(int(nbytes), groups=groups) if algorithm == "auto" else algorithm
 
 
-def simulate_step(topology, config: StepConfig, *, runner: AllreduceRunner | None = None,
+def simulate_step(topology: Topology, config: StepConfig, *, runner: AllreduceRunner | None = None,
                   engine: str = "fast", trace: str | None = None) -> StepResult:
     """Simulate one training step of ``config`` on ``topology``.
 
@@ -497,34 +504,40 @@ def _events_chain(runner, layout: StepLayout, sizes, ready, algorithm, trace, fo
     return start, end, results
 
 
-def check_memory(topology, config: StepConfig):
-    """Refuse a layout whose busiest GPU needs more memory than its HBM (InfeasibleError with the numbers).
+def step_memory(topology: Topology, config: StepConfig) -> MemoryReport | None:
+    """The per-GPU memory report of the busiest pipeline rank (``training.memory``), or None when the
+    topology names no GPU preset (no capacity to compare with)."""
+    from fabricsim.training.memory import gpu_capacity, memory_report
 
-    Uses ``fabricsim.training.memory`` (the per-GPU memory model) when it is installed; returns its report,
-    or None when there is no memory model or the topology names no GPU preset.
-    """
-    try:
-        from fabricsim.training.memory import gpu_capacity, memory_report
-    except ImportError:
-        return None
     capacity = gpu_capacity(topology)
     if capacity is None:
         return None
-    layout = shown = config.layout_for(topology.num_gpus)
-    if layout.recompute == "none":
-        # fused (flash) attention, what Megatron-Core runs, never stores the s x s scores: the activation
-        # memory of selective recomputation (Korthikanti et al. 2022, section 5; Dao et al. 2022)
-        layout = layout.with_(recompute="selective")
+    layout = config.layout_for(topology.num_gpus)
     sequences = _sequences(config, layout.dp)
     micro = max(1, int(sequences // (layout.dp * layout.micro_batch)))
-    report = memory_report(config.model, layout, capacity=capacity, grad_bytes=config.bytes_per_grad,
-                           micro_batches=micro)
-    if not report.fits():
-        raise InfeasibleError(f"{shown.describe()} does not fit in memory: {report.describe()} "
-                              "(raise --tp/--pp, use --zero or --recompute, or add GPUs)")
+    return memory_report(config.model, layout, capacity=capacity, grad_bytes=config.bytes_per_grad,
+                         micro_batches=micro)
+
+
+def memory_columns(topology: Topology, config: StepConfig) -> dict:
+    """``memory_GB`` and ``fits`` (1 or 0) for a table row (a sweep marks a layout that does not fit, it
+    does not drop it); empty when the topology names no GPU preset."""
+    report = step_memory(topology, config)
+    return {} if report is None else {"memory_GB": report.total / 1e9, "fits": int(report.fits())}
+
+
+def check_memory(topology: Topology, config: StepConfig) -> MemoryReport | None:
+    """Refuse a layout whose busiest GPU needs more memory than its HBM (InfeasibleError with the numbers).
+
+    Returns the report (``step_memory``), or None when the topology names no GPU preset.
+    """
+    report = step_memory(topology, config)
+    if report is not None and not report.fits():
+        raise InfeasibleError(f"{config.layout_for(topology.num_gpus).describe()} does not fit in memory: "
+                              f"{report.describe()} (raise --tp/--pp, use --zero or --recompute, or add GPUs)")
     return report
 
 
-def with_options(config: StepConfig, **changes) -> StepConfig:
+def with_options(config: StepConfig, **changes: Any) -> StepConfig:
     """A copy of ``config`` with some fields changed (validated again)."""
     return replace(config, **changes)

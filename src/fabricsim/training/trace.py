@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fabricsim.training.step import StepResult
 
 __all__ = ["write_step_trace"]
 
 US = 1e6
 
 
-def write_step_trace(result, path) -> None:
+def write_step_trace(result: StepResult, path: str | os.PathLike) -> None:
     """Write ``result``'s timeline to ``path`` (see the module docstring for the tracks)."""
     if result.pipeline is None:
         events = _dp_events(result)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fabricsim.validation.validation import (ASSUMPTIONS, GROUP_LABELS, TARGET_PCT, GroupSummary, RowResult,
                                              ValidationReport)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["format_value", "table_header", "table_line", "summary_lines", "write_markdown", "plot_validation"]
 
@@ -152,7 +157,7 @@ def _x(r: RowResult) -> float:
     return float(r.row.gpus[-1] if isinstance(r.row.gpus, tuple) else r.row.gpus)
 
 
-def plot_validation(report: ValidationReport, path: str | Path | None = None, *, ax=None):
+def plot_validation(report: ValidationReport, path: str | Path | None = None, *, ax: Axes | None = None) -> Figure:
     """Signed error of every row against message size, one panel per system class.
 
     Circles are large-message rows (bus bandwidth), triangles small-message rows (time), squares training

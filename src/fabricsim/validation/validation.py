@@ -27,9 +27,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from fabricsim.errors import ConfigError, FabricsimError
+
+if TYPE_CHECKING:
+    from fabricsim.collectives.protocol import Calibration
 
 __all__ = ["ReferenceRow", "RowResult", "GroupSummary", "ValidationReport", "REFERENCE_PATH", "GROUPS",
            "GROUP_LABELS", "SIZE_CLASSES", "TARGET_PCT", "ASSUMPTIONS", "size_class",
@@ -48,19 +51,44 @@ ASSUMPTIONS = (
     "tree in the switch, or waiting for the slowest of p responses) is inferred, not published.",
     "Blackwell NVLS moves bytes at the ring's usable NVLink rate (700 of 900 GB/s, B066). Hopper keeps its own "
     "NVLS rate (B054) and no fan-in term, since H100 NVLS busbw from 5 to 8 GPUs follows link traffic alone.",
-    "NCCL's NVLS pipeline stage is channels x heads x 128 KiB with one head per GPU of the island (one per NIC "
-    "across nodes, one NIC per GPU in every preset), read from NCCL's constants and 'NVLS Head' log lines.",
+    "NCCL's NVLS pipeline stage is channels x heads x chunk with one head per GPU of the island (one per NIC "
+    "across nodes, one NIC per GPU in every preset), read from NCCL's constants and 'NVLS Head' log lines. The "
+    "NVLS tree's chunk follows NCCL's per-message rule (src/enqueue.cc: 512 KiB down to 32 KiB); one island "
+    "keeps 128 KiB although NCCL shrinks it there too (to 64/32/16 KiB below 64/8/2 x channels x heads x "
+    "chunk): with NCCL's rule the single-node and NVL72 rows at 4 MiB-1 GiB come out 10-26% optimistic, so "
+    "the one-stage fill of 128 KiB stages stands for start-up costs the model does not otherwise have.",
+    "Hopper NVLS inside multi-node kernels (NVLS tree, NVLS over SHARP) runs at 0.87 of the one-node NVLS rate "
+    "(NVLS_NETWORK_EFFICIENCY, fitted on CW-H100-2N-8GiB). The cause assumed is the warp split of NCCL's "
+    "multi-node NVLS kernels (3 reduce + 2 broadcast warps with a network peer against 5-7 reduce warps, "
+    "src/device/all_reduce.h; the NVLSTree kernel's split is assumed to cost the same); Blackwell has no such "
+    "share, as its multi-node rows need none.",
     "CoreWeave's two-rack GB200 run is simulated as an NVLS tree and its 20-rack run as a ring: NCCL 2.26.2's "
-    "choice is not printed; the busbw near one rack's (2 racks) and the ~5 ms fixed cost (20 racks) imply them.",
-    "The 20-rack ring rows are 14-22% pessimistic. In the simulation a ring channel crossing racks gets 48 GB/s "
-    "alone but 22 GB/s when 16 run together: inter-rack flows that cross leaves collide on spines under static "
-    "ECMP. InfiniBand adaptive routing, which spreads them, is not modelled (a hypothesis, not checked); the "
-    "protocol auto picks for these rings (LL, LL128) is the protocol-choice part of issue 10, not this one.",
+    "choice is not printed; the busbw near one rack's (2 racks) and the ~5 ms fixed cost (20 racks) imply them. "
+    "CoreWeave's GB200 examples ran with NVLS disabled for a while in 2025 ('Re-enable NVLS. It was disabled "
+    "previously due to issues with older NCCL versions', github.com/coreweave/nccl-tests pull 60); the one-rack "
+    "figures (839 GB/s, above any ring's 700) show NVLS was on for those, and the same setting is assumed for "
+    "the two- and 20-rack runs of the same README section.",
+    "The 20-rack ring rows are 14-22% pessimistic under static ECMP (inter-rack flows that cross leaves collide "
+    "on spines: 22 GB/s per channel with 16 channels against 48 GB/s alone) and 21-46% optimistic with adaptive "
+    "routing (scale_out adaptive_routing=True) or 800G Quantum-X800 switches, where nothing collides. What "
+    "limits the real ring (about nine NICs' worth, 433 GB/s, at each rack boundary) is not known: NCCL's "
+    "ring channel count and NIC use across NVL72 racks are not published. The rows stay on static ECMP, "
+    "the preset's default.",
+    "B055-nvls-3 (NCCL_ALGO=NVLS on 3 H100) is simulated as a ring: its figure is a ring's, above what NVLS "
+    "reaches on 8 GPUs although NVLS moves more bytes per GPU on 3; why NCCL did not run NVLS is not shown "
+    "by its source (inferred from the numbers).",
     "CoreWeave's 64-H100 run with the SHARP manifest is simulated as an NVLS tree: its asymptote (387 GB/s) is "
     "the tree's network bound (382), not in-network reduction (which halves NIC traffic). That SHARP was "
     "inactive in that run is an inference.",
     "The only SHARP evidence left is one slide value (B070, 480 GB/s on 32 H100); SHARP's switch reduction "
-    "throughput and job-level resource limits are not modelled, and nothing was fitted on B070.",
+    "throughput and job-level resource limits are not modelled, and nothing was fitted on B070 (the multi-node "
+    "NVLS share that moves it from +10.5% to -3.9% was fitted on a two-node NVLS-tree row).",
+    "Rows whose message size the source does not give are simulated at 8 GiB as the sweep's peak: the "
+    "nccl-tests #309 H100 rows (2 and 4 nodes) and the 8-GPU GB200 MNNVL row; the CoreWeave pull-request "
+    "rows' '8G' is read as 8 GiB. Those runs' NCCL versions and algorithms are not stated: simulated with "
+    "fabricsim's auto on fabrics without SHARP (their manifests are the non-SHARP ones). The 1,984-GPU H200 "
+    "row (nccl-tests #283) is a stated typical value ('around 350G'), on NICs whose rate is not given (400G "
+    "assumed).",
     "H200 and H20 rows use the DGX H100 preset: same NVLink 4 and NVSwitch gen3; the GB200 rows use one "
     "400G NDR NIC per GPU (CoreWeave's Quantum-X800 fabric may differ).",
     "Network latencies: InfiniBand switch 0.6 us (A031, HDR figure) and NIC traversal 1 us (assumption); RoCE "
@@ -475,7 +503,7 @@ class _Training:
 
 def validate(rows: Sequence[ReferenceRow] | None = None, *, quick: bool = False, collectives: bool = False,
              ids: Iterable[str] | None = None,
-             calibration=None, on_result: Callable[[RowResult], None] | None = None) -> ValidationReport:
+             calibration: Calibration | None = None, on_result: Callable[[RowResult], None] | None = None) -> ValidationReport:
     """Run the reference rows and compare each with its published figure.
 
     Parameters
