@@ -24,3 +24,20 @@ def test_selection_started_while_its_parent_is_dropped(budget):
         yield fabric.transfer_group(child)
     sim.process(body())
     assert sim.run().time == pytest.approx(2e-6 + 1e6 / 1e9)  # two 1 us hops, then 1 MB at 1 GB/s
+
+
+def test_a_selection_keeps_its_parent_expanded():
+    """Expanding a selection never drops its parent's arrays: the next selection of the same parent (the
+    next round of a pipelined tree) derives its own from them instead of routing the parent again (at
+    8,192 GPUs on dgx-h100-ib a tree all-reduce spent 90% of its time re-routing and re-merging it)."""
+    sim = Simulation(star(8))
+    fabric = sim.fabric
+    fabric.expansion_budget = 1
+    parent = fabric.group_by_rank(np.arange(8), (np.arange(8) + 1) % 8, 1e6)
+
+    def body():
+        for index in ([0, 2, 4], [1, 3, 5]):
+            yield fabric.transfer_group(parent.select(index))
+            assert parent._merged is not None
+    sim.process(body())
+    assert sim.run().time == pytest.approx(2 * (2e-6 + 1e6 / 1e9))

@@ -69,3 +69,13 @@ def test_unreachable_scheduler_is_one_line(tmp_path):
     res = CliRunner().invoke(cli, ["sweep", "-t", "dgx-h100-ib", "--sizes", "8", "--mode", "message", "-a", "ring",
                                    "--bytes", "1M", "--scheduler", "tcp://127.0.0.1:9", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "cannot reach the Dask scheduler" in res.output
+
+
+def test_shipped_fabrics_file_compares_hopper_and_blackwell_from_64_to_8192_gpus():
+    """examples/fabrics.toml (the README's Hopper-against-Blackwell sweep) plans both fabrics at every size."""
+    from pathlib import Path
+
+    specs = load_sweep_file(Path(__file__).parent.parent / "examples" / "fabrics.toml")
+    assert [s.topology for s in specs] == ["dgx-h100-ib", "gb200-nvl72-ib"]
+    assert all(s.sizes == (64, 128, 256, 512, 1024, 2048, 4096, 8192) and s.estimate == "simulate" for s in specs)
+    assert len(plan_points(specs)) == 16

@@ -484,7 +484,8 @@ class Fabric:
             if self._expanded_size <= self.expansion_budget // 2:
                 break
             g, n = self._expanded[key]
-            if key in busy or g is group or any(g is r.group._parent for r in self._runs.values()):
+            if key in busy or g is group or g is group._parent or any(
+                    g is r.group._parent for r in self._runs.values()):  # a selection keeps its parent
                 continue
             del self._expanded[key]
             self._expanded_size -= n
