@@ -340,8 +340,30 @@ class Router:
         """(hops, distances to ``ys``) of shortest paths from any node of ``xs`` to any of ``ys`` over
         forwarding nodes: bidirectional BFS, then the forward side pruned as in ``_search``."""
         df, db = dict.fromkeys(xs, 0), dict.fromkeys(ys, 0)
-        f_front, b_front = list(xs), list(ys)
-        f_levels = [f_front]
+        return self._meet_and_prune(df, db, [list(xs)], list(ys), succ_f, pred_f)
+
+    def _search(self, s: int, d: int, succ_f: list, pred_f: list) -> dict | None:
+        """``_distances`` by a bidirectional BFS of the pair alone."""
+        df, db = {s: 0}, {d: 0}
+        df.update((v, 1) for v in succ_f[s])
+        db.update((v, 1) for v in pred_f[d])
+        found = self._meet_and_prune(df, db, [[s], succ_f[s]], pred_f[d], succ_f, pred_f)
+        if found is None:
+            return None
+        length, h = found
+        return h if h.get(s) == length else None
+
+    def _meet_and_prune(self, df: dict, db: dict, f_levels: list, b_front: list, succ_f: list,
+                        pred_f: list) -> tuple | None:
+        """Grow the smaller of the forward (last level ``f_levels[-1]``, distances ``df``) and backward
+        (``b_front``, ``db``) searches until they meet; then (length, distances to the target) with the
+        forward side pruned to nodes on shortest paths. None when they never meet.
+
+        Nodes found backwards have exact distances. A node of forward level k on a shortest path is
+        length - k from the target: when that is within the backward search's depth it was found
+        backwards already, so only the shallower forward levels need pruning (a node with the target
+        among its successors was found backwards at once, so only forwarding successors count)."""
+        f_front = f_levels[-1]
         meet = [v for v in f_front if v in db]
         while not meet:
             if not f_front or not b_front:
@@ -364,41 +386,6 @@ class Router:
                 if best is not None and df[u] + best + 1 == length:
                     h[u] = best + 1
         return length, h
-
-    def _search(self, s: int, d: int, succ_f: list, pred_f: list) -> dict | None:
-        """``_distances`` by a bidirectional BFS of the pair alone."""
-        df, db = {s: 0}, {d: 0}
-        f_front = succ_f[s]
-        b_front = pred_f[d]
-        df.update((v, 1) for v in f_front)
-        db.update((v, 1) for v in b_front)
-        f_levels = [[s], f_front]
-        meet = [v for v in f_front if v in db]
-        while not meet:
-            if not f_front or not b_front:
-                return None
-            if len(f_front) <= len(b_front):
-                f_front = self._next_level(f_front, succ_f, df)
-                f_levels.append(f_front)
-                meet = [v for v in f_front if v in db]
-            else:
-                b_front = self._next_level(b_front, pred_f, db)
-                meet = [v for v in b_front if v in df]
-        length = min(df[v] + db[v] for v in meet)
-        # nodes found backwards have exact distances; prune the forward side back from them (a node
-        # with d among its successors was found backwards at once, so only forwarding successors count).
-        # A node of forward level k on a shortest path is length - k from d: when that is within the
-        # backward search's depth, it was found backwards already, so only shallower levels need pruning
-        h = dict(db)
-        depth_b = max(db.values())
-        for level in reversed(f_levels[:max(0, length - depth_b)]):
-            for u in level:
-                if u in h:
-                    continue
-                best = min((h[v] for v in succ_f[u] if v in h), default=None)
-                if best is not None and df[u] + best + 1 == length:
-                    h[u] = best + 1
-        return h if h.get(s) == length else None
 
     @staticmethod
     def _next_level(front: list, adjacency: list, dist: dict) -> list:
