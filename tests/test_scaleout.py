@@ -1,7 +1,6 @@
 """Scale-out fabrics: rails, leaves and spines, partial domains, closed forms against exact computations."""
 
 import dataclasses
-import time
 
 import networkx as nx
 import pytest
@@ -92,11 +91,9 @@ def test_oversubscription_sets_leaf_ratio():
     assert t.bisection_bandwidth() < full.bisection_bandwidth() == pytest.approx(1024 * 50 * GB)
 
 
-def test_three_tiers_above_the_radix_and_8192_gpus_build_fast():
-    start = time.perf_counter()
+def test_three_tiers_above_the_radix_and_8192_gpus():
+    # build time is a speed target: benchmarks/bench_engine.py prints it (no wall-clock asserts here)
     t = scale_out("dgx-b200", gpus=8192)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 10, elapsed        # a few seconds on a slow machine; ~0.4 s typical
     assert t.meta["tiers"] == 3 and t.meta["pods"] == 8
     assert t.bisection_bandwidth() == pytest.approx(8192 * 50 * GB)  # non-blocking: half x 50 GB/s x 2
     assert t.diameter_hops() == 8
