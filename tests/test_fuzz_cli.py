@@ -25,6 +25,7 @@ import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from click.testing import CliRunner
@@ -32,6 +33,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabricsim.cli.main import cli
+from fabricsim.validation import validate as validate_rows
 
 PROFILE = os.environ.get("FABRICSIM_FUZZ_PROFILE", "ci")
 if PROFILE not in ("ci", "long"):
@@ -634,10 +636,26 @@ def test_plot(mode, damage, where, junk, binary):
             assert not figures.exists(), "a refused plot left an output folder behind"
 
 
+_VALIDATED: dict = {}
+
+
+def _validate_once(**options):
+    """``validation.validate``, simulated once per set of options in this module: these cases fuzz the
+    command's options and output paths; the rows themselves are checked in test_validation.py."""
+    on_result = options.pop("on_result", None)
+    key = repr(sorted(options.items()))
+    if key not in _VALIDATED:
+        _VALIDATED[key] = validate_rows(**options)
+    report = _VALIDATED[key]
+    for res in report.results if on_result else ():
+        on_result(res)
+    return report
+
+
 @fuzz("validate")
 @given(strict=st.booleans(), no_plot=st.booleans(), out=st.sampled_from(["none", "dir", "file"]))
 def test_validate(strict, no_plot, out):
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, mock.patch("fabricsim.cli.validate.run_validation", _validate_once):
         cwd = os.getcwd()
         os.chdir(tmp)  # nothing may be written here unless asked
         try:
