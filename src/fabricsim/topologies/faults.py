@@ -55,7 +55,7 @@ from typing import Hashable, Iterable, Sequence
 import networkx as nx
 
 from fabricsim.errors import ConfigError, InfeasibleError
-from fabricsim.topologies.base import Topology
+from fabricsim.topologies.base import Topology, _reach_through_switches
 from fabricsim.units import format_time, parse_time
 
 __all__ = ["Fault", "parse_fault", "parse_faults", "select_links", "link_factors", "apply_faults",
@@ -326,7 +326,7 @@ def check_connected(topology: Topology, ranks: Sequence[int] | None = None) -> N
         return
     for neighbours, phrase in ((G.successors, "from"), (G.predecessors, "to")):
         start = gpus[0]
-        cut = [g for g in gpus if g not in _reach(G, start, neighbours)]
+        cut = [g for g in gpus if g not in _reach_through_switches(G, start, neighbours)]
         if cut:
             cut, start = _cut_off(G, gpus, cut, start)
         if cut:
@@ -352,21 +352,6 @@ def _cut_off(G: nx.DiGraph, gpus: list, cut: list, start: Hashable) -> tuple[lis
     main = max(attached.values(), key=len)
     off = [g for g in gpus if g not in main]
     return (off, next(iter(sorted(main, key=gpus.index)))) if off else (cut, start)
-
-
-def _reach(G: nx.DiGraph, start: Hashable, neighbours) -> set:
-    reached = {start}
-    frontier = [start]
-    while frontier:
-        nxt = []
-        for u in frontier:
-            for v in neighbours(u):
-                if v not in reached:
-                    reached.add(v)
-                    if G.nodes[v].get("kind") != "gpu":
-                        nxt.append(v)
-        frontier = nxt
-    return reached
 
 
 def faults_from_spec(entries: Iterable) -> list[Fault]:
