@@ -137,32 +137,41 @@ def _lower_bound(fabric, schedule: Schedule, drains: dict | None = None) -> floa
 
 
 def _step_drain(fabric, step, drains: dict) -> float:
-    """Least time ``step``'s raw bytes need to leave their sources (see ``_lower_bound``)."""
-    src, dst, nbytes, key = step.arrays()
-    src = np.asarray(src, dtype=np.int64)
-    nbytes = np.broadcast_to(np.asarray(nbytes, dtype=float), src.shape)
-    inject = drains["inject"]
-    sent = np.bincount(src, weights=nbytes, minlength=len(inject))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        drain = float(np.max(np.where(sent > 0, sent / inject, 0.0), initial=0.0))
-    if step.pattern not in drains["routed"] or not src.size:
-        return drain
-    if step.base is not None:  # a subset of a larger pattern: route the whole (cached), keep the subset
+    """Least time ``step``'s raw bytes need to leave their sources and cross the busiest link (see
+    ``_lower_bound``); a step that is a subset of a larger pattern routes that pattern once."""
+    routed = step.pattern in drains["routed"]
+    if step.base is not None:
         base = drains.get(("base", step.base[0]))
         if base is None:
             b_src, b_dst, b_bytes, b_key = step.base[1]()
             b_src = np.asarray(b_src, dtype=np.int64)
+            b_bytes = np.broadcast_to(np.asarray(b_bytes, dtype=float), b_src.shape)
+            base = drains[("base", step.base[0])] = [b_src, b_bytes, (b_dst, b_key), None]
+        b_src, b_bytes, rest, routes = base
+        idx = np.asarray(step.traffic(), dtype=np.int64)
+        src, nbytes = b_src[idx], b_bytes[idx]
+    else:
+        src, dst, nbytes, key = step.traffic()
+        src = np.asarray(src, dtype=np.int64)
+        nbytes = np.broadcast_to(np.asarray(nbytes, dtype=float), src.shape)
+    inject = drains["inject"]
+    sent = np.bincount(src, weights=nbytes, minlength=len(inject))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drain = float(np.max(np.where(sent > 0, sent / inject, 0.0), initial=0.0))
+    if not routed or not src.size:
+        return drain
+    if step.base is not None:
+        if routes is None:  # the whole base routed once (the router caches it for the simulation too)
+            b_dst, b_key = rest
             rs = fabric.router.route_many(b_src, np.asarray(b_dst, dtype=np.int64),
                                           np.broadcast_to(np.asarray(b_key, dtype=np.int64), b_src.shape))
-            first = np.searchsorted(rs.flow, np.arange(len(b_src) + 1))  # flows' subflow ranges (flow sorted)
-            b_bytes = np.broadcast_to(np.asarray(b_bytes, dtype=float), b_src.shape)
-            base = drains[("base", step.base[0])] = (rs, b_bytes, first)
-        rs, b_bytes, first = base
-        idx = np.asarray(step.traffic(), dtype=np.int64)
+            routes = base[3] = (rs, np.searchsorted(rs.flow, np.arange(len(b_src) + 1)))  # flows sorted
+        rs, first = routes
         subs = _ranges(first[idx], first[idx + 1])
-        entries = _ranges(rs.ptr[subs], rs.ptr[subs + 1])
-        weight = np.repeat(b_bytes[rs.flow[subs]] * rs.frac[subs], rs.ptr[subs + 1] - rs.ptr[subs])
-        load = np.bincount(rs.links[entries], weights=weight, minlength=len(fabric.capacity))
+        lens = rs.ptr[subs + 1] - rs.ptr[subs]
+        weight = np.repeat(b_bytes[rs.flow[subs]] * rs.frac[subs], lens)
+        load = np.bincount(rs.links[_ranges(rs.ptr[subs], rs.ptr[subs + 1])], weights=weight,
+                           minlength=len(fabric.capacity))
     else:
         rs = fabric.router.route_many(src, np.asarray(dst, dtype=np.int64),
                                       np.broadcast_to(np.asarray(key, dtype=np.int64), src.shape))
