@@ -37,12 +37,10 @@ _TAG_MASK = (1 << _TAG_BITS) - 1
 
 def _path_rows(ptr: np.ndarray, links: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The paths ``rows`` of a CSR path table (``links[ptr[i]:ptr[i+1]]`` is path i), as a new table."""
-    lengths = ptr[rows + 1] - ptr[rows]
+    starts, ends = ptr[rows], ptr[rows + 1]
     new_ptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_ptr[1:])
-    # position of every kept link: its path's start plus its offset within the path
-    offset = np.arange(new_ptr[-1]) - np.repeat(new_ptr[:-1], lengths)
-    return new_ptr, links[np.repeat(ptr[:-1][rows], lengths) + offset]
+    np.cumsum(ends - starts, out=new_ptr[1:])
+    return new_ptr, links[_ranges(starts, ends)]
 
 
 @dataclass
@@ -69,7 +67,6 @@ class FlowGroup:
     _parent: "FlowGroup | None" = field(default=None, repr=False, compare=False)
     _index: np.ndarray | None = field(default=None, repr=False, compare=False)
     _parent_sub: np.ndarray | None = field(default=None, repr=False, compare=False)
-    _parent_nbytes: np.ndarray | None = field(default=None, repr=False, compare=False)  # sizes as selected
     _routes: object = field(default=None, repr=False, compare=False)  # a root group's RouteSet
 
     def __post_init__(self):
@@ -92,11 +89,10 @@ class FlowGroup:
         rounds are subsets of one set of flows (a pipelined tree filling and draining) routes once.
         """
         index = np.asarray(index, dtype=np.int64)
-        group = FlowGroup(self.src[index], self.dst[index], self.nbytes[index], self.key[index],
-                          self.label if label is None else label,
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise ConfigError(f"a selection's positions must lie in [0, {len(self)})")
+        return _Selection(self, index, self.label if label is None else label,
                           self.charge_latency if charge_latency is None else charge_latency)
-        group._parent, group._index, group._parent_nbytes = self, index, group.nbytes
-        return group
 
     @property
     def digest(self) -> bytes:
@@ -119,6 +115,24 @@ class FlowGroup:
     @property
     def total_bytes(self) -> float:
         return float(self.nbytes.sum())
+
+
+class _Selection(FlowGroup):
+    """Flows ``index`` of a parent group. Only the index is stored: the flows' arrays are gathered from
+    the parent when read (a schedule keeps one selection per round, so this is most of its memory)."""
+
+    def __init__(self, parent: FlowGroup, index: np.ndarray, label: str, charge_latency: bool):
+        self._parent, self._index = parent, index
+        self.label, self.charge_latency = label, charge_latency
+        self._digest = self._expanded = self._merged = self._parent_sub = self._routes = None
+
+    src = property(lambda self: self._parent.src[self._index])
+    dst = property(lambda self: self._parent.dst[self._index])
+    nbytes = property(lambda self: self._parent.nbytes[self._index])
+    key = property(lambda self: self._parent.key[self._index])
+
+    def __len__(self) -> int:
+        return self._index.shape[0]
 
 
 @dataclass(frozen=True)
@@ -514,8 +528,7 @@ class Fabric:
         """
         if group._merged is None:
             parent = group._parent
-            by_parent = parent is not None and (group.nbytes is group._parent_nbytes
-                                                or np.array_equal(group.nbytes, parent.nbytes[group._index]))
+            by_parent = isinstance(group, _Selection)  # a selection's sizes are its parent's
             # the parent first: re-expanding it may drop this group's expansion (memory budget), so this
             # group's arrays are read after it
             parent_merged = self._merged(parent) if by_parent else None

@@ -172,7 +172,7 @@ class FluidNetwork:
         if n <= 0:
             return
         dead = self._ns - self._n_alive
-        if dead > 4096 and dead > self._n_alive:
+        if dead > 4096 and 2 * dead > self._n_alive:  # dead entries slow every look-up on their links
             self._compact()
         path_ptr = np.asarray(path_ptr, dtype=np.int64)
         m = int(path_ptr[-1] - path_ptr[0])
@@ -360,12 +360,17 @@ class FluidNetwork:
             return
         in_s = self._in_s
         flows = _distinct(self._e_flow[self._entries_on(seeds)], self._pos)
+        if flows.size == 0:  # the seed links went idle (a flow that was alone on its links finished)
+            self._set_loads(seeds, np.zeros(seeds.size))
+            self._update_next()
+            return
         new = flows
         rate, weight = self._rate, self._weight
         while True:
             in_s[new] = True
             self._bring_to_now(new)
-            links = _distinct(np.concatenate([seeds, self._links_of(flows)]), pos_of)
+            f_links = self._links_of(flows)
+            links = _distinct(np.concatenate([seeds, f_links]), pos_of)
             n_links = links.size
             pos_of[links] = _arange(n_links)
             entries = self._entries_on(links)
@@ -374,13 +379,13 @@ class FluidNetwork:
             outside = ~in_s[e_flow]
             cap = self.capacity[links]
             if not outside.any():  # S is closed: its solve is exact, nothing else to check
-                self._solve_set(flows, links, cap.copy())
+                self._solve_set(flows, links, cap.copy(), f_links)
                 load = np.bincount(e_pos, weights=rate[e_flow] * weight[e_flow], minlength=n_links)
                 break
             e_out = e_flow[outside]
             p_out = e_pos[outside]
             other = np.bincount(p_out, weights=rate[e_out] * weight[e_out], minlength=n_links)
-            self._solve_set(flows, links, cap - other)
+            self._solve_set(flows, links, cap - other, f_links)
             e_rate = rate[e_flow]
             load = np.bincount(e_pos, weights=e_rate * weight[e_flow], minlength=n_links)
             top = np.zeros(n_links)
@@ -411,14 +416,15 @@ class FluidNetwork:
         self._set_loads(links, load)
         self._update_next()
 
-    def _solve_set(self, flows: np.ndarray, links: np.ndarray, capacity: np.ndarray) -> None:
+    def _solve_set(self, flows: np.ndarray, links: np.ndarray, capacity: np.ndarray,
+                   f_links: np.ndarray | None = None) -> None:
         """Max-min rates of ``flows`` over ``links`` (numbered by ``_link_pos``) with the given
-        capacities (a fresh array, consumed)."""
+        capacities (a fresh array, consumed); ``f_links`` is ``_links_of(flows)`` if known."""
         if flows.size == 0:
             return
         counts = self._f_end[flows] - self._f_start[flows]
         ef = np.repeat(_arange(flows.size), counts)
-        el = self._link_pos[self._e_link[_ranges(self._f_start[flows], self._f_end[flows])]]
+        el = self._link_pos[self._links_of(flows) if f_links is None else f_links]
         w = self._weight[flows]
         r, limit = progressive_filling(ef, el, capacity, flows.size, w[ef])
         # a flow with no links (never happens for real routes) drains instantly
