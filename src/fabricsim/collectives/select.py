@@ -206,12 +206,14 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
                      key=None, alone: tuple | None = None) -> Protocol:
     """The protocol under which ``make(protocol)`` (a schedule builder) finishes first when simulated.
 
-    NCCL's tuner takes the protocol of smallest estimated time; here the estimate (``estimate(protocol)``,
-    the algorithm's cost model) only orders the candidates: the likeliest is simulated first, and another
-    is simulated only while its lower bound (``_lower_bound``) is below the best simulated time. The
-    choice is therefore exactly the protocol of smallest simulated time, so a collective's time with
-    ``auto`` is the minimum of its times under each protocol: it grows with the message and falls when
-    links get faster whenever each protocol's does.
+    NCCL's tuner takes the protocol of smallest estimated time; here every candidate gets a lower bound
+    on its simulated time (``_lower_bound``), candidates are simulated in the order of their bounds, and
+    one is simulated only while its bound is below the best simulated time so far (the bounds are tight:
+    usually only the winner is simulated). The estimate (``estimate(protocol)``, the algorithm's cost
+    model) breaks ties: among equal simulated times the protocol it ranks first wins. The choice is
+    therefore exactly the protocol of smallest simulated time, so a collective's time with ``auto`` is
+    the minimum of its times under each protocol: it grows with the message and falls when links get
+    faster whenever each protocol's does.
 
     ``alone`` (a key naming this group and collective, see ``_alone_key``): the winner's simulation is
     kept in ``memo``, so that running the chosen schedule alone on an idle fabric afterwards
@@ -219,14 +221,21 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     """
     if memo is not None and key in memo:
         return memo[key]
-    best, best_time, best_steps = None, float("inf"), 0
+    ranked = sorted((calibration.protocols or PROTOCOLS).values(), key=estimate)
     drains: dict = {}
-    for proto in sorted((calibration.protocols or PROTOCOLS).values(), key=estimate):
-        if best is not None and _lower_bound(fabric, make(proto), drains) >= best_time:
-            continue
-        t, steps = _time_alone(fabric, make(proto), calibration)
-        if t < best_time:
-            best, best_time, best_steps = proto, t, steps
+    candidates = []
+    for rank, proto in enumerate(ranked):
+        sched = make(proto)
+        sched.steps = list(sched.steps)  # iterated by the bound, then by the simulation
+        bound = _lower_bound(fabric, sched, drains) if len(ranked) > 1 else 0.0
+        candidates.append((bound, rank, proto, sched))
+    best, best_rank, best_time, best_steps = None, len(ranked), float("inf"), 0
+    for bound, rank, proto, sched in sorted(candidates, key=lambda c: c[:2]):
+        if (bound, rank) > (best_time, best_rank):  # it cannot beat the best, nor tie it ranked earlier
+            break
+        t, steps = _time_alone(fabric, sched, calibration)
+        if (t, rank) < (best_time, best_rank):
+            best, best_rank, best_time, best_steps = proto, rank, t, steps
     if memo is not None:
         memo[key] = best
         if alone is not None:
