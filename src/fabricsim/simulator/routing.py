@@ -30,8 +30,10 @@ same collective simulated under another protocol, a fresh simulation sharing thi
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable
 
@@ -43,6 +45,7 @@ from fabricsim.topologies.base import Topology
 __all__ = ["LinkTable", "Route", "RouteSet", "Router", "stable_hash"]
 
 _MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
 
 
 def stable_hash(*values: int) -> int:
@@ -51,14 +54,19 @@ def stable_hash(*values: int) -> int:
     >>> stable_hash(1, 2, 3) == stable_hash(1, 2, 3), stable_hash(1, 2) != stable_hash(2, 1)
     (True, True)
     """
-    h = 0x9E3779B97F4A7C15
+    h = _GOLDEN
     for v in values:
-        h = (h + (v & _MASK64) + 0x9E3779B97F4A7C15) & _MASK64
-        z = h
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h = z ^ (z >> 31)
+        h = _mix(h, v)
     return h
+
+
+def _mix(h: int, v: int) -> int:
+    """One splitmix64 step of ``stable_hash``: the state after one more value (so a hash of values that
+    share a prefix can start from the prefix's state)."""
+    h = (h + (v & _MASK64) + _GOLDEN) & _MASK64
+    z = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 @dataclass(frozen=True)
@@ -77,16 +85,17 @@ class LinkTable:
     @classmethod
     def from_topology(cls, topology: Topology) -> "LinkTable":
         G = topology.graph
-        nodes = list(G.nodes)
-        index = {n: i for i, n in enumerate(nodes)}
-        src, dst, bw, lat, kind = [], [], [], [], []
-        for u, v, d in G.edges(data=True):
-            src.append(index[u])
-            dst.append(index[v])
-            bw.append(d["bandwidth"])
-            lat.append(d.get("latency", 0.0))
-            kind.append(str(d.get("kind", "")))
-        edge_index = {(a, b): i for i, (a, b) in enumerate(zip(src, dst))}
+        with _paused_gc():
+            nodes = list(G.nodes)
+            index = {n: i for i, n in enumerate(nodes)}
+            src, dst, bw, lat, kind = [], [], [], [], []
+            for u, v, d in G.edges(data=True):
+                src.append(index[u])
+                dst.append(index[v])
+                bw.append(d["bandwidth"])
+                lat.append(d.get("latency", 0.0))
+                kind.append(str(d.get("kind", "")))
+            edge_index = {(a, b): i for i, (a, b) in enumerate(zip(src, dst))}
         return cls(nodes, index, np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64),
                    np.asarray(bw, dtype=float), np.asarray(lat, dtype=float), kind, edge_index)
 
@@ -177,41 +186,45 @@ class Router:
         lt = self.links
         n = len(lt.nodes)
         G = topology.graph
-        kinds = [G.nodes[node].get("kind") for node in lt.nodes]
-        self._forwarding = [k != "gpu" for k in kinds]
-        self._domain = [G.nodes[node].get("domain") if k == "gpu" else None for node, k in zip(lt.nodes, kinds)]
-        nvlink = [k.startswith("nvlink") for k in lt.kind]
-        # adjacency restricted to forwarding neighbours: all edge kinds, and NVLink-only
-        self._succ_all = [[] for _ in range(n)]
-        self._pred_all = [[] for _ in range(n)]
-        self._succ_nvl = [[] for _ in range(n)]
-        self._pred_nvl = [[] for _ in range(n)]
-        down = set(np.asarray(down, dtype=np.int64).tolist())
-        for i, (a, b, is_nvl) in enumerate(zip(lt.src.tolist(), lt.dst.tolist(), nvlink)):
-            if i in down:
-                continue
-            self._succ_all[a].append(b)
-            self._pred_all[b].append(a)
-            if is_nvl:
-                self._succ_nvl[a].append(b)
-                self._pred_nvl[b].append(a)
-        for lists in (self._succ_all, self._pred_all, self._succ_nvl, self._pred_nvl):
-            for lst in lists:
-                lst.sort()
-        # the same, forwarding neighbours only: what searches expand (GPUs never forward)
-        fwd = self._forwarding
-        self._fwd_of = {id(lists): [[v for v in lst if fwd[v]] for lst in lists]
-                        for lists in (self._succ_all, self._pred_all, self._succ_nvl, self._pred_nvl)}
+        with _paused_gc():
+            kinds = [G.nodes[node].get("kind") for node in lt.nodes]
+            self._forwarding = [k != "gpu" for k in kinds]
+            self._domain = [G.nodes[node].get("domain") if k == "gpu" else None for node, k in zip(lt.nodes, kinds)]
+            is_nvl = {k: k.startswith("nvlink") for k in set(lt.kind)}
+            nvlink = np.array([is_nvl[k] for k in lt.kind], dtype=bool)
+            up = np.ones(len(lt), dtype=bool)
+            up[np.asarray(list(down), dtype=np.int64)] = False
+            fwd = np.array(self._forwarding, dtype=bool)
+            self._fwd = fwd
+            self._up = (up, up & nvlink)  # the links of the two adjacencies (all kinds, NVLink only)
+            src, dst = lt.src, lt.dst
+            # adjacency (sorted neighbour lists): all edge kinds, and NVLink-only; then the same restricted
+            # to forwarding neighbours, what searches expand (GPUs never forward)
+            self._succ_all = _neighbours(src, dst, up, n)
+            self._pred_all = _neighbours(dst, src, up, n)
+            self._succ_nvl = _neighbours(src, dst, up & nvlink, n)
+            self._pred_nvl = _neighbours(dst, src, up & nvlink, n)
+            self._fwd_of = {id(self._succ_all): _neighbours(src, dst, up & fwd[dst], n),
+                            id(self._pred_all): _neighbours(dst, src, up & fwd[src], n),
+                            id(self._succ_nvl): _neighbours(src, dst, up & nvlink & fwd[dst], n),
+                            id(self._pred_nvl): _neighbours(dst, src, up & nvlink & fwd[src], n)}
         # ECMP hashes node names, not indices: equivalent fabrics built in another order (or with NVLink
         # planes aggregated) make the same choices in their shared scale-out network
-        self._name_hash = [int.from_bytes(hashlib.blake2b(str(node).encode(), digest_size=8).digest(), "little")
-                           for node in lt.nodes]
+        with _paused_gc():
+            self._name_hash = [int.from_bytes(hashlib.blake2b(str(node).encode(), digest_size=8).digest(), "little")
+                               for node in lt.nodes]
         self._cache: dict[tuple[int, int, int], Route] = {}
         self._bandwidth = np.asarray(lt.bandwidth, dtype=float)
         self._latency = [float(x) for x in lt.latency.tolist()]
         self._sets: OrderedDict[bytes, RouteSet] = OrderedDict()
         self.memo: dict = {}  # for the simulations sharing this router (the fabric's round records)
         self._middles: dict = {}  # (adjacency, X2, Y2) -> shared middle of routes (see _distances)
+        self._mid_opts: dict = {}  # (adjacency, Y2) -> {(node, hops to d): next hops} (see _plan_far)
+        self._far_first: dict = {}  # (s, middle) -> first hops (see _plan_far)
+        self._sides: dict = {id(lists): {} for lists in self._fwd_of.values()}  # node -> (X1, set, X2, tuple)
+        self._opts2: dict = {id(lists): {} for lists in self._fwd_of.values()}  # (node, Y1) -> next hops
+        self._pairs: dict = {}  # src * nodes + dst -> route id, or (plan, {key: route id}) when hashed
+        self._store = _RouteStore()
         self._sets_size = 0
         self.adaptive = bool(topology.meta.get("adaptive_routing", False))
 
@@ -249,7 +262,12 @@ class Router:
 
     def route_many(self, src: np.ndarray, dst: np.ndarray, key: np.ndarray) -> RouteSet:
         """The routes of pairs ``(src[i], dst[i], key[i])`` (int64 arrays of node indices and keys) as one
-        RouteSet, cached by the arrays' content: the same pattern is routed once per router."""
+        RouteSet, cached by the arrays' content: the same pattern is routed once per router.
+
+        Bit for bit what ``route`` gives pair by pair (``_route_pairs``), but each (src, dst) pair's
+        distances and first hops are found once for all its keys, the next hops towards a shared middle
+        are found once per middle, and the pairs' routes are gathered from the router's flat route store
+        with array operations instead of one small array per route."""
         src = np.ascontiguousarray(src, dtype=np.int64)
         dst = np.ascontiguousarray(dst, dtype=np.int64)
         key = np.ascontiguousarray(key, dtype=np.int64)
@@ -261,6 +279,23 @@ class Router:
         if hit is not None:
             self._sets.move_to_end(digest)
             return hit
+        n_nodes = len(self.links.nodes)
+        if not src.size or (src == dst).any() or min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= n_nodes:
+            rs = self._route_pairs(src, dst, key)  # nothing to route, or the reference's error for a bad pair
+        else:
+            try:
+                rs = self._route_batch(src, dst, key)
+            except TopologyError:
+                rs = self._route_pairs(src, dst, key)  # raises for the first unroutable pair, as route() does
+        if rs.size <= self.set_budget:
+            self._sets[digest] = rs
+            self._sets_size += rs.size
+            while self._sets_size > self.set_budget:
+                self._sets_size -= self._sets.popitem(last=False)[1].size
+        return rs
+
+    def _route_pairs(self, src: np.ndarray, dst: np.ndarray, key: np.ndarray) -> RouteSet:
+        """``route_many`` by ``route`` pair by pair (the reference the batched path must match)."""
         route = self.route
         routes = [route(s, d, k) for s, d, k in zip(src.tolist(), dst.tolist(), key.tolist())]
         n_paths = np.fromiter((r.fractions.shape[0] for r in routes), dtype=np.int64, count=len(routes))
@@ -274,13 +309,126 @@ class Router:
             frac, lat, sub_len, links = np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         ptr = np.zeros(sub_len.shape[0] + 1, dtype=np.int64)
         np.cumsum(sub_len, out=ptr[1:])
-        rs = RouteSet(flow, frac, lat, ptr, links)
-        if rs.size <= self.set_budget:
-            self._sets[digest] = rs
-            self._sets_size += rs.size
-            while self._sets_size > self.set_budget:
-                self._sets_size -= self._sets.popitem(last=False)[1].size
-        return rs
+        return RouteSet(flow, frac, lat, ptr, links)
+
+    def _route_batch(self, src: np.ndarray, dst: np.ndarray, key: np.ndarray) -> RouteSet:
+        """``route_many`` of valid pairs. Each distinct (src, dst) the router has not seen is routed once:
+        pairs one or two hops apart (every pair inside an NVLink domain) all at once with array
+        operations, the others planned (``_plan``) and walked for one key, and for every key only when
+        that walk made an ECMP choice. The pairs' route ids then gather the RouteSet from the store."""
+        with _paused_gc():
+            n_nodes = len(self.links.nodes)
+            code = src * n_nodes + dst
+            ucode, first, inv = np.unique(code, return_index=True, return_inverse=True)
+            inv = inv.reshape(-1)
+            pairs, walk = self._pairs, self._walk
+            found = list(map(pairs.get, ucode.tolist()))
+            rid_u = np.fromiter((-2 if e is None else e if e.__class__ is int else -1 for e in found),
+                                dtype=np.int64, count=len(found))
+            new = np.flatnonzero(rid_u == -2)
+            if new.size:
+                rid_u[new] = self._route_near(ucode[new] // n_nodes, ucode[new] % n_nodes)
+                for i, c, k in zip(new.tolist(), ucode[new].tolist(), key[first[new]].tolist()):
+                    if rid_u[i] == -2:
+                        plan = self._plan(*divmod(c, n_nodes))
+                        rid, hashed = walk(plan, k)
+                        e = pairs[c] = (plan, {k: rid}) if hashed else rid
+                        rid_u[i] = -1 if hashed else rid
+            rid = rid_u[inv]
+            keyed = np.flatnonzero(rid < 0)
+            if keyed.size:  # pairs whose route depends on the key: one walk per distinct (src, dst, key)
+                kc, kk = code[keyed], key[keyed]
+                order = np.lexsort((kk, kc))
+                kc, kk = kc[order], kk[order]
+                fresh = np.ones(order.shape[0], dtype=bool)
+                fresh[1:] = (kc[1:] != kc[:-1]) | (kk[1:] != kk[:-1])
+                starts = np.flatnonzero(fresh)
+                rid_t = np.empty(starts.shape[0], dtype=np.int64)
+                for j, (c, k) in enumerate(zip(kc[starts].tolist(), kk[starts].tolist())):
+                    plan, rids = pairs[c]
+                    r = rids.get(k)
+                    if r is None:
+                        r = rids[k] = walk(plan, k)[0]
+                    rid_t[j] = r
+                out = np.empty(order.shape[0], dtype=np.int64)
+                out[order] = rid_t[np.cumsum(fresh) - 1]
+                rid[keyed] = out
+            return self._store.gather(rid)
+
+    def _near_tables(self, which: int) -> tuple:
+        """For adjacency ``which`` (0: every link kind, 1: NVLink only): its link codes (src * nodes + dst)
+        sorted with their link ids, and its links to forwarding nodes sorted by (src, dst) with a pointer
+        per source node (a CSR of ``_fwd_of``); built on first use."""
+        tables = self.__dict__.setdefault("_near", {})
+        t = tables.get(which)
+        if t is None:
+            lt, n = self.links, len(self.links.nodes)
+            ids = np.flatnonzero(self._up[which])
+            code = lt.src[ids] * n + lt.dst[ids]
+            order = np.argsort(code, kind="stable")
+            to_fwd = ids[self._fwd[lt.dst[ids]]]
+            to_fwd = to_fwd[np.lexsort((lt.dst[to_fwd], lt.src[to_fwd]))]
+            ptr = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(np.bincount(lt.src[to_fwd], minlength=n), out=ptr[1:])
+            if "_dom_id" not in self.__dict__:
+                ids_of: dict = {}
+                self._dom_id = np.array([-1 if x is None else ids_of.setdefault(x, len(ids_of)) for x in self._domain],
+                                        dtype=np.int64)
+            t = tables[which] = (code[order], ids[order], ptr, to_fwd)
+        return t
+
+    def _route_near(self, s: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Route the new pairs (s, d) that are one or two hops apart in the adjacency ``route`` uses for
+        them, with array operations; their route ids, -2 for the other pairs.
+
+        One hop: the link s -> d. Two hops (d not a neighbour of s, a forwarding node m with s -> m -> d):
+        ``_search`` finds the hops {d: 0, Y1: 1, s: 2}, so the first hops are s's forwarding neighbours in
+        Y1 in node order, sharing by bandwidth (rule 3), each going straight on to d: no ECMP choice, the
+        route is the same for every key."""
+        lt, n = self.links, len(self.links.nodes)
+        out = np.full(s.shape[0], -2, dtype=np.int64)
+        self._near_tables(0)
+        dom = self._dom_id
+        same = (dom[s] >= 0) & (dom[s] == dom[d])
+        lat = lt.latency
+        for which, sel in ((1, same), (0, ~same)):
+            idx = np.flatnonzero(sel)
+            if not idx.size:
+                continue
+            codes, links, ptr, to_fwd = self._near_tables(which)
+
+            def link_of(q: np.ndarray) -> np.ndarray:
+                pos = np.minimum(np.searchsorted(codes, q), max(codes.shape[0] - 1, 0))
+                return np.where(codes[pos] == q, links[pos], -1) if codes.size else np.full(q.shape, -1)
+            ps, pd = s[idx], d[idx]
+            one = link_of(ps * n + pd)
+            hit = one >= 0
+            two = idx[~hit]
+            ps, pd = s[two], d[two]
+            count = ptr[ps + 1] - ptr[ps]
+            cand = to_fwd[_ragged_range(ptr[ps], count)]
+            owner = np.repeat(np.arange(two.shape[0]), count)
+            second = link_of(lt.dst[cand] * n + pd[owner])
+            keep = second >= 0
+            cand, second, owner = cand[keep], second[keep], owner[keep]
+            k = np.bincount(owner, minlength=two.shape[0])
+            frac = np.ones(cand.shape[0])
+            starts = np.cumsum(k) - k
+            for kk in np.unique(k[k > 1]).tolist():
+                pos = _ragged_range(starts[k == kk], np.full(int((k == kk).sum()), kk)).reshape(-1, kk)
+                w = self._bandwidth[cand[pos]]
+                frac[pos] = w / w.sum(axis=1, keepdims=True)
+            done1, done2 = idx[hit], two[k > 0]
+            counts = np.concatenate([np.ones(done1.shape[0], dtype=np.int64), k[k > 0]])
+            path_frac = np.concatenate([np.ones(done1.shape[0]), frac])
+            path_lat = np.concatenate([lat[one[hit]], lat[cand] + lat[second]])  # (0.0 + a) + b, as _array_sum
+            path_len = np.concatenate([np.ones(done1.shape[0], dtype=np.int64), np.full(cand.shape[0], 2)])
+            path_links = np.concatenate([one[hit], np.stack([cand, second], axis=1).ravel()])
+            rids = self._store.add_block(counts, path_frac, path_lat, path_len, path_links)
+            done = np.concatenate([done1, done2])
+            out[done] = rids
+            self._pairs.update(zip((s[done] * n + d[done]).tolist(), rids.tolist()))
+        return out
 
     # --- internals ---------------------------------------------------------------------------------------
     def _distances(self, s: int, d: int, succ: list, pred: list) -> dict | None:
@@ -312,14 +460,7 @@ class Router:
         A forwarding node that is not one hop before d is two hops more from d than from Y2 (its shortest
         path to d passes a node two hops before d), so the middle's distances, plus two, are exact; the
         nodes one hop before d get 1, and the first hops and s are pruned back as in ``_search``."""
-        key = (id(succ_f), x2, y2)
-        mid = self._middles.get(key)
-        if mid is None:
-            if len(self._middles) >= 20_000:
-                self._middles.clear()
-            found = self._search_sets(x2, y2, succ_f, pred_f)
-            mid = self._middles[key] = None if found is None else (
-                found[0] + 4, {v: k + 2 for v, k in found[1].items()})
+        mid = self._middle((id(succ_f), x2, y2), succ_f, pred_f)
         if mid is None:
             return None
         length, h = mid[0], dict(mid[1])
@@ -335,6 +476,20 @@ class Router:
             return None
         h[s] = length
         return h
+
+    def _middle(self, key: tuple, succ_f: list, pred_f: list) -> tuple | None:
+        """(hops s -> d, hops to d) shared by the pairs of middle ``key`` = (adjacency, X2, Y2), cached;
+        None if X2 does not reach Y2."""
+        mid = self._middles.get(key, _UNSEEN)
+        if mid is _UNSEEN:
+            if len(self._middles) >= 20_000:
+                self._middles.clear()
+                self._mid_opts.clear()
+                self._far_first.clear()
+            found = self._search_sets(key[1], key[2], succ_f, pred_f)
+            mid = self._middles[key] = None if found is None else (
+                found[0] + 4, {v: k + 2 for v, k in found[1].items()})
+        return mid
 
     def _search_sets(self, xs: tuple, ys: tuple, succ_f: list, pred_f: list) -> tuple | None:
         """(hops, distances to ``ys``) of shortest paths from any node of ``xs`` to any of ``ys`` over
@@ -400,6 +555,173 @@ class Router:
                     nxt.append(v)
         return nxt
 
+    # --- the batched path of route_many: the same routes as _distances and _build ----------------------
+    def _side(self, node: int, adj_f: list) -> tuple:
+        """(X1, X1 as a set, X2, X1 as a tuple) of ``node`` in forwarding adjacency ``adj_f``: its forwarding
+        neighbours, and theirs that are not neighbours (``_distances``), cached per node."""
+        cache = self._sides[id(adj_f)]
+        side = cache.get(node)
+        if side is None:
+            x1 = adj_f[node]
+            x1_set = set(x1)
+            x2 = tuple(sorted({v for u in x1 for v in adj_f[u]} - x1_set))
+            side = cache[node] = (x1, x1_set, x2, tuple(x1))
+        return side
+
+    def _plan(self, s: int, d: int) -> tuple:
+        """What ``route`` finds for (s, d) before it looks at the key: (s, d, first hops as (link, node,
+        share), next hops of a node as (nodes, links), the hash state of (s, d)); the adjacency is chosen as
+        in ``route``."""
+        plan = None
+        if self._domain[s] is not None and self._domain[s] == self._domain[d]:
+            plan = self._plan_over(s, d, self._succ_nvl, self._pred_nvl)
+        if plan is None:
+            plan = self._plan_over(s, d, self._succ_all, self._pred_all)
+        if plan is None:
+            raise TopologyError(f"no route from {self.links.nodes[s]!r} to {self.links.nodes[d]!r}")
+        return plan
+
+    def _plan_over(self, s: int, d: int, succ: list, pred: list) -> tuple | None:
+        """``_plan`` over one adjacency, None if d is unreachable there."""
+        succ_f, pred_f = self._fwd_of[id(succ)], self._fwd_of[id(pred)]
+        if d in succ[s]:
+            get = {s: 1, d: 0}.get
+        else:
+            x1, x1_set, x2, _ = self._side(s, succ_f)
+            y1, y1_set, y2, y1t = self._side(d, pred_f)
+            if (x1 and y1 and x2 and y2 and not any(v in y1_set for v in x1) and not any(v in y1_set for v in x2)
+                    and not any(v in x1_set for v in y2)):
+                return self._plan_far(s, d, (id(succ_f), x2, y2), succ, succ_f, pred_f, y1_set, y1t)
+            h = self._search(s, d, succ_f, pred_f)
+            if h is None:
+                return None
+            get = h.get
+        length = get(s)
+        first = self._first_hops(s, d, length, get, succ)
+        edge = self.links.edge_index
+        memo = {}
+
+        def step(u: int, r: int) -> tuple:
+            """Next hops of u (r hops from d) towards d by the pair's own distances, as (nodes, links)."""
+            o = memo.get(u)
+            if o is None:
+                ws = (d,) if r == 1 else tuple(w for w in succ_f[u] if get(w) == r - 1)
+                o = memo[u] = (ws, tuple(edge[(u, w)] for w in ws))
+            return o
+        nh = self._name_hash
+        return s, d, length, first, step, _mix(_mix(_GOLDEN, nh[s]), nh[d])
+
+    def _first_hops(self, s: int, d: int, length: int, get, succ: list) -> list:
+        """(link, node, share) of every first hop of a shortest s -> d path, shares in proportion to the
+        links' bandwidth (rule 3)."""
+        fwd, edge = self._forwarding, self.links.edge_index
+        first = [v for v in succ[s] if get(v) == length - 1 and (fwd[v] or v == d)]
+        if len(first) == 1:
+            shares = [1.0]  # w / w
+        else:
+            weights = self._bandwidth[[edge[(s, v)] for v in first]]
+            shares = (weights / weights.sum()).tolist()
+        return [(edge[(s, v)], v, w) for v, w in zip(first, shares)]
+
+    def _plan_far(self, s: int, d: int, mkey: tuple, succ: list, succ_f: list, pred_f: list, y1_set: set,
+                  y1t: tuple) -> tuple | None:
+        """``_plan_over`` of a pair at least four hops apart, through the shared middle ``mkey`` (X2 -> Y2).
+
+        The distances ``_via_middle`` gives are the middle's, overridden by Y1 (1 hop), d (0) and s (the
+        length), plus the first hops the middle lacks. Neither Y1 nor d is a neighbour of X1 (else the
+        pair is not planned through a middle), so the first hops depend on s and the middle alone and are
+        found once per (s, middle). Next hops: a node one hop from d goes to d; a node two hops from d to
+        its neighbours in Y1 (nothing else is one hop from d); a node farther, r hops from d, to its
+        neighbours r - 1 hops from d, which are r - 3 hops from Y2 and were found by any middle ending in
+        Y2 that holds the node (the node lies on shortest paths to Y2), once per (Y2, node). A list
+        holding s, d or a node of Y1 (whose middle distance is not their own) is recomputed for the pair."""
+        mid = self._middle(mkey, succ_f, pred_f)
+        if mid is None:
+            return None
+        length, mh = mid
+        fkey = (s, mkey)
+        first = self._far_first.get(fkey)
+        if first is None:
+            x1 = succ_f[s]
+            extra = {}
+            for u in x1:
+                if u not in mh:
+                    best = min((r for r in map(mh.get, succ_f[u]) if r is not None), default=None)
+                    if best is not None and best + 2 == length:
+                        extra[u] = best + 1
+            best = min((r for r in (mh.get(v, extra.get(v)) for v in x1) if r is not None), default=None)
+            if best is None or best + 1 != length:
+                first = ()
+            else:
+                first = self._first_hops(s, d, length, lambda v: mh.get(v, extra.get(v)), succ)
+            if len(self._far_first) >= 200_000:
+                self._far_first.clear()
+            self._far_first[fkey] = first
+        if first == ():
+            return None
+        edge = self.links.edge_index
+        opts2 = self._opts2[id(succ_f)]
+        mopts = self._mid_opts.get(mkey[::2])
+        if mopts is None:
+            mopts = self._mid_opts[mkey[::2]] = {}
+        fwd = self._forwarding
+        special = y1_set | {v for v in (s, d) if fwd[v]}
+
+        def step(u: int, r: int) -> tuple:
+            """Next hops of u (r hops from d) towards d, as (nodes, links)."""
+            if r == 1:
+                return (d,), (edge[(u, d)],)
+            if r == 2:
+                o = opts2.get((u, y1t))
+                if o is None:
+                    ws = tuple(w for w in succ_f[u] if w in y1_set)
+                    o = opts2[(u, y1t)] = (ws, tuple(edge[(u, w)] for w in ws))
+                return o
+            o = mopts.get((u, r))
+            if o is None:
+                ws = tuple(w for w in succ_f[u] if mh.get(w) == r - 1)
+                o = mopts[(u, r)] = (ws, tuple(edge[(u, w)] for w in ws), frozenset(ws))
+            if not special.isdisjoint(o[2]):
+                get = {**mh, **dict.fromkeys(y1t, 1), d: 0, s: length}.get
+                ws = tuple(w for w in succ_f[u] if get(w) == r - 1)
+                return ws, tuple(edge[(u, w)] for w in ws)
+            return o
+        nh = self._name_hash
+        return s, d, length, first, step, _mix(_mix(_GOLDEN, nh[s]), nh[d])
+
+    def _walk(self, plan: tuple, key: int) -> tuple[int, bool]:
+        """Store the route of ``plan`` for flow ``key`` (``_build``'s walk); (route id, whether it made an
+        ECMP choice, i.e. depends on the key)."""
+        s, d, length, first, step, hs = plan
+        hk = _mix(hs, key)
+        nh = self._name_hash
+        adaptive = self.adaptive
+        hashed = False
+        paths, shares = [], []
+        for link0, v, share0 in first:
+            stack = [([link0], v, share0, length - 1)]
+            while stack:
+                hops, u, share, r = stack.pop()
+                while u != d:
+                    ws, ls = step(u, r)[:2]
+                    n = len(ws)
+                    if n == 1:
+                        i = 0
+                    elif adaptive:  # spread evenly over every next hop (rule 4)
+                        share /= n
+                        stack += [(hops + [ls[j]], ws[j], share, r - 1) for j in range(1, n)]
+                        i = 0
+                    else:
+                        hashed = True
+                        i = _mix(hk, nh[u]) % n
+                    hops.append(ls[i])
+                    u = ws[i]
+                    r -= 1
+                paths.append(hops)
+                shares.append(share)
+        lat = self._latency
+        return self._store.add(paths, shares, [_array_sum([lat[e] for e in p]) for p in paths]), hashed
+
     def _build(self, s: int, d: int, key: int, h: dict, succ: list) -> tuple[Route, bool]:
         lt = self.links
         fwd = self._forwarding
@@ -441,6 +763,115 @@ class Router:
         np.cumsum(lengths, out=ptr[1:])
         links = np.array([e for p in paths for e in p], dtype=np.int64)
         return Route(links, ptr, fractions, latencies, lengths), hashed
+
+
+_UNSEEN = object()
+
+
+@contextmanager
+def _paused_gc():
+    """Cyclic garbage collection off for a block that allocates many small acyclic containers (adjacency
+    lists, routes): each collection would scan every object alive, the whole topology graph included, and
+    building a large fabric's routes triggers hundreds of them. Reference counting still frees everything;
+    the collector's previous state is restored."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _neighbours(a: np.ndarray, b: np.ndarray, mask: np.ndarray, n: int) -> list[list[int]]:
+    """Per node ``u`` of ``n``, the sorted ``b[i]`` of the links ``i`` in ``mask`` with ``a[i] == u``."""
+    a, b = a[mask], b[mask]
+    order = np.lexsort((b, a))
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(a, minlength=n), out=ptr[1:])
+    flat, ptr = b[order].tolist(), ptr.tolist()
+    return [flat[i:j] for i, j in zip(ptr[:-1], ptr[1:])]
+
+
+class _RouteStore:
+    """Every route ``route_many`` made, flat: route ``r`` is paths ``rptr[r]:rptr[r+1]``; path ``j`` carries
+    ``frac[j]``, pays ``lat[j]`` and crosses ``links[lptr[j]:lptr[j+1]]``. New routes wait in lists until
+    the next ``gather`` appends them to the arrays (amortised doubling)."""
+
+    def __init__(self) -> None:
+        self.n_routes = 0
+        self._pending: tuple[list, list, list, list] = ([], [], [], [])  # paths per route, frac, lat, links
+        self._len: list = []  # links per pending path
+        self._arrays = {"rptr": np.zeros(1, dtype=np.int64), "frac": np.zeros(0), "lat": np.zeros(0),
+                        "lptr": np.zeros(1, dtype=np.int64), "links": np.zeros(0, dtype=np.int64)}
+        self._sizes = {name: a.shape[0] for name, a in self._arrays.items()}
+
+    def add(self, paths: list, shares: list, latencies: list) -> int:
+        counts, frac, lat, links = self._pending
+        counts.append(len(paths))
+        frac += shares
+        lat += latencies
+        for p in paths:
+            links += p
+            self._len.append(len(p))
+        self.n_routes += 1
+        return self.n_routes - 1
+
+    def add_block(self, counts: np.ndarray, frac: np.ndarray, lat: np.ndarray, lengths: np.ndarray,
+                  links: np.ndarray) -> np.ndarray:
+        """Add routes given as arrays (paths per route; per path its share, latency and link count; the
+        links); their ids."""
+        self._flush()
+        for name, ends in (("rptr", counts), ("lptr", lengths)):
+            self._append(name, self._arrays[name][self._sizes[name] - 1] + np.cumsum(ends))
+        self._append("frac", frac)
+        self._append("lat", lat)
+        self._append("links", links)
+        first = self.n_routes
+        self.n_routes += counts.shape[0]
+        return np.arange(first, self.n_routes, dtype=np.int64)
+
+    def _append(self, name: str, values: np.ndarray) -> None:
+        a, n = self._arrays[name], self._sizes[name]
+        if n + values.shape[0] > a.shape[0]:
+            grown = np.empty(max(2 * a.shape[0], n + values.shape[0]), dtype=a.dtype)
+            grown[:n] = a[:n]
+            a = self._arrays[name] = grown
+        a[n:n + values.shape[0]] = values
+        self._sizes[name] = n + values.shape[0]
+
+    def _flush(self) -> None:
+        counts, frac, lat, links = self._pending
+        if not counts:
+            return
+        for name, ends in (("rptr", counts), ("lptr", self._len)):
+            last = self._arrays[name][self._sizes[name] - 1]
+            self._append(name, last + np.cumsum(np.asarray(ends, dtype=np.int64)))
+        self._append("frac", np.asarray(frac, dtype=float))
+        self._append("lat", np.asarray(lat, dtype=float))
+        self._append("links", np.asarray(links, dtype=np.int64))
+        self._pending = ([], [], [], [])
+        self._len = []
+
+    def gather(self, rid: np.ndarray) -> RouteSet:
+        """The RouteSet of routes ``rid`` (one per pair, repeats allowed)."""
+        self._flush()
+        a = self._arrays
+        rptr, lptr = a["rptr"], a["lptr"]
+        count = rptr[rid + 1] - rptr[rid]
+        flow = np.repeat(np.arange(rid.shape[0]), count)
+        sub = _ragged_range(rptr[rid], count)
+        sub_len = lptr[sub + 1] - lptr[sub]
+        ptr = np.zeros(sub.shape[0] + 1, dtype=np.int64)
+        np.cumsum(sub_len, out=ptr[1:])
+        links = a["links"][_ragged_range(lptr[sub], sub_len)]
+        return RouteSet(flow, a["frac"][sub], a["lat"][sub], ptr, links)
+
+
+def _ragged_range(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, a + c) for a, c in zip(starts, counts)])`` without the loop."""
+    ends = np.cumsum(counts)
+    return np.arange(int(ends[-1]) if ends.size else 0, dtype=np.int64) + np.repeat(starts - (ends - counts), counts)
 
 
 def _array_sum(values: list) -> float:

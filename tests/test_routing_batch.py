@@ -1,0 +1,186 @@
+"""Router.route_many's batched path gives, bit for bit, what route() gives pair by pair (_route_pairs)."""
+
+from dataclasses import replace
+from functools import lru_cache
+
+import networkx as nx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fabricsim.errors import TopologyError
+from fabricsim.hardware import SWITCHES
+from fabricsim.simulator.routing import Router, stable_hash, _GOLDEN, _mix
+from fabricsim.topologies import scale_out
+from fabricsim.topologies.base import Topology
+from fabricsim.topologies.io import build
+
+PRESETS = {
+    "dgx-h100-ib fat tree": lambda: build("dgx-h100-ib", gpus=96, network="fat-tree"),
+    "dgx-b200-ib rail": lambda: build("dgx-b200-ib", gpus=64),
+    "three tiers (8-port switches)": lambda: scale_out("dgx-h100", gpus=96, network="fat-tree",
+                                                       switch=replace(SWITCHES["ib-ndr-switch"], ports=8)),
+    "three tiers, planes per chip, oversubscribed": lambda: scale_out(
+        "dgx-h100", gpus=64, planes="per-chip", oversubscription=2.0,
+        switch=replace(SWITCHES["ib-ndr-switch"], ports=8)),
+    "gb200-nvl72-ib": lambda: build("gb200-nvl72-ib", gpus=216),
+    "gb200-nvl72-ib adaptive": lambda: build("gb200-nvl72-ib", gpus=216, adaptive_routing=True),
+    "three tiers adaptive": lambda: scale_out("dgx-h100", gpus=96, network="fat-tree", adaptive_routing=True,
+                                              switch=replace(SWITCHES["ib-ndr-switch"], ports=8)),
+    "gb200-nvl72 per chip": lambda: build("gb200-nvl72", gpus=36),
+    "nvl576": lambda: build("nvl576", gpus=144),
+}
+
+
+@lru_cache(maxsize=None)
+def _preset(name: str) -> Topology:
+    return PRESETS[name]()
+
+
+def _random_fabric(seed: int, adaptive: bool) -> Topology:
+    """Switches joined at random, GPUs in NVLink domains (NVLink to each other or to an NVSwitch) with NICs
+    or direct links to the switches; random bandwidths from a few values (ties) and latencies. Not
+    validated: some GPUs may be cut off, which both paths must refuse alike."""
+    rng = np.random.default_rng(seed)
+    G = nx.DiGraph()
+    bws, lats = [1e9, 2e9, 4e9], [0.0, 1e-6, 2.5e-7]
+
+    def link(u, v, kind, both=True):
+        for a, b in ((u, v), (v, u)) if both else ((u, v),):
+            G.add_edge(a, b, bandwidth=float(rng.choice(bws)), latency=float(rng.choice(lats)), kind=kind)
+    n_sw = int(rng.integers(2, 9))
+    switches = [f"sw{i}" for i in range(n_sw)]
+    for s in switches:
+        G.add_node(s, kind="switch")
+    for i in range(1, n_sw):  # a random tree, then extra links (several shortest paths, ECMP choices)
+        link(switches[i], switches[int(rng.integers(0, i))], "eth")
+    for _ in range(int(rng.integers(0, 2 * n_sw))):
+        a, b = rng.choice(n_sw, 2, replace=False)
+        link(switches[a], switches[b], "eth", both=bool(rng.random() < 0.9))
+    gpus, domains = [], []
+    for dom in range(int(rng.integers(1, 5))):
+        members = [f"d{dom}/g{j}" for j in range(int(rng.integers(1, 5)))]
+        for g in members:
+            G.add_node(g, kind="gpu", domain=dom)
+        if rng.random() < 0.5:
+            nvs = f"d{dom}/nvs"
+            G.add_node(nvs, kind="nvswitch")
+            for g in members:
+                link(g, nvs, "nvlink5")
+        else:
+            for a in range(len(members)):
+                for b in range(a + 1, len(members)):
+                    if rng.random() < 0.7:
+                        link(members[a], members[b], "nvlink5")
+        for g in members:
+            for _ in range(int(rng.integers(0, 3))):
+                sw = switches[int(rng.integers(0, n_sw))]
+                if rng.random() < 0.5:
+                    nic = f"{g}/nic{sw}"
+                    if nic not in G:
+                        G.add_node(nic, kind="nic")
+                        link(g, nic, "pcie")
+                        link(nic, sw, "ib-ndr")
+                else:
+                    link(g, sw, "eth")
+        gpus += members
+        domains.append(members)
+    return Topology(G, gpus, domains, name=f"random{seed}", meta={"adaptive_routing": adaptive})
+
+
+def _same(a, b) -> None:
+    for name in ("flow", "frac", "lat", "ptr", "links"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert np.array_equal(x, y), name
+
+
+def _routes_or_error(route_many, src, dst, key):
+    try:
+        return route_many(src, dst, key)
+    except TopologyError as exc:
+        return str(exc)
+
+
+def _check(topology: Topology, data, *, down_share: float = 0.0, endpoints: str = "gpus") -> None:
+    r = Router(topology)
+    n_links = len(r.links)
+    down = ()
+    if down_share:
+        down = data.draw(st.lists(st.integers(0, n_links - 1), max_size=max(1, int(down_share * n_links)),
+                                  unique=True), label="down links")
+    batched, reference = Router(topology, r.links, down=down), Router(topology, r.links, down=down)
+    pool = [r.node(g) for g in topology.gpus]
+    if endpoints == "any":
+        pool = list(range(len(r.links.nodes)))
+    pool_idx = st.integers(0, len(pool) - 1)
+    # a few calls on the same router: later ones meet cached pairs, middles and first hops
+    for call in range(data.draw(st.integers(1, 3), label="calls")):
+        pairs = data.draw(st.lists(st.tuples(pool_idx, pool_idx).filter(lambda p: p[0] != p[1]), min_size=0,
+                                   max_size=40), label="pairs")
+        keys = data.draw(st.lists(st.integers(-2**63, 2**63 - 1) | st.integers(0, 3), min_size=1, max_size=4),
+                         label="keys")
+        src = np.array([pool[a] for a, _ in pairs for _ in keys], dtype=np.int64)
+        dst = np.array([pool[b] for _, b in pairs for _ in keys], dtype=np.int64)
+        key = np.array([k for _ in pairs for k in keys], dtype=np.int64)
+        perm = np.random.default_rng(call).permutation(src.shape[0])
+        src, dst, key = src[perm], dst[perm], key[perm]
+        got = _routes_or_error(batched.route_many, src, dst, key)
+        want = _routes_or_error(reference._route_pairs, src, dst, key)
+        if isinstance(want, str):
+            assert got == want
+        else:
+            assert not isinstance(got, str), got
+            _same(got, want)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_batched_routes_match_pair_by_pair_on_presets(name, data):
+    _check(_preset(name), data)
+
+
+@pytest.mark.parametrize("name", ["gb200-nvl72-ib", "three tiers (8-port switches)", "gb200-nvl72-ib adaptive"])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_batched_routes_match_with_links_down(name, data):
+    _check(_preset(name), data, down_share=0.03)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), adaptive=st.booleans(), down=st.sampled_from([0.0, 0.1]),
+       endpoints=st.sampled_from(["gpus", "any"]), data=st.data())
+def test_batched_routes_match_on_random_fabrics(seed, adaptive, down, endpoints, data):
+    _check(_random_fabric(seed, adaptive), data, down_share=down, endpoints=endpoints)
+
+
+@given(st.lists(st.integers(-2**63, 2**64 - 1), min_size=1, max_size=6))
+def test_hash_steps_compose(values):
+    # the batched walk hashes from the state of (src, dst) and then of the key: the same bits
+    h = _GOLDEN
+    for v in values:
+        h = _mix(h, v)
+    assert h == stable_hash(*values)
+
+
+def test_bad_pairs_name_the_first_bad_pair_as_route_does():
+    t = _preset("gb200-nvl72-ib")
+    r = Router(t)
+    g = [r.node(x) for x in t.gpus]
+    src, dst = np.array([g[0], g[3], g[5]]), np.array([g[1], g[3], g[5]])
+    with pytest.raises(TopologyError, match="two different endpoints"):
+        r.route_many(src, dst, np.zeros(3, dtype=np.int64))
+    empty = r.route_many(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    assert empty.flow.shape == (0,) and empty.ptr.tolist() == [0]
+
+
+def test_a_pair_routed_under_many_keys_is_planned_once():
+    # the same (src, dst) under 16 keys: one plan, a walk per key only because ECMP made a choice
+    t = _preset("three tiers (8-port switches)")
+    r = Router(t)
+    a, b = r.node(t.gpus[0]), r.node(t.gpus[-1])
+    rs = r.route_many(np.full(16, a), np.full(16, b), np.arange(16))
+    plan, rids = r._pairs[a * len(r.links.nodes) + b]
+    assert len(rids) == 16 and plan[0] == a and plan[1] == b
+    assert len({tuple(rs.links[rs.ptr[i]:rs.ptr[i + 1]]) for i in range(16)}) > 1  # keys spread over paths
