@@ -168,6 +168,7 @@ def test_llama3_405b_fits_at_metas_layout():
     # 16 micro-batches x 8 chunks = 128 in flight at most: ranks 1-7 run every forward first (Megatron's
     # warm-up 2 (p - r - 1) + (v - 1) p >= 128), holding all 8 of their one-block chunks for 16 micro-batches
     assert r.stage == 1 and r.detail["in_flight_chunks"] == 128
+    assert r.detail["layer_activation_bytes"] == pytest.approx(per_layer)
     assert r.activations == pytest.approx(128 * per_layer)
     assert r.fits() and 74e9 < r.total < 76e9
 

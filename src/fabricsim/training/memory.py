@@ -27,8 +27,9 @@ MLP width ``f``):
   with dropout, its 1-byte mask and the dropout output ``3as`` (Korthikanti et al., arXiv:2205.05198
   section 4.1);
 * MLP: the norm's input ``2h``, FC1's input ``2h``; GeLU keeps its input ``2f`` and FC2's input ``2f``;
-  SwiGLU, fused as Megatron-Core runs it, keeps FC1's output (gate and up, ``4f``) and FC2's input
-  ``2f``: ``6f``;
+  SwiGLU, fused as Megatron-Core runs it (``fusions/fused_bias_swiglu.py``: the function saves its input),
+  keeps FC1's output (gate and up, ``4f``) and FC2's input ``2f``: ``6f`` (an unfused
+  ``w2(silu(w1 x) * w3 x)`` in plain PyTorch keeps ``8f``: the SiLU output too);
 * multi-head latent attention (DeepSeek-V2/V3): Q and K are ``heads x (qk_nope + qk_rope)`` wide, V
   ``heads x v_head_dim``, and the two latents' norms and up-projections keep their inputs,
   ``4 q_lora_rank + 4 kv_lora_rank`` (counted with the tensors outside TP);
@@ -363,7 +364,9 @@ def memory_report(model, layout, *, capacity: float | None = None, grad_bytes: i
                               working=working, stage=rank, params_per_gpu=weights, capacity=capacity,
                               detail={"layers": len(blocks), "moe_layers": moe_blocks, "dense_weights": dense,
                                       "expert_weights": expert,
-                                      "in_flight_chunks": _in_flight(layout, rank, micro_batches)})
+                                      "in_flight_chunks": _in_flight(layout, rank, micro_batches),
+                                      "layer_activation_bytes": act_dense,
+                                      "moe_layer_activation_bytes": act_moe})
         if best is None or report.total > best.total:
             best = report
     return best
