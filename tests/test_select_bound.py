@@ -14,7 +14,7 @@ from fabricsim.collectives.base import GroupLayout
 from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.protocol import PROTOCOLS
 from fabricsim.collectives.ring import ring_allreduce
-from fabricsim.collectives.select import _lower_bound, _start, _time_alone, build_allreduce, fastest_protocol
+from fabricsim.collectives.select import _lower_bound, _start, _time_alone, allreduce, build_allreduce, fastest_protocol
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.simulator.engine import Simulation
 from fabricsim.topologies.faults import apply_faults, parse_fault
@@ -133,3 +133,41 @@ def test_the_choice_is_the_fastest_simulated_protocol_whatever_the_estimate(case
     fastest = min(times.values())
     assert times[chosen.name] == fastest
     assert chosen.name == next(n for n in order if times[n] == fastest)  # ties: the estimate's first
+
+
+def test_reuse_refuses_hierarchical_under_timed_faults():
+    """A hierarchical all-reduce's levels were simulated from time 0 each; under a timed fault the inter
+    level really starts later and meets the fault at another point of its run, so its time is not the sum
+    of the levels': the runner must simulate it (found in review: 4.7% off before)."""
+    from fabricsim.collectives.protocol import CALIBRATED
+    from fabricsim.simulator.engine import Simulation
+    from fabricsim.topologies.faults import apply_faults, parse_fault
+
+    topo = apply_faults(build("dgx-h100-ib", gpus=32), [parse_fault("5us:n1/nic*:0.1")])
+    ranks = [0, 9, 18, 27]
+    served = AllreduceRunner(topo).run(1 << 18, "hierarchical", ranks=ranks)
+    sim = Simulation(topo, efficiency=CALIBRATED.link_efficiency, record=None)
+    fresh = allreduce(sim, 1 << 18, ranks=ranks, algorithm="hierarchical")
+    sim.run()
+    assert served.protocol == fresh.value.protocol
+    assert served.time == pytest.approx(fresh.value.time, rel=1e-12)
+
+
+def test_choice_bounds_use_the_calibrations_capacities():
+    """The caller's fabric may drain at other efficiencies than the calibration the candidates are
+    simulated with: the bounds must be those of the simulated capacities, or a slower protocol wins
+    (found in review: LL128 chosen where LL is 11% faster)."""
+    from fabricsim.collectives.base import GroupLayout
+    from fabricsim.collectives.protocol import IDEAL, PROTOCOLS
+    from fabricsim.collectives.select import _time_alone, build_allreduce
+    from fabricsim.collectives.tree import tree_allreduce
+    from fabricsim.simulator.engine import Simulation
+
+    topo = build("dgx-h100-ib", gpus=32)
+    sim = Simulation(topo, efficiency={"nvlink4": 0.3, "ib-ndr": 0.3, "pcie": 0.3}, record=None)
+    lay = GroupLayout.of(sim.fabric, None)
+    nbytes = 1 << 20
+    chosen = build_allreduce(sim.fabric, lay, nbytes, "tree", calibration=IDEAL).protocol.name
+    times = {name: _time_alone(sim.fabric, tree_allreduce(sim.fabric, lay, nbytes, pr), IDEAL)[0]
+             for name, pr in PROTOCOLS.items()}
+    assert times[chosen] == min(times.values())

@@ -281,11 +281,7 @@ class Fabric:
         self.links = self.router.links
         self.cache_enabled = cache and on_rates is None
         self.record = record
-        self.capacity = self.links.bandwidth.copy()
-        for kind, factor in (efficiency or {}).items():
-            if not 0 < factor <= 1:
-                raise ConfigError(f"efficiency of {kind!r} links must be in (0, 1], got {factor!r}")
-            self.capacity[np.array([k == kind for k in self.links.kind], dtype=bool)] *= factor
+        self.capacity = self.usable_capacity(self.links, efficiency)
         if not 0.0 <= finish_rtol < 1.0:
             raise ConfigError(f"finish_rtol must be in [0, 1), got {finish_rtol!r}")
         self.fluid = FluidNetwork(self.capacity, on_rates=on_rates, finish_rtol=finish_rtol)
@@ -311,6 +307,17 @@ class Fabric:
         self._nominal: np.ndarray | None = None
         self._rerouted: dict[int, tuple] = {}
         self._fault = ""
+
+    @staticmethod
+    def usable_capacity(links, efficiency: dict | None) -> np.ndarray:
+        """Every link's line rate times its kind's usable share (``efficiency``; other kinds 1.0): the
+        capacities a Fabric of these links drains flows at."""
+        capacity = links.bandwidth.copy()
+        for kind, factor in (efficiency or {}).items():
+            if not 0 < factor <= 1:
+                raise ConfigError(f"efficiency of {kind!r} links must be in (0, 1], got {factor!r}")
+            capacity[np.array([k == kind for k in links.kind], dtype=bool)] *= factor
+        return capacity
 
     # --- building groups --------------------------------------------------------------------------------
     def group(self, src: Sequence[Hashable], dst: Sequence[Hashable], nbytes: ArrayLike, key: ArrayLike = 0,
