@@ -633,8 +633,10 @@ class Router:
         found once per (s, middle). Next hops: a node one hop from d goes to d; a node two hops from d to
         its neighbours in Y1 (nothing else is one hop from d); a node farther, r hops from d, to its
         neighbours r - 1 hops from d, which are r - 3 hops from Y2 and were found by any middle ending in
-        Y2 that holds the node (the node lies on shortest paths to Y2), once per (Y2, node). A list
-        holding s, d or a node of Y1 (whose middle distance is not their own) is recomputed for the pair."""
+        Y2 that holds the node (the node lies on shortest paths to Y2), once per (Y2, node). Only s, d and
+        Y1 have distances of their own that differ from the middle's, and none of them can be such a
+        neighbour: s is farther than r - 1, d and Y1 are nearer than 2 hops, so a node next to them is
+        nearer than 3."""
         mid = self._middle(mkey, succ_f, pred_f)
         if mid is None:
             return None
@@ -664,8 +666,6 @@ class Router:
         mopts = self._mid_opts.get(mkey[::2])
         if mopts is None:
             mopts = self._mid_opts[mkey[::2]] = {}
-        fwd = self._forwarding
-        special = y1_set | {v for v in (s, d) if fwd[v]}
 
         def step(u: int, r: int) -> tuple:
             """Next hops of u (r hops from d) towards d, as (nodes, links)."""
@@ -680,11 +680,7 @@ class Router:
             o = mopts.get((u, r))
             if o is None:
                 ws = tuple(w for w in succ_f[u] if mh.get(w) == r - 1)
-                o = mopts[(u, r)] = (ws, tuple(edge[(u, w)] for w in ws), frozenset(ws))
-            if not special.isdisjoint(o[2]):
-                get = {**mh, **dict.fromkeys(y1t, 1), d: 0, s: length}.get
-                ws = tuple(w for w in succ_f[u] if get(w) == r - 1)
-                return ws, tuple(edge[(u, w)] for w in ws)
+                o = mopts[(u, r)] = (ws, tuple(edge[(u, w)] for w in ws))
             return o
         nh = self._name_hash
         return s, d, length, first, step, _mix(_mix(_GOLDEN, nh[s]), nh[d])
