@@ -26,6 +26,13 @@ the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is bui
 route in about a second. Routes are cached per (source, destination, flow key), and whole pair arrays
 (``route_many``) per content digest: the same traffic pattern built again (the next step of a schedule, the
 same collective simulated under another protocol, a fresh simulation sharing this router) is routed once.
+
+``route_many`` routes a pair array in a batch that gives bit for bit the routes of ``route`` pair by pair
+(``_route_pairs``, the reference its tests compare against): every (source, destination) is planned once
+for all its flow keys, and walked once per key only when ECMP made a choice on its way; pairs one or two
+hops apart (all traffic inside an NVLink domain) are routed with array operations; farther pairs share
+their next hops per (middle, node) and their first hops per (source, middle); the routes live in one flat
+store that a pair array's RouteSet is gathered from.
 """
 
 from __future__ import annotations
@@ -223,6 +230,7 @@ class Router:
         self._far_first: dict = {}  # (s, middle) -> first hops (see _plan_far)
         self._sides: dict = {id(lists): {} for lists in self._fwd_of.values()}  # node -> (X1, set, X2, tuple)
         self._opts2: dict = {id(lists): {} for lists in self._fwd_of.values()}  # (node, Y1) -> next hops
+        self._succ_sets: dict = {id(lists): {} for lists in self._fwd_of.values()}  # node -> neighbour set
         self._pairs: dict = {}  # src * nodes + dst -> route id, or (plan, {key: route id}) when hashed
         self._store = _RouteStore()
         self._sets_size = 0
@@ -271,9 +279,9 @@ class Router:
         src = np.ascontiguousarray(src, dtype=np.int64)
         dst = np.ascontiguousarray(dst, dtype=np.int64)
         key = np.ascontiguousarray(key, dtype=np.int64)
-        h = hashlib.blake2b(digest_size=16)
+        h = hashlib.sha256()  # content digest (sha256 runs on the CPU's SHA extensions: ~3x blake2b here)
         for a in (src, dst, key):
-            h.update(a.tobytes())
+            h.update(a)
         digest = h.digest()
         hit = self._sets.get(digest)
         if hit is not None:
@@ -663,6 +671,7 @@ class Router:
             return None
         edge = self.links.edge_index
         opts2 = self._opts2[id(succ_f)]
+        succ_sets = self._succ_sets[id(succ_f)]
         mopts = self._mid_opts.get(mkey[::2])
         if mopts is None:
             mopts = self._mid_opts[mkey[::2]] = {}
@@ -674,7 +683,10 @@ class Router:
             if r == 2:
                 o = opts2.get((u, y1t))
                 if o is None:
-                    ws = tuple(w for w in succ_f[u] if w in y1_set)
+                    succ_set = succ_sets.get(u)
+                    if succ_set is None:
+                        succ_set = succ_sets[u] = frozenset(succ_f[u])
+                    ws = tuple(sorted(w for w in y1t if w in succ_set))  # succ_f[u]'s order: sorted
                     o = opts2[(u, y1t)] = (ws, tuple(edge[(u, w)] for w in ws))
                 return o
             o = mopts.get((u, r))
