@@ -103,12 +103,25 @@ def test_first_stage_holds_l_layers_times_interleave_factor(p, v):
 
 
 def test_stage_layers_cover_every_block_once():
-    for layers, p, v in [(126, 16, 1), (61, 8, 1), (48, 4, 3), (10, 3, 1)]:
+    for layers, p, v in [(126, 16, 1), (61, 8, 1), (48, 4, 3), (10, 3, 1), (126, 16, 8), (7, 4, 2)]:
         stages = stage_layers(layers, p, v)
         assert sorted(i for s in stages for i in s) == list(range(layers))
         assert max(map(len, stages)) - min(map(len, stages)) <= v
     with pytest.raises(ConfigError):
         stage_layers(4, 4, 2)
+
+
+def test_llama3_split_ends_hold_only_embedding_and_output():
+    """126 blocks in 16 x 8 chunks (arXiv:2407.21783, 3.3.2): one block per chunk, none in the first chunk
+    (embedding only) and the last (output layer only), so the end stages hold 7 blocks and the others 8."""
+    from fabricsim.training.compute import stage_layers as chunk_sizes
+
+    sizes = chunk_sizes(126, 128)
+    assert sizes[0] == sizes[-1] == 0 and set(sizes[1:-1]) == {1}
+    stages = stage_layers(126, 16, 8)
+    assert [len(s) for s in stages] == [7] + [8] * 14 + [7]
+    # chunk c holds block c - 1 on rank c % 16: block 0 on rank 1, the last block on rank 126 % 16 = 14
+    assert stages[1][0] == 0 and stages[0][0] == 15 and stages[14][-1] == 125
 
 
 def test_expert_parallel_shards_experts():

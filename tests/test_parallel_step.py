@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from fabricsim.cli.main import cli
 from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.topologies.io import build
-from fabricsim.training import Model, StepConfig, simulate_step
+from fabricsim.training import Model, StepConfig, model_preset, simulate_step
+from fabricsim.training.compute import block_flops
 from fabricsim.training.sharding import bucket_chain, dp_bytes_per_gpu
 
 SMALL = Model("small", layers=8, hidden=1024, ffn=4096, heads=8, vocab=8192, seq_len=1024)
@@ -49,6 +50,42 @@ def test_interleaving_shrinks_the_bubble(topo):
     plain = simulate_step(topo, StepConfig(SMALL, **base))
     inter = simulate_step(topo, StepConfig(SMALL, virtual_stages=2, **base))
     assert inter.breakdown["pp_bubble"] < plain.breakdown["pp_bubble"]
+
+
+def test_llama3_split_end_chunks_hold_only_embedding_and_output(topo):
+    """pp x v = layers + 2 (Llama 3's split, arXiv:2407.21783 section 3.3.2): the first chunk computes
+    nothing (embedding only), the last only the output layer, and the step does the same work in all as
+    the plain pipeline (no block lost or doubled)."""
+    base = dict(pp=2, scaling="strong", global_batch=32)  # dp 8, 4 micro-batches per replica
+    split = simulate_step(topo, StepConfig(SMALL, virtual_stages=5, **base))  # 10 chunks, 8 blocks
+    plain = simulate_step(topo, StepConfig(SMALL, **base))
+    ops = split.pipeline.ops
+    first = [e - b for kind, k, _, b, e in ops[0] if kind == "F" and k == 0]
+    last = [e - b for kind, k, _, b, e in ops[1] if kind == "F" and k == 4]
+    middle = [e - b for kind, k, _, b, e in ops[1] if kind == "F" and k == 0]
+    assert len(first) == 4 and max(first) == 0.0
+    # the last chunk's forward is the output layer alone, a middle chunk's one block (no TP: pure compute)
+    assert last[0] / middle[0] == pytest.approx(2 * SMALL.hidden * SMALL.vocab / block_flops(SMALL, 0).total)
+    work = lambda res: sum(e - b for stage in res.pipeline.ops for _, _, _, b, e in stage)  # noqa: E731
+    assert work(split) == pytest.approx(work(plain), rel=1e-9)
+    assert sum(split.breakdown.values()) == pytest.approx(split.step_time, rel=1e-6)
+
+
+def test_llama3_rank_order_keeps_stage_sends_under_one_leaf():
+    """Llama 3's order [TP, CP, PP, DP] (arXiv:2407.21783, 3.3.2) puts neighbouring stages on neighbouring
+    servers, under one rail leaf of the fat tree; Megatron's default (PP outermost) sends them 64 servers
+    away, across the spine, where static ECMP collides flows. Same step otherwise: the slowest boundary send
+    and the P2P waits must be smaller with Llama 3's order, and the data-parallel groups, now spread over
+    the spine instead, expose more."""
+    topo = build("dgx-h100-ib", gpus=2048)
+    model = model_preset("llama3-8b")
+    res = {order: simulate_step(topo, StepConfig(model, tp=8, pp=4, order=order, scaling="strong", global_batch=256))
+           for order in ("tp-cp-dp-pp", "tp-cp-pp-dp")}
+    slowest = {o: max(e - b for _, b, e in r.pipeline.sends) for o, r in res.items()}
+    assert slowest["tp-cp-pp-dp"] < 0.5 * slowest["tp-cp-dp-pp"]
+    assert res["tp-cp-pp-dp"].breakdown["pp_p2p"] < res["tp-cp-dp-pp"].breakdown["pp_p2p"]
+    assert res["tp-cp-pp-dp"].breakdown["dp"] > res["tp-cp-dp-pp"].breakdown["dp"]
+    assert res["tp-cp-pp-dp"].compute_time == res["tp-cp-dp-pp"].compute_time
 
 
 def test_context_parallel_and_recompute(topo):

@@ -22,6 +22,7 @@ speedup / (size ratio).
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator
 
@@ -128,7 +129,39 @@ class SweepSpec:
         return out
 
 
+#: Topologies this process built, by what they were built from: a sweep checks every size twice before it
+#: runs (the CLI's plan, then the store's) and then runs them, and a size's busbw curve is a point of its
+#: own; each is built once. Least recently used dropped beyond this many GPUs in all (the default sweep,
+#: 8 to 8,192 GPUs, holds 21,632).
+TOPOLOGY_CACHE_GPUS = 32768
+_TOPOLOGIES: OrderedDict = OrderedDict()
+
+
 def _build(spec: SweepSpec, gpus: int):
+    """``spec``'s fabric at ``gpus`` GPUs, faults applied (built once per process; Topology is not changed
+    by anything that runs on it)."""
+    import os
+
+    from fabricsim.topologies.io import PRESETS
+
+    try:
+        stamp = None if spec.topology in PRESETS else os.stat(spec.topology)
+        stamp = stamp and (stamp.st_mtime_ns, stamp.st_size)  # an edited file is read again
+        key = (spec.topology, stamp, gpus, tuple(sorted((k, repr(v)) for k, v in spec.topology_options.items())),
+               spec.faults)
+    except (OSError, TypeError):
+        return _build_new(spec, gpus)
+    topo = _TOPOLOGIES.get(key)
+    if topo is None:
+        topo = _build_new(spec, gpus)
+        _TOPOLOGIES[key] = topo
+        while sum(t.num_gpus for t in _TOPOLOGIES.values()) > TOPOLOGY_CACHE_GPUS and len(_TOPOLOGIES) > 1:
+            _TOPOLOGIES.popitem(last=False)
+    _TOPOLOGIES.move_to_end(key)
+    return topo
+
+
+def _build_new(spec: SweepSpec, gpus: int):
     from fabricsim.topologies.faults import apply_faults, parse_fault
     from fabricsim.topologies.io import PRESETS, resolve
 

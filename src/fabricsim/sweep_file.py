@@ -24,6 +24,7 @@ import itertools
 import os
 
 from fabricsim.errors import ConfigError
+from fabricsim.tomlfile import read_toml
 
 __all__ = ["load_sweep_file", "specs_from_dict"]
 
@@ -35,15 +36,7 @@ _KNOWN = set(_AXES) | {"mode", "sizes", "algorithms", "bytes", "estimate", "curv
 
 def load_sweep_file(path: str) -> list:
     """The scenarios (SweepSpec list) of a TOML sweep file."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file {os.fspath(path)!r} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read sweep file {os.fspath(path)!r}: {exc}") from None
+    doc = read_toml(path, "sweep file")
     return specs_from_dict(doc, source=os.fspath(path))
 
 

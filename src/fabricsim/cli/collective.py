@@ -10,6 +10,7 @@ import time
 
 import click
 
+from fabricsim.cli.fabric_options import preset_options
 from fabricsim.cli.faults import fault_options, with_faults
 from fabricsim.cli.output import FORMATS, make_writer
 from fabricsim.cli.params import GPUS, SIZE, STEP_FACTOR, calibration_option
@@ -69,7 +70,7 @@ accepted as aliases: -g is the total GPU count here; -n, -w and -z are accepted 
 change nothing (a simulation is deterministic: every iteration takes the same time).""")
     @click.option("--topology", "topology_name", required=True, help="Preset name or topology file.")
     @click.option("-g", "--gpus", type=GPUS, default=None, help="GPUs (all of them take part).")
-    @click.option("--planes", type=click.Choice(["per-chip", "aggregate"]), default=None)
+    @preset_options
     @click.option("--algorithm", type=click.Choice(_algorithms(name)), default="auto", show_default=True)
     @click.option("--protocol", type=click.Choice(["auto", "ll", "ll128", "simple"]), default="auto",
                   show_default=True)
@@ -99,11 +100,11 @@ change nothing (a simulation is deterministic: every iteration takes the same ti
     @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
     @calibration_option
     @fault_options
-    def command(topology_name, gpus, planes, algorithm, protocol, min_bytes, max_bytes, step_factor, step_bytes,
+    def command(topology_name, gpus, fabric, algorithm, protocol, min_bytes, max_bytes, step_factor, step_bytes,
                 dtype, op, root, check, iters, warmup_iters, blocking, model, fmt, trace, trace_ranks, quiet,
                 calibration=None, **faults):
         run_collective(name, faults=faults, calibration=calibration, topology_name=topology_name, gpus=gpus,
-                       planes=planes, algorithm=algorithm,
+                       fabric=fabric, algorithm=algorithm,
                        protocol=protocol, sizes=size_series(min_bytes, max_bytes, step_factor, step_bytes),
                        dtype=dtype, op=op, root=root, check=bool(check), model=model, fmt=fmt, trace=trace,
                        trace_ranks=trace_ranks, quiet=quiet, header=dict(min=min_bytes, max=max_bytes, factor=step_factor, step=step_bytes,
@@ -111,7 +112,7 @@ change nothing (a simulation is deterministic: every iteration takes the same ti
     return command
 
 
-def run_collective(name: str, *, faults=None, topology_name, gpus, planes, algorithm, protocol, sizes, dtype, op,
+def run_collective(name: str, *, faults=None, topology_name, gpus, fabric=None, algorithm, protocol, sizes, dtype, op,
                    root, check, model, fmt, trace, quiet, header, trace_ranks=None, calibration=None) -> None:
     """Run ``sizes`` of collective ``name`` and write one row per size as it finishes."""
     k = KINDS[name]
@@ -120,7 +121,7 @@ def run_collective(name: str, *, faults=None, topology_name, gpus, planes, algor
         raise ConfigError("--trace needs --model simulate (a closed-form estimate has no timeline)")
     if check and op != "sum":
         raise ConfigError(f"--check reduces with sum; -o {op} can be timed but not checked")
-    topo = with_faults(resolve(topology_name, gpus=gpus, planes=planes), **(faults or {}))
+    topo = with_faults(resolve(topology_name, gpus=gpus, **(fabric or {})), **(faults or {}))
     p = topo.num_gpus
     if k.rooted and root >= p:
         raise ConfigError(f"--root {root} is not a rank of the {p} GPUs")

@@ -11,6 +11,7 @@ import sys
 import click
 from click.core import ParameterSource
 
+from fabricsim.cli.fabric_options import preset_options
 from fabricsim.cli.layout_options import layout_options
 from fabricsim.cli.params import GPUS, BoundedInt, BoundedFloat, calibration_option
 
@@ -34,9 +35,10 @@ _SEARCHED = ("tp", "cp", "pp", "dp", "ep", "virtual_stages", "micro_batch", "zer
 @click.option("--out", "-o", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Write plan.csv and plan.json into this directory.")
 @calibration_option
+@preset_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 def plan(model, topology, gpus, global_batch, precision, layout, top, budget, rows, show_oom, out_dir,
-         progress, calibration=None) -> None:
+         fabric, progress, calibration=None) -> None:
     """Rank the parallel layouts of MODEL on GPUS of TOPOLOGY for a global batch: step time, MFU, memory.
 
     Layout options pin a dimension (--tp 8 searches only TP 8); the others are searched.
@@ -51,7 +53,7 @@ def plan(model, topology, gpus, global_batch, precision, layout, top, budget, ro
               if k in layout and ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     space = SearchSpace(**pinned, order=layout["order"], sequence_parallel=layout["sequence_parallel"])
     mod = resolve_model(model)
-    topo = resolve(topology, gpus=gpus if topology in PRESETS else None)
+    topo = resolve(topology, gpus=gpus if topology in PRESETS else None, **fabric)
     fabric = FabricFigures.from_topology(topo, precision)
     overlap = layout["tp_comm_overlap"]
     from fabricsim.collectives import AllreduceRunner

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from fabricsim.cli.fabric_options import preset_options
 from fabricsim.cli.faults import fault_options, with_faults
-from fabricsim.cli.params import GPUS, OVERSUBSCRIPTION, BoundedInt, calibration_option
+from fabricsim.cli.params import GPUS, BoundedInt, calibration_option
 from fabricsim.cli.sweep import make_step_config, peak_flops_of, peak_options, step_options
 
 
@@ -16,8 +17,7 @@ from fabricsim.cli.sweep import make_step_config, peak_flops_of, peak_options, s
               help="Data-parallel all-reduce: ring, tree, hierarchical, nvls or auto.")
 @step_options
 @calibration_option
-@click.option("--network", type=click.Choice(["rail", "fat-tree"]), default=None, help="Scale-out network.")
-@click.option("--oversubscription", type=OVERSUBSCRIPTION, default=None, help="Scale-out leaf down:up ratio.")
+@preset_options
 @click.option("--buckets", "show", type=BoundedInt(0, 10**6), default=12, show_default=True,
               help="Bucket rows to print (first and last halves); 0 for all.")
 @click.option("--memory-check/--no-memory-check", default=True, show_default=True,
@@ -28,7 +28,7 @@ from fabricsim.cli.sweep import make_step_config, peak_flops_of, peak_options, s
 @peak_options
 @fault_options
 def step(topology, gpus, algorithm, model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
-         attention_flops, network, oversubscription, show, memory_check, trace, peak_flops, gpu_name, fail, degrade,
+         attention_flops, fabric, show, memory_check, trace, peak_flops, gpu_name, fail, degrade,
          fail_at, degrade_at, calibration=None) -> None:
     """Simulate one training step and print its timeline, bucket by bucket."""
     from fabricsim.topologies.io import PRESETS, resolve
@@ -38,8 +38,7 @@ def step(topology, gpus, algorithm, model, precision, mfu, layout, scaling, batc
     config = make_step_config(model, precision, mfu, layout, scaling, batch, global_batch, bucket, grad_bytes,
                               attention_flops, algorithm=algorithm,
                               peak_flops=peak_flops_of(peak_flops, gpu_name, precision))
-    options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
-    topo = resolve(topology, gpus=gpus if topology in PRESETS else None, **options)
+    topo = resolve(topology, gpus=gpus if topology in PRESETS else None, **fabric)
     topo = with_faults(topo, fail, degrade, fail_at, degrade_at)
     memory = check_memory(topo, config) if memory_check else None
     from fabricsim.collectives import AllreduceRunner

@@ -6,9 +6,10 @@ import sys
 
 import click
 
+from fabricsim.cli.fabric_options import preset_options
 from fabricsim.cli.faults import fault_options, fault_texts
 from fabricsim.cli.layout_options import layout_options
-from fabricsim.cli.params import (FLOPS, GPUS, MAX_GPUS, MFU, OVERSUBSCRIPTION, BoundedInt, IntList, Size,
+from fabricsim.cli.params import (FLOPS, GPUS, MAX_GPUS, MFU, BoundedInt, IntList, Size,
                                   SizeList, calibration_option)
 from fabricsim.errors import ConfigError
 from fabricsim.units import KiB, format_size, parse_size
@@ -95,8 +96,7 @@ def make_step_config(model, precision, mfu, layout, scaling, batch, global_batch
               help="Message mode: comma-separated all-reduce sizes.")
 @click.option("--curve-gpus", type=BoundedInt(0, MAX_GPUS), default=None,
               help="Step mode: GPUs of the busbw-vs-message-size curve [default: 576 if swept]; 0 for none.")
-@click.option("--network", type=click.Choice(["rail", "fat-tree"]), default=None, help="Scale-out network.")
-@click.option("--oversubscription", type=OVERSUBSCRIPTION, default=None, help="Scale-out leaf down:up ratio.")
+@preset_options
 @click.option("--out", "-o", "out_dir", default=DEFAULT_OUT, show_default=True, help="Directory for CSV, JSON, plots.")
 @click.option("--jobs", "-j", type=BoundedInt(1, 256), default=None, help="Worker processes [default: all cores].")
 @calibration_option
@@ -113,7 +113,7 @@ def make_step_config(model, precision, mfu, layout, scaling, batch, global_batch
 @peak_options
 @fault_options
 def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, scaling, batch, global_batch, bucket,
-          grad_bytes, attention_flops, mode, message_bytes, curve_gpus, network, oversubscription, out_dir, jobs,
+          grad_bytes, attention_flops, mode, message_bytes, curve_gpus, fabric, out_dir, jobs,
           plots, peak_flops, gpu_name, sweep_file, resume_dir, scheduler, estimate, fail, degrade, fail_at,
           degrade_at, calibration=None) -> None:
     """Simulate a training step (or all-reduces) at every cluster size and algorithm.
@@ -159,10 +159,9 @@ def sweep(topology, sizes, max_gpus, algorithms, model, precision, mfu, layout, 
         curve_gpus = 576 if 576 in size_list else None
     curve_gpus = curve_gpus or None
     msg_sizes = tuple(message_bytes)
-    options = {k: v for k, v in (("network", network), ("oversubscription", oversubscription)) if v is not None}
     spec = SweepSpec(topology=topology, sizes=size_list, algorithms=algos, mode=mode, step=config,
                      message_sizes=msg_sizes, curve_gpus=curve_gpus if mode == "step" else None,
-                     topology_options=options, faults=fault_texts(fail, degrade, fail_at, degrade_at),
+                     topology_options=fabric, faults=fault_texts(fail, degrade, fail_at, degrade_at),
                      estimate=estimate, calibration=calibration)
     from fabricsim.sweep import plan_sweep
 

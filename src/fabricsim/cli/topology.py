@@ -6,7 +6,8 @@ import functools
 
 import click
 
-from fabricsim.cli.params import GPUS, OVERSUBSCRIPTION
+from fabricsim.cli.fabric_options import preset_options
+from fabricsim.cli.params import GPUS
 from fabricsim.topologies.base import format_summary
 from fabricsim.topologies.io import FORMATS, PRESETS, resolve, save
 
@@ -17,20 +18,14 @@ def topology() -> None:
 
 
 def fabric_options(command):
-    """NAME plus the options every subcommand uses to size a preset."""
+    """NAME plus the options every subcommand uses to size and shape a preset."""
     @click.argument("name")
     @click.option("--gpus", type=GPUS, default=None, help="GPUs in the fabric (a partial node or rack if not a "
                                                           "multiple of the domain size).")
-    @click.option("--planes", type=click.Choice(["per-chip", "aggregate"]), default=None,
-                  help="NVL72 switch chips one by one or as one crossbar.")
-    @click.option("--network", type=click.Choice(["rail", "fat-tree"]), default=None,
-                  help="Scale-out presets: rail-optimised or plain fat tree.")
-    @click.option("--oversubscription", type=OVERSUBSCRIPTION, default=None,
-                  help="Scale-out presets: leaf down:up bandwidth ratio.")
+    @preset_options
     @functools.wraps(command)
-    def wrapper(name, gpus, planes, network, oversubscription, **kwargs):
-        topo = resolve(name, gpus=gpus, planes=planes, network=network, oversubscription=oversubscription)
-        return command(topo, **kwargs)
+    def wrapper(name, gpus, fabric, **kwargs):
+        return command(resolve(name, gpus=gpus, **fabric), **kwargs)
     return wrapper
 
 

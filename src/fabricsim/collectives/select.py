@@ -90,43 +90,111 @@ def protocol_cost(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
     return lambda proto: cost(proto, shape, nbytes)
 
 
-def _lower_bound(fabric, schedule: Schedule) -> float:
+#: Distinct step patterns per schedule whose busiest link ``_lower_bound`` finds by routing them; the rest
+#: take the injection bound alone (a pipeline's fill rounds are each their own pattern).
+LINK_BOUND_PATTERNS = 4096
+
+
+def _lower_bound(fabric, schedule: Schedule, drains: dict | None = None) -> float:
     """No run of ``schedule`` on an idle fabric is faster: launch, then per step its protocol latency
-    plus the time its busiest node needs to inject its bytes (``run_schedule`` waits out the protocol
-    latency beyond the wire latency all of the step's flows pay, then the flows pay theirs and drain)."""
+    plus the time the step's bytes need to drain (``run_schedule`` waits out the protocol latency beyond
+    the wire latency all of the step's flows pay, then the flows pay theirs and drain, and the next step
+    starts when the last flow has arrived).
+
+    A step drains no faster than its busiest node injects its bytes (sent / the node's usable link
+    capacity out), nor than its busiest link carries them: ``max_l bytes_l / capacity_l`` over the
+    step's routes (each flow split over its paths as the fabric splits it), which is the tighter bound
+    (the busiest of a node's links carries at least its share) and the one that sees a NIC or a
+    switch uplink. Both are computed on the traffic before the protocol's wire efficiency, which
+    divides them. Link loads need routes, so only the ``LINK_BOUND_PATTERNS`` patterns that repeat most
+    are routed, and not at all when timed faults may re-route flows during the run. ``drains`` caches
+    a pattern's drain time across the candidate protocols of one choice (patterns name traffic, not
+    protocols: ``Step``).
+    """
     lt = fabric.links
-    inject = np.bincount(lt.src, weights=fabric.capacity, minlength=len(lt.nodes))
     proto = schedule.protocol
     total = schedule.launch_latency
     if total is None:
         total = proto.launch_latency.get(schedule.latency_algorithm, 0.0)
-    drains: dict = {}
-    for step in schedule.steps:
+    drains = {} if drains is None else drains
+    steps = list(schedule.steps)
+    if "inject" not in drains:
+        drains["inject"] = np.bincount(lt.src, weights=fabric.capacity, minlength=len(lt.nodes))
+    if "routed" not in drains:
+        count: dict = {}
+        for step in steps:
+            count[step.pattern] = count.get(step.pattern, 0) + 1
+        timed = bool(fabric.topology.meta.get("timed_faults"))
+        drains["routed"] = set() if timed else {pat for pat, n in sorted(
+            count.items(), key=lambda kv: -kv[1])[:LINK_BOUND_PATTERNS]}
+    for step in steps:
         sp = step.protocol or proto
-        key = (sp.name, step.pattern)
-        if key not in drains:
-            src, _, nbytes, _ = step.arrays()
-            sent = np.bincount(np.asarray(src, dtype=np.int64), weights=np.asarray(nbytes, dtype=float),
-                               minlength=len(inject)) / sp.wire_efficiency
-            with np.errstate(divide="ignore", invalid="ignore"):
-                drains[key] = float(np.max(np.where(sent > 0, sent / inject, 0.0), initial=0.0))
-        lat = schedule.step_latency(step)
-        total += lat + drains[key]
+        drain = drains.get(("drain", step.pattern))
+        if drain is None:
+            drain = drains[("drain", step.pattern)] = _step_drain(fabric, step, drains)
+        total += schedule.step_latency(step) + drain / sp.wire_efficiency
     return total
 
 
-def _time_alone(fabric, schedule: Schedule, calibration: Calibration) -> float:
-    """Simulated time of ``schedule`` alone on an idle copy of the fabric."""
+def _step_drain(fabric, step, drains: dict) -> float:
+    """Least time ``step``'s raw bytes need to leave their sources (see ``_lower_bound``)."""
+    src, dst, nbytes, key = step.arrays()
+    src = np.asarray(src, dtype=np.int64)
+    nbytes = np.broadcast_to(np.asarray(nbytes, dtype=float), src.shape)
+    inject = drains["inject"]
+    sent = np.bincount(src, weights=nbytes, minlength=len(inject))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drain = float(np.max(np.where(sent > 0, sent / inject, 0.0), initial=0.0))
+    if step.pattern not in drains["routed"] or not src.size:
+        return drain
+    if step.base is not None:  # a subset of a larger pattern: route the whole (cached), keep the subset
+        base = drains.get(("base", step.base[0]))
+        if base is None:
+            b_src, b_dst, b_bytes, b_key = step.base[1]()
+            b_src = np.asarray(b_src, dtype=np.int64)
+            rs = fabric.router.route_many(b_src, np.asarray(b_dst, dtype=np.int64),
+                                          np.broadcast_to(np.asarray(b_key, dtype=np.int64), b_src.shape))
+            first = np.searchsorted(rs.flow, np.arange(len(b_src) + 1))  # flows' subflow ranges (flow sorted)
+            b_bytes = np.broadcast_to(np.asarray(b_bytes, dtype=float), b_src.shape)
+            base = drains[("base", step.base[0])] = (rs, b_bytes, first)
+        rs, b_bytes, first = base
+        idx = np.asarray(step.traffic(), dtype=np.int64)
+        subs = _ranges(first[idx], first[idx + 1])
+        entries = _ranges(rs.ptr[subs], rs.ptr[subs + 1])
+        weight = np.repeat(b_bytes[rs.flow[subs]] * rs.frac[subs], rs.ptr[subs + 1] - rs.ptr[subs])
+        load = np.bincount(rs.links[entries], weights=weight, minlength=len(fabric.capacity))
+    else:
+        rs = fabric.router.route_many(src, np.asarray(dst, dtype=np.int64),
+                                      np.broadcast_to(np.asarray(key, dtype=np.int64), src.shape))
+        load = np.bincount(rs.links, weights=np.repeat(nbytes[rs.flow] * rs.frac, np.diff(rs.ptr)),
+                           minlength=len(fabric.capacity))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        link = float(np.max(np.where(load > 0, load / fabric.capacity, 0.0), initial=0.0))
+    return max(drain, link)
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(lo[i], hi[i])`` for every i."""
+    n = hi - lo
+    total = int(n.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(n)
+    return np.arange(total, dtype=np.int64) + np.repeat(lo - (ends - n), n)
+
+
+def _time_alone(fabric, schedule: Schedule, calibration: Calibration) -> tuple[float, int]:
+    """Simulated time and step count of ``schedule`` alone on an idle copy of the fabric."""
     from fabricsim.simulator.engine import Simulation
 
     sim = Simulation(fabric.topology, efficiency=calibration.link_efficiency, router=fabric.router, record=None)
-    sim.process(run_schedule(sim, schedule))
+    proc = sim.process(run_schedule(sim, schedule))
     sim.run()
-    return sim.env.now
+    return sim.env.now, proc.value
 
 
 def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dict | None = None,
-                     key=None) -> Protocol:
+                     key=None, alone: tuple | None = None) -> Protocol:
     """The protocol under which ``make(protocol)`` (a schedule builder) finishes first when simulated.
 
     NCCL's tuner takes the protocol of smallest estimated time; here the estimate (``estimate(protocol)``,
@@ -135,19 +203,72 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     choice is therefore exactly the protocol of smallest simulated time, so a collective's time with
     ``auto`` is the minimum of its times under each protocol: it grows with the message and falls when
     links get faster whenever each protocol's does.
+
+    ``alone`` (a key naming this group and collective, see ``_alone_key``): the winner's simulation is
+    kept in ``memo``, so that running the chosen schedule alone on an idle fabric afterwards
+    (``alone_result``) is not simulated a second time.
     """
     if memo is not None and key in memo:
         return memo[key]
-    best, best_time = None, float("inf")
+    best, best_time, best_steps = None, float("inf"), 0
+    drains: dict = {}
     for proto in sorted((calibration.protocols or PROTOCOLS).values(), key=estimate):
-        if best is not None and _lower_bound(fabric, make(proto)) >= best_time:
+        if best is not None and _lower_bound(fabric, make(proto), drains) >= best_time:
             continue
-        t = _time_alone(fabric, make(proto), calibration)
+        t, steps = _time_alone(fabric, make(proto), calibration)
         if t < best_time:
-            best, best_time = proto, t
+            best, best_time, best_steps = proto, t, steps
     if memo is not None:
         memo[key] = best
+        if alone is not None:
+            memo[alone] = (fabric.router, _capacity_digest(fabric), best.name, best_time, best_steps)
     return best
+
+
+def _capacity_digest(fabric) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(fabric.capacity, dtype=float).tobytes(), digest_size=16).digest()
+
+
+def _alone_key(layout: GroupLayout, nbytes: int, algorithm: str, channels, calibration) -> tuple:
+    """What a run of one all-reduce alone on an idle fabric depends on besides the fabric itself: the
+    group's exact ranks (not only its shape: routes differ), size, algorithm, channels, calibration."""
+    return ("alone", layout.ident, nbytes, algorithm, channels, id(calibration))
+
+
+def alone_result(memo: dict | None, fabric, layout: GroupLayout, nbytes: int, algorithm: str, channels,
+                 calibration: Calibration, schedule: Schedule) -> CollectiveResult | None:
+    """The result of running ``schedule`` (built by ``build_allreduce`` with ``memo``) alone on an idle
+    fabric like ``fabric``, if choosing its protocol already simulated exactly that; else None.
+
+    The choice's simulation used the same routes (``fabric.router``), the same usable capacities and
+    the same schedule, so its time is the run's time (up to float rounding of the round cache). A
+    hierarchical all-reduce is its levels one after the other, each starting on an idle fabric (the
+    next phase starts when the last flow of the previous one has arrived), so its time and steps are
+    the sums of its levels' (the intra level pays the launch latency, the inter level none).
+    """
+    if memo is None or algorithm not in ("ring", "tree", "hierarchical"):
+        return None
+    key = _alone_key(layout, nbytes, algorithm, channels, calibration)
+    want = [(key, schedule.protocol.name)]
+    if algorithm == "hierarchical":
+        inter = schedule.protocol_label.split("+")[-1] if schedule.protocol_label else schedule.protocol.name
+        want = [(key + ("intra",), schedule.protocol.name)]
+        if layout.multi_domain:
+            want.append((key + ("inter",), inter))
+    time, steps = 0.0, 0
+    digest = None
+    for k, name in want:
+        hit = memo.get(k)
+        if hit is None or hit[0] is not fabric.router or hit[2] != name:
+            return None
+        digest = digest or _capacity_digest(fabric)
+        if hit[1] != digest:
+            return None
+        time, steps = time + hit[3], steps + hit[4]
+    return CollectiveResult(schedule.name, schedule.protocol_label or schedule.protocol.name, layout.p, nbytes,
+                            time, steps)
 
 
 def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *, protocol: str = "auto",
@@ -175,7 +296,8 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
         if choose:
             shape = group_shape(fabric.topology, calibration, layout.domains)
             proto = fastest_protocol(fabric, make, lambda pr: cost(pr, shape, nbytes), calibration, memo,
-                                     _choice_key(layout, shape, nbytes, algorithm, channels, calibration))
+                                     _choice_key(layout, shape, nbytes, algorithm, channels, calibration),
+                                     _alone_key(layout, nbytes, algorithm, channels, calibration))
         return make(proto)
     if algorithm == "hierarchical":
         def make_level(levels):
@@ -186,12 +308,13 @@ def build_allreduce(fabric, layout: GroupLayout, nbytes: int, algorithm: str, *,
             shape = group_shape(fabric.topology, calibration, layout.domains)
             simple = calibration.protocol("simple")
             key = _choice_key(layout, shape, nbytes, algorithm, None, calibration)
+            alone = _alone_key(layout, nbytes, algorithm, None, calibration)
             proto = fastest_protocol(fabric, make_level(("intra",)),
                                      lambda pr: hierarchical_cost(pr, simple, shape, nbytes), calibration, memo,
-                                     key + ("intra",))
+                                     key + ("intra",), alone + ("intra",))
             inter = fastest_protocol(fabric, _no_launch(make_level(("inter",))),
                                      lambda pr: hierarchical_cost(simple, pr, shape, nbytes), calibration, memo,
-                                     key + ("inter",)) if layout.multi_domain else proto
+                                     key + ("inter",), alone + ("inter",)) if layout.multi_domain else proto
         sched = hierarchical_allreduce(fabric, layout, nbytes, proto, intra="ring", inter="ring",
                                        calibration=calibration, inter_protocol=inter)
         if inter is not None and inter is not proto:
@@ -237,7 +360,12 @@ def allreduce(sim: Simulation, nbytes: int, *, ranks: Sequence[int] | None = Non
         return sim.env.process(nothing(CollectiveResult(algorithm, "simple", 1, nbytes, 0.0, 0)))
     schedule = build_allreduce(sim.fabric, layout, nbytes, algorithm, protocol=protocol,
                                calibration=calibration, channels=channels, memo=memo)
+    return _start(sim, layout, nbytes, schedule, data, groups)
 
+
+def _start(sim: Simulation, layout: GroupLayout, nbytes: int, schedule: Schedule, data: dict | None = None,
+           groups: dict | None = None) -> Process:
+    """Run a built all-reduce schedule in ``sim``; the process's value is its CollectiveResult."""
     def body():
         start = sim.env.now
         steps = 0
@@ -328,6 +456,8 @@ class AllreduceRunner:
         _check_run(nbytes, algorithm, channels)
         if algorithm == "auto":
             algorithm = self.choose(nbytes, ranks)
+        if data is None and trace is None:
+            return self._alone(nbytes, ranks, algorithm, channels)
         sim = self.simulation(trace=trace if trace is not None else False, record="groups" if trace else None,
                               trace_ranks=trace_ranks)
         try:
@@ -346,6 +476,8 @@ class AllreduceRunner:
         if algorithm == "auto":
             algorithm = self.choose(nbytes, groups=groups)
         key = (tuple(tuple(g) for g in groups), int(nbytes), algorithm)
+        if key not in self._concurrent and len(groups) == 1:
+            self._concurrent[key] = self._alone(int(nbytes), groups[0], algorithm, None)
         if key not in self._concurrent:
             sim = self.simulation(record=None)
             procs = [allreduce(sim, int(nbytes), ranks=g, algorithm=algorithm, protocol=self.protocol,
@@ -353,6 +485,23 @@ class AllreduceRunner:
             sim.run()
             self._concurrent[key] = max((p.value for p in procs), key=lambda r: r.time)
         return self._concurrent[key]
+
+    def _alone(self, nbytes: int, ranks, algorithm: str, channels: int | None) -> CollectiveResult:
+        """One all-reduce alone on an idle fabric: the simulation that chose its protocol, if that was
+        exactly this run (``alone_result``), else a fresh one."""
+        sim = self.simulation(record=None)
+        _check_run(nbytes, algorithm, channels)
+        layout = GroupLayout.of(sim.fabric, ranks)
+        if layout.p == 1:
+            return CollectiveResult(algorithm, "simple", 1, nbytes, 0.0, 0)
+        schedule = build_allreduce(sim.fabric, layout, nbytes, algorithm, protocol=self.protocol,
+                                   calibration=self.calibration, channels=channels, memo=self.memo)
+        hit = alone_result(self.memo, sim.fabric, layout, nbytes, algorithm, channels, self.calibration, schedule)
+        if hit is not None:
+            return hit
+        proc = _start(sim, layout, nbytes, schedule)
+        sim.run()
+        return proc.value
 
     def choose(self, nbytes: int, ranks: Sequence[int] | None = None, *,
                groups: Sequence[Sequence[int]] | None = None) -> str:

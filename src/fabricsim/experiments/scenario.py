@@ -27,6 +27,7 @@ import os
 
 from fabricsim.errors import ConfigError
 from fabricsim.experiments.cluster import ClusterResult, Job, run_cluster
+from fabricsim.tomlfile import read_toml
 
 __all__ = ["load_scenario", "run_scenario"]
 
@@ -39,15 +40,7 @@ _JOB = {"name", "gpus", "model", "algorithm", "precision", "mfu", "scaling", "ba
 
 def load_scenario(path: str) -> tuple:
     """(topology, jobs) of a scenario file, the faults applied to the topology."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"scenario file {os.fspath(path)!r} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read scenario file {os.fspath(path)!r}: {exc}") from None
+    doc = read_toml(path, "scenario file")
     return scenario_from_dict(doc, source=os.fspath(path))
 
 

@@ -25,7 +25,7 @@ import simpy
 from numpy.typing import ArrayLike
 
 from fabricsim.errors import ConfigError, InfeasibleError, TopologyError
-from fabricsim.simulator.fluid import FluidNetwork
+from fabricsim.simulator.fluid import FluidNetwork, _ranges
 from fabricsim.simulator.routing import Router, stable_hash
 from fabricsim.topologies.base import Topology
 
@@ -37,12 +37,10 @@ _TAG_MASK = (1 << _TAG_BITS) - 1
 
 def _path_rows(ptr: np.ndarray, links: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The paths ``rows`` of a CSR path table (``links[ptr[i]:ptr[i+1]]`` is path i), as a new table."""
-    lengths = np.diff(ptr)[rows]
+    starts, ends = ptr[rows], ptr[rows + 1]
     new_ptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_ptr[1:])
-    # position of every kept link: its path's start plus its offset within the path
-    offset = np.arange(new_ptr[-1]) - np.repeat(new_ptr[:-1], lengths)
-    return new_ptr, links[np.repeat(ptr[:-1][rows], lengths) + offset]
+    np.cumsum(ends - starts, out=new_ptr[1:])
+    return new_ptr, links[_ranges(starts, ends)]
 
 
 @dataclass
@@ -91,25 +89,50 @@ class FlowGroup:
         rounds are subsets of one set of flows (a pipelined tree filling and draining) routes once.
         """
         index = np.asarray(index, dtype=np.int64)
-        group = FlowGroup(self.src[index], self.dst[index], self.nbytes[index], self.key[index],
-                          self.label if label is None else label,
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise ConfigError(f"a selection's positions must lie in [0, {len(self)})")
+        return _Selection(self, index, self.label if label is None else label,
                           self.charge_latency if charge_latency is None else charge_latency)
-        group._parent, group._index = self, index
-        return group
 
     @property
     def digest(self) -> bytes:
-        """Content digest of the flow pattern (sources, destinations, sizes, keys)."""
+        """Content digest of the flow pattern (sources, destinations, sizes, keys).
+
+        A selection digests its parent's digest and its index (a quarter of the bytes): equal digests
+        still mean equal patterns, though a selection and an equal group built afresh differ."""
         if self._digest is None:
             h = hashlib.blake2b(digest_size=16, person=b"lat" if self.charge_latency else b"nolat")
-            for a in (self.src, self.dst, self.nbytes, self.key):
-                h.update(a.tobytes())
+            if self._parent is not None:
+                h.update(b"select")
+                h.update(self._parent.digest)
+                h.update(self._index.tobytes())
+            else:
+                for a in (self.src, self.dst, self.nbytes, self.key):
+                    h.update(a.tobytes())
             self._digest = h.digest()
         return self._digest
 
     @property
     def total_bytes(self) -> float:
         return float(self.nbytes.sum())
+
+
+class _Selection(FlowGroup):
+    """Flows ``index`` of a parent group. Only the index is stored: the flows' arrays are gathered from
+    the parent when read (a schedule keeps one selection per round, so this is most of its memory)."""
+
+    def __init__(self, parent: FlowGroup, index: np.ndarray, label: str, charge_latency: bool):
+        self._parent, self._index = parent, index
+        self.label, self.charge_latency = label, charge_latency
+        self._digest = self._expanded = self._merged = self._parent_sub = self._routes = None
+
+    src = property(lambda self: self._parent.src[self._index])
+    dst = property(lambda self: self._parent.dst[self._index])
+    nbytes = property(lambda self: self._parent.nbytes[self._index])
+    key = property(lambda self: self._parent.key[self._index])
+
+    def __len__(self) -> int:
+        return self._index.shape[0]
 
 
 @dataclass(frozen=True)
@@ -135,7 +158,7 @@ class _Run:
     start: float
     left: int
     launch: "_Launch"
-    sub_finish: np.ndarray | None = None
+    rep_finish: np.ndarray | None = None  # finish time of every merged fluid flow (see Fabric._merged)
     completed: bool = False
 
 
@@ -450,7 +473,8 @@ class Fabric:
     # --- internals ----------------------------------------------------------------------------------------
     def _expand(self, group: FlowGroup) -> tuple:
         """Subflows of a group: (flow index, bytes, latency, path ptr, path links, used links, their bytes,
-        share of the flow), computed once per group; a selection derives its own from its parent's."""
+        share of the flow, start of each flow's subflows or None), computed once per group; a selection
+        derives its own from its parent's."""
         if group._expanded is None:
             if group._parent is not None:
                 flow, frac, lat, ptr, links, group._parent_sub = self._select(
@@ -464,7 +488,11 @@ class Fabric:
                 raise ConfigError(f"a flow group may hold at most {_TAG_MASK} paths")
             link_bytes = np.bincount(links, weights=np.repeat(sub_bytes, np.diff(ptr)), minlength=len(self.links))
             used = np.flatnonzero(link_bytes)
-            group._expanded = (flow, sub_bytes, lat, ptr, links, used, link_bytes[used], frac)
+            first = None  # where each flow's subflows start, when they are grouped by flow in order
+            if flow.shape[0] and flow[0] >= 0 and np.all(flow[1:] >= flow[:-1]):
+                first = np.zeros(len(group) + 1, dtype=np.int64)
+                np.cumsum(np.bincount(flow, minlength=len(group)), out=first[1:])
+            group._expanded = (flow, sub_bytes, lat, ptr, links, used, link_bytes[used], frac, first)
             self._track(group, links.shape[0] + 8 * flow.shape[0])
         elif id(group) in self._expanded:
             self._expanded.move_to_end(id(group))
@@ -500,16 +528,25 @@ class Fabric:
         """
         if group._merged is None:
             parent = group._parent
-            by_parent = parent is not None and np.array_equal(group.nbytes, parent.nbytes[group._index])
+            by_parent = isinstance(group, _Selection)  # a selection's sizes are its parent's
             # the parent first: re-expanding it may drop this group's expansion (memory budget), so this
             # group's arrays are read after it
-            parent_merged = self._merged(parent)[4] if by_parent else None
+            parent_merged = self._merged(parent) if by_parent else None
             cls = None if by_parent else self._classes(group)  # also its parent's first, for the same reason
             flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
             if by_parent:
-                # subflows alike in the parent are alike here: merge by the parent's merged flow
-                _, rep, inverse, weight = np.unique(parent_merged[group._parent_sub], return_index=True,
-                                                    return_inverse=True, return_counts=True)
+                # subflows alike in the parent are alike here: merge by the parent's merged flow (by
+                # counting, in the order of the parent's merged flows; any member may represent them)
+                parent_n = parent_merged[0].shape[0]
+                cls = parent_merged[4][group._parent_sub]
+                weight = np.bincount(cls, minlength=parent_n)
+                present = np.flatnonzero(weight)
+                new_id = np.empty(parent_n, dtype=np.int64)
+                new_id[present] = np.arange(present.shape[0])
+                inverse, weight = new_id[cls], weight[present]
+                member = np.empty(parent_n, dtype=np.int64)
+                member[cls] = np.arange(cls.shape[0])
+                rep = member[present]
             else:
                 # subflows alike: same path class (same links, hence the same latency), then same bytes;
                 # one key in the order of (links, bytes), as rows of a path table would sort
@@ -532,13 +569,23 @@ class Fabric:
 
     @staticmethod
     def _select(parent: tuple, index: np.ndarray, n_parent: int) -> tuple:
-        """Subflows of the parent's flows ``index`` (vectorised: no routing, no Python loop per flow)."""
-        flow, _, lat, ptr, links, _, _, frac = parent
+        """Subflows of the parent's flows ``index`` (vectorised: no routing, no Python loop per flow).
+
+        They keep the parent's order. When the parent's subflows are grouped by flow in flow order (a
+        routed group's are), the selected flows' runs of subflows are cut out directly, in time
+        proportional to the selection; otherwise every parent subflow is tested."""
+        flow, _, lat, ptr, links, _, _, frac, first = parent
         new_id = np.full(n_parent, -1, dtype=np.int64)
         new_id[index] = np.arange(index.shape[0])
-        keep = np.flatnonzero(new_id[flow] >= 0)
+        if first is not None:  # parent subflows sorted by flow: flow i owns [first[i], first[i+1])
+            rows = np.flatnonzero(new_id >= 0)
+            keep = _ranges(first[rows], first[rows + 1])
+            new_flow = np.repeat(new_id[rows], first[rows + 1] - first[rows])
+        else:
+            keep = np.flatnonzero(new_id[flow] >= 0)
+            new_flow = new_id[flow[keep]]
         new_ptr, new_links = _path_rows(ptr, links, keep)
-        return new_id[flow[keep]], frac[keep], lat[keep], new_ptr, new_links, keep
+        return new_flow, frac[keep], lat[keep], new_ptr, new_links, keep
 
     def _flush(self, _event) -> None:
         runs, self._pending = self._pending, []
@@ -574,11 +621,11 @@ class Fabric:
         self._schedule()
 
     def _add_to_fluid(self, run: _Run, start: float) -> None:
-        flow, sub_bytes, lat, ptr, links, used, used_bytes, _ = self._expand(run.group)
+        flow, sub_bytes, lat, ptr, links, used, used_bytes = self._expand(run.group)[:7]
         rep, weight, rep_ptr, rep_links, _ = self._merged(run.group)
         run.left = sub_bytes.shape[0]
         if self.record == "flows" or run.launch.solo:
-            run.sub_finish = np.full(run.left, np.nan)
+            run.rep_finish = np.full(rep.shape[0], np.nan)
         self._runs[run.gid] = run
         tags = (run.gid << _TAG_BITS) | np.arange(rep.shape[0], dtype=np.int64)
         drain = start + lat[rep] if run.group.charge_latency else np.full(rep.shape, start)
@@ -611,23 +658,24 @@ class Fabric:
     def _finish_subflows(self, tags: np.ndarray, t: float) -> None:
         gids = tags >> _TAG_BITS
         subs = tags & _TAG_MASK
-        if gids[0] != gids[-1] or np.any(gids != gids[0]):  # several groups: sort them apart
+        if gids[0] == gids[-1] and (gids.size < 3 or not np.any(gids != gids[0])):
+            parts = [(subs, int(gids[0]))]  # one group (the common case)
+        else:  # several groups: sort them apart
             order = np.argsort(gids, kind="stable")
             gids, subs = gids[order], subs[order]
-        bounds = np.flatnonzero(np.diff(gids)) + 1
-        for g_reps, gid in zip(np.split(subs, bounds), gids[np.r_[0, bounds]].tolist()):
+            bounds = np.flatnonzero(np.diff(gids)) + 1
+            parts = zip(np.split(subs, bounds), gids[np.r_[0, bounds]].tolist())
+        for g_reps, gid in parts:
             run = self._runs[gid]
-            _, weight, _, _, inverse = self._merged(run.group)
+            weight = self._merged(run.group)[1]
             run.left -= int(weight[g_reps].sum())
-            if run.sub_finish is not None:
-                done = np.zeros(weight.shape[0], dtype=bool)
-                done[g_reps] = True
-                run.sub_finish[done[inverse]] = t
+            if run.rep_finish is not None:
+                run.rep_finish[g_reps] = t
             if run.left == 0:
                 del self._runs[gid]
                 if run.completed:
                     continue  # replayed from the cache: its event fired already
-                self._complete(run, t, self._flow_finish(run) if run.sub_finish is not None else None)
+                self._complete(run, t, self._flow_finish(run) if run.rep_finish is not None else None)
 
     def _complete(self, run: _Run, t: float, flow_finish: np.ndarray | None) -> None:
         run.completed = True
@@ -643,8 +691,9 @@ class Fabric:
 
     def _flow_finish(self, run: _Run) -> np.ndarray:
         """Finish time of every flow of a run: the last of its subflows (a flow may take several paths)."""
+        sub_finish = run.rep_finish[self._merged(run.group)[4]]
         finish = np.full(len(run.group), -np.inf)
-        np.maximum.at(finish, self._expand(run.group)[0], run.sub_finish)
+        np.maximum.at(finish, self._expand(run.group)[0], sub_finish)
         return finish
 
     def _remember(self, launch: _Launch) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["max_min_rates", "link_loads"]
+__all__ = ["max_min_rates", "progressive_filling", "link_loads"]
 
 # Relative tolerance for "this link is a bottleneck at this level": levels closer than this are the
 # same level, so float noise cannot split one fair share into two.
@@ -55,9 +55,8 @@ def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.n
     >>> max_min_rates(np.array([0, 1, 1]), np.array([0, 0, 1]), np.array([10.0, 4.0]), 2).tolist()
     [6.0, 4.0]
     """
-    rate = np.full(n_flows, np.inf)
-    limit = np.full(n_flows, -1, dtype=np.int64)
     if n_flows == 0 or entry_flow.size == 0:
+        rate, limit = np.full(n_flows, np.inf), np.full(n_flows, -1, dtype=np.int64)
         return (rate, limit) if bottleneck else rate
     # work on the links in use only: a large fabric has many idle links, and every pass is per link
     in_use = np.zeros(capacity.shape[0], dtype=bool)
@@ -65,33 +64,44 @@ def max_min_rates(entry_flow: np.ndarray, entry_link: np.ndarray, capacity: np.n
     used_links = np.flatnonzero(in_use)
     compact = np.empty(capacity.shape[0], dtype=np.int64)
     compact[used_links] = np.arange(used_links.shape[0])
-    n_links = used_links.shape[0]
     w_flow = np.ones(n_flows) if weight is None else np.asarray(weight, dtype=float)
-    cap_left = capacity[used_links].astype(float)
-    ef, el = entry_flow, compact[entry_link]
-    ew = w_flow[ef]
+    rate, limit = progressive_filling(entry_flow, compact[entry_link], capacity[used_links].astype(float), n_flows,
+                                      w_flow[entry_flow])
+    if bottleneck:
+        return rate, np.where(limit >= 0, used_links[np.maximum(limit, 0)], -1)
+    return rate
+
+
+def progressive_filling(ef: np.ndarray, el: np.ndarray, cap_left: np.ndarray, n_flows: int,
+                        ew: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``max_min_rates`` on links numbered 0..len(cap_left)-1: (rates, a bottleneck link of each flow).
+
+    ``ew`` is the weight of each entry's flow; ``cap_left`` (a fresh array) is consumed. Links that no
+    entry crosses are allowed and ignored. Flows with no entry keep rate ``inf`` and bottleneck -1.
+    """
+    n_links = cap_left.shape[0]
+    rate = np.full(n_flows, np.inf)
+    limit = np.full(n_flows, -1, dtype=np.int64)
     while ef.size:
         count = np.bincount(el, weights=ew, minlength=n_links)
-        used = count > 0
-        share = np.full(n_links, np.inf)
-        share[used] = np.maximum(cap_left[used], 0.0) / count[used]
+        share = np.divide(np.maximum(cap_left, 0.0), count, out=np.full(n_links, np.inf), where=count > 0)
         flow_min = np.full(n_flows, np.inf)
         np.minimum.at(flow_min, ef, share[el])
         link_min = np.full(n_links, np.inf)
         np.minimum.at(link_min, el, flow_min[ef])
-        # bottleneck links: no flow through them has a tighter link elsewhere
-        is_bottleneck = used & (link_min >= share * (1 - _LEVEL_RTOL))
-        on_bottleneck = is_bottleneck[el]
-        frozen_flow = np.zeros(n_flows, dtype=bool)
-        frozen_flow[ef[on_bottleneck]] = True
-        limit[ef[on_bottleneck]] = used_links[el[on_bottleneck]]
-        rate[frozen_flow] = flow_min[frozen_flow]
-        hit = frozen_flow[ef]
+        # bottleneck links: no flow through them has a tighter link elsewhere (every entry's link is used)
+        on_bottleneck = (link_min >= share * (1 - _LEVEL_RTOL))[el]
+        frozen = ef[on_bottleneck]
+        limit[frozen] = el[on_bottleneck]
+        rate[frozen] = flow_min[frozen]
+        done = np.zeros(n_flows, dtype=bool)
+        done[frozen] = True
+        hit = done[ef]
         # frozen flows keep their share of every link they cross
         cap_left -= np.bincount(el[hit], weights=ew[hit] * rate[ef[hit]], minlength=n_links)
         keep = ~hit
         ef, el, ew = ef[keep], el[keep], ew[keep]
-    return (rate, limit) if bottleneck else rate
+    return rate, limit
 
 
 def link_loads(entry_flow: np.ndarray, entry_link: np.ndarray, rate: np.ndarray, n_links: int,

@@ -237,7 +237,7 @@ class Topology:
             "bisection": self.bisection_bandwidth(),
             "diameter_hops": self.diameter_hops(),
             "network": {k: self.meta[k] for k in ("network", "tiers", "leaves", "spines", "pods", "cores",
-                                                  "oversubscription", "rails") if k in self.meta},
+                                                  "oversubscription", "rails", "sharp", "adaptive_routing") if k in self.meta},
             "assumptions": list(self.meta.get("assumptions", [])),
         }
 

@@ -134,9 +134,16 @@ def stage_layers(layers: int, chunks: int) -> list[int]:
     deficit comes off the ends, last chunk first, then the first, then the second-to-last...: the ends carry
     the embedding and the output layer, which is how Llama 3 balanced 126 layers on 16 stages (one fewer
     layer on the first and the last stage: arXiv:2407.21783, section 3.3.2).
+
+    Up to two chunks more than layers are allowed: the end chunks then hold no block, the first only the
+    embedding and the last only the output layer and the loss. That is Llama 3's own split: "the first
+    model chunk on the first stage has only the embedding, and the last model chunk on the last stage has
+    only output projection and loss calculation" (arXiv:2407.21783, section 3.3.2), 126 blocks in
+    ``16 x 8 = 128`` chunks. More chunks would leave a middle chunk empty, which nothing does.
     """
-    if chunks > layers:
-        raise ConfigError(f"{chunks} pipeline chunks is more than the model's {layers} layers")
+    if chunks > layers + 2:
+        raise ConfigError(f"{chunks} pipeline chunks is more than the model's {layers} layers plus the two end "
+                          "chunks that may hold only the embedding and the output layer")
     q, r = divmod(layers, chunks)
     if r == 0:
         return [q] * chunks

@@ -164,12 +164,19 @@ class Layout:
                                   f"GPUs does not match the {gpus} GPUs of the fabric")
 
     def check_model(self, layers: int) -> None:
-        """Refuse more pipeline stages (times virtual stages) than the model has layers."""
+        """Refuse more pipeline chunks (stages times virtual stages) than the model's layers plus two.
+
+        The two extra chunks are the ends holding only the embedding and only the output layer, as Llama 3
+        split 126 layers into 16 x 8 chunks (``compute.stage_layers``); a plain pipeline (no interleaving)
+        still needs a block on every stage.
+        """
         chunks = self.pp * self.virtual_stages
-        if chunks > layers:
+        spare = 2 if self.virtual_stages > 1 else 0
+        if chunks > layers + spare:
             what = f"pp {self.pp} x virtual stages {self.virtual_stages} = {chunks}" if self.virtual_stages > 1 \
                 else f"--pp {self.pp}"
-            raise InfeasibleError(f"{what} pipeline stages is more than the model's {layers} layers")
+            extra = " plus the two end chunks that may hold only the embedding and the output layer" if spare else ""
+            raise InfeasibleError(f"{what} pipeline stages is more than the model's {layers} layers{extra}")
 
     def describe(self) -> str:
         parts = [f"TP {self.tp}" + (" (SP)" if self.sequence_parallel else "")]

@@ -5,7 +5,8 @@ experts), with virtual stages, micro-batch size, ZeRO stage and recomputation, t
 
 - ``tp`` divides the heads, the key/value heads and every NVLink domain of the fabric (TP stays in a domain);
 - ``cp`` divides the sequence into ``2 cp`` chunks (Megatron-Core's load-balanced causal ring attention);
-- ``pp x virtual_stages`` is at most the layers; interleaving needs ``m`` divisible by ``pp`` (Megatron-LM);
+- ``pp x virtual_stages`` is at most the layers (plus two when interleaved: end chunks holding only the
+  embedding and the output layer, Llama 3's split); interleaving needs ``m`` divisible by ``pp`` (Megatron-LM);
 - ``dp x micro_batch`` divides the global batch (``m`` micro-batches per pipeline);
 - ``ep`` divides the experts and ``dp x cp``; ZeRO 1-3 only with more than one data-parallel rank.
 
@@ -242,7 +243,8 @@ def enumerate_layouts(model: Model, gpus: int, global_batch: int, *, domain_size
                 eps = [1]
                 if model.is_moe:
                     eps = [e for e in _divisors(dp * cp) if model.experts % e == 0]
-                for v in space.values("virtual_stages", [x for x in (1, 2, 3, 4, 6, 8, 16) if pp * x <= model.layers
+                for v in space.values("virtual_stages", [x for x in (1, 2, 3, 4, 6, 8, 16)
+                                                         if pp * x <= model.layers + (2 if x > 1 else 0)
                                                          and (x == 1 or pp > 1)]):
                     for mb in space.values("micro_batch", [1, 2, 4, 8, 16]):
                         if global_batch % (dp * mb):
