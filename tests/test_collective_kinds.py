@@ -200,7 +200,10 @@ def test_collective_runner_all_reduce_is_the_allreduce_runner():
     for algorithm in ("ring", "tree", "hierarchical", "auto"):
         a = CollectiveRunner(topo).run("allreduce", 2**24, algorithm)
         b = AllreduceRunner(topo).run(2**24, algorithm)
-        assert a.time == b.time and a.algorithm == b.algorithm and a.busbw == b.busbw
+        # equal up to float rounding: one of the two may be served from the protocol choice's own simulation
+        # of it, the other simulated again with the round cache (a cached finish is start + remembered offset)
+        assert a.time == pytest.approx(b.time, rel=1e-12) and a.algorithm == b.algorithm
+        assert a.busbw == pytest.approx(b.busbw, rel=1e-12)
 
 
 def test_auto_picks_the_fastest_available():
