@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     print("CPU seconds in Router() + Router.route_many, and of the whole process; old = --old, new = this checkout")
     print(f"{'case':<22} {'routing old':>11} {'new':>7} {'ratio':>6}   {'process old':>11} {'new':>7} {'ratio':>6}"
-          f"   {'RSS new':>8}  same result")
+          f"   {'RSS old':>8} {'new':>8}  same result")
     for case in args.cases.split(","):
         old, new = run(case, args.old, args.timeout), run(case, args.new, args.timeout)
         label = "sweep (default)" if case == "sweep" else f"{int(case.split(':')[0]):,} {case.split(':')[1]}"
@@ -106,7 +106,8 @@ def main() -> None:
             print(f"{label:<22} FAILED: old {old.get('error', 'ok')}; new {new.get('error', 'ok')}", flush=True)
             continue
         print(f"{label:<22} {old['routing']:>11.2f} {new['routing']:>7.2f} {old['routing'] / new['routing']:>5.1f}x"
-              f"   {old['cpu']:>11.2f} {new['cpu']:>7.2f} {old['cpu'] / new['cpu']:>5.2f}x   {new['rss_MiB']:>4.0f} MiB"
+              f"   {old['cpu']:>11.2f} {new['cpu']:>7.2f} {old['cpu'] / new['cpu']:>5.2f}x   {old['rss_MiB']:>4.0f} MiB"
+              f" {new['rss_MiB']:>4.0f} MiB"
               f"  {'yes' if old['result'] == new['result'] else 'NO: ' + old['result'] + ' vs ' + new['result']}",
               flush=True)
 

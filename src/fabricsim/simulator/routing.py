@@ -711,7 +711,7 @@ class Router:
             while stack:
                 hops, u, share, r = stack.pop()
                 while u != d:
-                    ws, ls = step(u, r)[:2]
+                    ws, ls = step(u, r)
                     n = len(ws)
                     if n == 1:
                         i = 0
