@@ -53,7 +53,7 @@ from fabricsim.topologies.io import build
 p, algo = int(sys.argv[1]), sys.argv[2]
 topo = build("gb200-nvl72-ib", gpus=p, **({"switch": "ib-xdr-switch"} if p > 65536 else {}))
 res = AllreduceRunner(topo).run(2**30, algo)
-print(json.dumps({"result": f"{res.time!r} s simulated"}))
+print(json.dumps({"result": f"{float(res.time)!r} s simulated"}))
 """
 
 _SWEEP = """
