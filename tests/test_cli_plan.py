@@ -16,7 +16,7 @@ def test_plan_prints_a_ranked_table_and_writes_files(tmp_path):
               "--simulate", "0", "--rows", "3", "--show-oom", "-o", str(tmp_path))
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert lines[0].startswith("llama3-8b") and "layouts" in lines[1] and "fit in 80 GB" in lines[1]
+    assert lines[0].startswith("llama3-8b") and "layouts" in lines[1] and "fit in 85.5 GB" in lines[1]
     assert lines[2].split()[:2] == ["#", "layout"]
     assert lines[3].lstrip().startswith("1 ")
     doc = json.loads((tmp_path / "plan.json").read_text())

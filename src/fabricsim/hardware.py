@@ -200,22 +200,26 @@ NETWORK_KINDS = {
 H100 = GPU(
     name="H100", nvlink="nvlink4",
     flops={"bf16": 989 * TFLOPS, "fp16": 989 * TFLOPS, "fp8": 1979 * TFLOPS},
-    hbm_bytes=80 * GB_, hbm_bandwidth=3.35 * TBps,
-    source="A033 (BF16 989 TFLOPS dense), A034 (FP8 1979), A035 (HBM3 3.35 TB/s); 80 GB HBM3 (H100 SXM datasheet)",
+    hbm_bytes=81_559 * 2**20, hbm_bandwidth=3.35 * TBps,
+    source="A033 (BF16 989 TFLOPS dense), A034 (FP8 1979), A035 (HBM3 3.35 TB/s); the '80 GB' of the datasheet is "
+           "81,559 MiB (85.5e9 bytes) as NVML reports it (thundergolfer.com/blog/nvidia-gpu-memory-capacity, "
+           "nvidia-smi table)",
 )
 H200 = GPU(
     name="H200", nvlink="nvlink4",
     flops={"bf16": 989 * TFLOPS, "fp16": 989 * TFLOPS, "fp8": 1979 * TFLOPS},
-    hbm_bytes=141 * GB_, hbm_bandwidth=4.8 * TBps,
-    source="H200 SXM datasheet: same tensor cores as H100 (A033/A034), 141 GB HBM3e at 4.8 TB/s "
-           "(A036 measures 4.0-4.15 TB/s STREAM)",
+    hbm_bytes=143_771 * 2**20, hbm_bandwidth=4.8 * TBps,
+    source="H200 SXM datasheet: same tensor cores as H100 (A033/A034), HBM3e at 4.8 TB/s (A036 measures 4.0-4.15 "
+           "TB/s STREAM); the '141 GB' is 143,771 MiB (150.75e9 bytes) as NVML reports it "
+           "(thundergolfer.com/blog/nvidia-gpu-memory-capacity)",
 )
 B200 = GPU(
     name="B200", nvlink="nvlink5",
     flops={"bf16": 2250 * TFLOPS, "fp16": 2250 * TFLOPS, "fp8": 4500 * TFLOPS, "fp4": 9000 * TFLOPS},
     hbm_bytes=180 * GB_, hbm_bandwidth=7.7 * TBps,
     source="A037 (BF16 2.25 PFLOPS dense), A038 (FP8 4.5), FP4 9 dense (HGX B200 spec 144 PF sparse / 8 GPUs / 2), "
-           "A040 (180 GB HBM3e, 7.7 TB/s)",
+           "A040 (180 GB HBM3e, 7.7 TB/s; taken as 180e9 bytes: no NVML figure was found, while Hopper's datasheet "
+           "GB are ~7% more bytes than their decimal reading)",
 )
 GB200 = GPU(
     name="GB200", nvlink="nvlink5",

@@ -74,7 +74,7 @@ def plan(model, topology, gpus, global_batch, precision, layout, top, budget, ro
     click.echo(mod.describe())
     sim = f"best {result.simulated} simulated on the fabric" if result.simulated else "estimates only"
     click.echo(f"{topo.num_gpus} GPUs on {topo.name or topology}, global batch {global_batch} x {mod.seq_len} "
-               f"tokens: {result.enumerated} layouts, {result.fitting} fit in {fabric.capacity / 1e9:.0f} GB; "
+               f"tokens: {result.enumerated} layouts, {result.fitting} fit in {fabric.capacity / 1e9:.1f} GB; "
                f"{sim}; {result.seconds:.1f} s")
     for line in format_table(result, rows=rows):
         click.echo(line)

@@ -572,8 +572,8 @@ class Fabric:
         """Subflows of the parent's flows ``index`` (vectorised: no routing, no Python loop per flow).
 
         They keep the parent's order. When the parent's subflows are grouped by flow in flow order (a
-        routed group's are), the selected flows' runs of subflows are cut out directly, in time
-        proportional to the selection; otherwise every parent subflow is tested."""
+        routed group's are), the selected flows' runs of subflows are cut out directly (one pass over
+        the parent's flows, none over its subflows); otherwise every parent subflow is tested."""
         flow, _, lat, ptr, links, _, _, frac, first = parent
         new_id = np.full(n_parent, -1, dtype=np.int64)
         new_id[index] = np.arange(index.shape[0])

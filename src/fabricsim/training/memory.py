@@ -12,33 +12,62 @@ Megatron-Core does by default (expert tensor parallelism equal to ``tp``), over 
 divided by ``tp`` too (a few MB; they are replicated in practice). ZeRO-3 also needs the gathered weights of
 the layer being computed and of the one being prefetched: two blocks' weights, counted as working memory.
 
-**Activations** (Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models",
-arXiv:2205.05198, section 4): per layer and micro-batch of ``b`` sequences of ``s`` tokens, hidden ``h``, ``a``
-heads, 2-byte activations and 1-byte dropout masks, a GPT layer keeps ``sbh (34 + 5as/h)`` bytes; with
-tensor parallelism ``t``, ``sbh (10 + 24/t + 5as/(ht))``; with sequence parallelism too, ``sbh (34 + 5as/h) / t``.
-The ``5as/h`` term is the ``s x s`` attention scores an unfused kernel keeps (softmax output, its dropout mask
-and dropout output, section 4.1). Fused (flash) attention (Dao et al., "FlashAttention", arXiv:2205.14135,
-section 3.1), what Megatron-Core runs through Transformer Engine by default, never materialises them: it
-keeps the output (already in the 34) and the softmax's log-sum-exp, one fp32 number per head and token,
-``4 a s b`` bytes (``/ t``). So with ``fused_attention=True`` (the default) no recomputation keeps
-``sbh (34 + 4a/h)`` (``/ t`` with SP); ``fused_attention=False`` gives Korthikanti's unfused figures.
-Selective recomputation drops the attention-score term (``34 sbh / t`` with SP); full recomputation
-keeps only each layer's input, ``2 sbh`` (``/ t`` with SP), plus the working set of the one layer being
-recomputed. Context parallelism splits the sequence: ``s -> s / cp``. The 34 is a sum this module keeps term
-by term so that it generalises: 10h replicated over TP (layer-norm inputs 4h, attention and MLP inputs 2h
-each, two dropout masks h each) and 24h split over TP (Q, K, V and the output projection's input 8h; the
-MLP's intermediate tensors 16h = 2 x 2 x 4h). Grouped-query attention shrinks K and V to ``kv_heads x head_dim``
-wide; SwiGLU keeps three intermediate tensors of width ``ffn`` (6 ffn bytes per token instead of 4 ffn);
-a MoE layer keeps, per token, ``top_k`` dispatched copies of its input (2h each) and the intermediates of
-its ``top_k`` routed and its shared experts. For GPT-3 (GELU, 4h MLP, multi-head attention) the sum is
-exactly Korthikanti's 34. The last stage also keeps one micro-batch of fp32 logits for the loss,
-``4 s b vocab / (t cp)`` bytes (assumption: the loss is computed in fp32 on vocabulary-parallel logits).
+**Activations**, counted tensor by tensor from the model's architecture (``activation_tensors``): what each
+op of one block keeps for its backward, in bf16 (2 B) unless said, per token of a micro-batch of ``b``
+sequences of ``s`` tokens (hidden ``h``, ``a`` heads, ``kv`` key/value width = KV heads x head dimension,
+MLP width ``f``):
 
-**Pipeline in flight** (Narayanan et al., arXiv:2104.04473, section 2.2; Megatron-LM's schedules): under 1F1B,
-pipeline rank ``r`` of ``p`` starts ``p - r - 1`` warm-up micro-batches before its first backward, so it keeps
-``min(p - r, m)`` micro-batches of its ``L / p`` layers: the first stage holds ``L`` layers' worth, whatever
-``p`` is (Korthikanti, section 4.2.3). Interleaved with ``v`` model chunks, rank ``r`` warms up
-``2 (p - r - 1) + (v - 1) p`` chunks, so the first rank holds ``L (1 + (p - 1) / (p v))`` layers' worth.
+* attention: the norm's input ``2h`` (RMSNorm and LayerNorm both keep their input; their fp32 per-token
+  statistics, 4-8 B, are left out), the QKV GEMM's input ``2h``, Q ``2h``, K and V ``2 kv`` each
+  (grouped-query attention: Llama 3 405B has 8 KV heads, ``kv = h / 16``), the attention output ``2h``,
+  which is also the output GEMM's input (one tensor, counted once);
+* the attention kernel: fused (flash) attention (Dao et al., arXiv:2205.14135 section 3.1; flash-attn's
+  backward takes ``q, k, v, out, softmax_lse`` and the RNG state, which regenerates any dropout mask) adds
+  only the fp32 log-sum-exp, ``4a``; unfused attention keeps the ``s x s`` softmax output ``2as``, plus,
+  with dropout, its 1-byte mask and the dropout output ``3as`` (Korthikanti et al., arXiv:2205.05198
+  section 4.1);
+* MLP: the norm's input ``2h``, FC1's input ``2h``; GeLU keeps its input ``2f`` and FC2's input ``2f``;
+  SwiGLU, fused as Megatron-Core runs it (``fusions/fused_bias_swiglu.py``: the function saves its input),
+  keeps FC1's output (gate and up, ``4f``) and FC2's input ``2f``: ``6f`` (an unfused
+  ``w2(silu(w1 x) * w3 x)`` in plain PyTorch keeps ``8f``: the SiLU output too);
+* multi-head latent attention (DeepSeek-V2/V3): Q and K are ``heads x (qk_nope + qk_rope)`` wide, V
+  ``heads x v_head_dim``, and the two latents' norms and up-projections keep their inputs,
+  ``4 q_lora_rank + 4 kv_lora_rank`` (counted with the tensors outside TP);
+* dropout: a 1-byte mask ``h`` after attention and after the MLP, only when ``model.dropout > 0``
+  (GPT-3 as Megatron-LM trains it; Llama has none);
+* mixture of experts (a MoE block's MLP): the fp32 router probabilities ``4E`` for ``E`` experts, the
+  ``top_k`` dispatched copies of each token ``2h`` each (the routed experts' FC1 inputs), the ``top_k``
+  expert outputs ``2h`` each (the combine's gradient with respect to the gate weights needs them), and the
+  MLP intermediates above at width ``expert_ffn`` for each of ``top_k + shared_experts`` experts.
+
+The GEMM inputs after a norm are inside the tensor-parallel region; the four hidden-width tensors outside
+it (two norm inputs, two GEMM inputs; Megatron keeps the sequence-parallel shard and gathers it again in
+backward, Korthikanti section 4.2.2) and the router's and dispatch tensors are divided by ``t`` only with
+sequence parallelism; the rest always. Bytes per layer and micro-batch:
+``s b / cp x (outside / (t if SP else 1) + inside / t)``. For GPT-3 (dropout, GeLU with ``f = 4h``,
+multi-head attention) the sum is exactly Korthikanti's ``sbh (34 + 5as/h)`` (with SP ``/ t``); for a
+Llama block with flash attention it is ``sb (12h + 4kv + 6f + 4a) / t`` with SP: 533 MB per layer for
+Llama 3 405B at TP 8 and 8,192 tokens, where Korthikanti's ``34 sbh / t`` gives 570 MB (5.9 GB with
+the unfused ``s x s`` term).
+Selective recomputation drops the attention-score terms (log-sum-exp or ``s x s``); full recomputation
+keeps only each layer's input, ``2h`` (``/ t`` with SP), plus the working set of the one layer being
+recomputed. Context parallelism splits the sequence: ``s -> s / cp``. The last stage also keeps one
+micro-batch of fp32 logits for the loss, ``4 s b vocab / (t cp)`` bytes (assumption: the loss is computed
+in fp32 on vocabulary-parallel logits; under interleaving the last chunk's backward follows its forward).
+Not counted: the stage's received input and sent output beyond the tensors above (Megatron frees the sent
+output's data after the send, ``deallocate_output_tensor``; Llama 3 frees both, arXiv:2407.21783 section
+3.3.2), allocator fragmentation, the CUDA context and NCCL buffers.
+
+**Pipeline in flight** (Narayanan et al., arXiv:2104.04473, section 2.2; Megatron-Core's
+``pipeline_parallel/schedules.py``): under 1F1B, pipeline rank ``r`` of ``p`` runs ``p - r - 1`` warm-up
+forwards before its first backward, then one forward and one backward, so it keeps ``min(p - r, m)``
+micro-batches of its ``L / p`` layers: the first stage holds ``L`` layers' worth, whatever ``p`` is
+(Korthikanti, section 4.2.3). Interleaved with ``v`` model chunks, rank ``r`` warms up
+``2 (p - r - 1) + (v - 1) p`` chunks (``microbatch_group_size_per_vp_stage`` = ``p``, the default), capped
+at all ``m v`` (then every forward runs first), so it keeps ``min(2 (p - r - 1) + (v - 1) p + 1, m v)``
+chunks and the first rank ``L (1 + (p - 1) / (p v))`` layers' worth when ``m`` is large. The chunks are
+taken at the rank's average size: exact for ranks whose chunks hold equal layer counts, an over-count for an
+end rank with an empty chunk (Llama 3's embedding-only first chunk), which is not the busiest there.
 
 The report is the busiest pipeline rank (the largest total); capacity is the GPU's HBM from the hardware
 presets, all of it (no allowance for the CUDA context, NCCL buffers or fragmentation, which take a few GB).
@@ -50,7 +79,8 @@ from dataclasses import dataclass, field
 
 from fabricsim.errors import ConfigError
 
-__all__ = ["MemoryReport", "memory_report", "stage_layers", "layer_activation_bytes", "gpu_capacity",
+__all__ = ["MemoryReport", "memory_report", "stage_layers", "activation_tensors", "layer_activation_bytes",
+           "gpu_capacity",
            "PARAM_BYTES", "OPTIMIZER_BYTES", "FUSED_ATTENTION"]
 
 PARAM_BYTES = 2  # bf16 weights
@@ -139,14 +169,87 @@ def stage_layers(layers: int, pp: int, virtual_stages: int = 1) -> list[list[int
 #: Fused (flash) attention never stores the s x s scores (see the module docstring).
 FUSED_ATTENTION = True
 LSE_BYTES = 4  # fp32 log-sum-exp per head and token, kept by the fused kernel for its backward
+ROUTER_BYTES = 4  # fp32 router probabilities per expert and token, kept for the softmax's backward
+MASK_BYTES = 1  # a dropout mask (Korthikanti et al. count one byte per element)
+
+
+def activation_tensors(model, layout, *, moe: bool = False, recompute: str | None = None,
+                       seq_len: int | None = None,
+                       fused_attention: bool = FUSED_ATTENTION) -> dict[str, tuple[float, bool]]:
+    """What one block keeps for backward, tensor by tensor: ``name -> (bytes per token, split)``.
+
+    ``split`` tensors are divided over tensor parallelism always; the others (the hidden-width tensors
+    outside the TP region) only with sequence parallelism. Bytes are per token of the *full* width (divide
+    by ``tp`` as ``split`` says); the attention-score entries of unfused attention grow with the local
+    sequence length ``s / cp``. See the module docstring for which op keeps which tensor.
+    """
+    recompute = layout.recompute if recompute is None else recompute
+    s = (seq_len or model.seq_len) / layout.cp
+    h = model.hidden
+    drop = model.dropout > 0
+    out: dict[str, tuple[float, bool]] = {}
+    if recompute == "full":
+        out["block input"] = (ACT * h, False)
+        return out
+    # attention half: RMSNorm/LayerNorm input, the QKV GEMM's input (the norm output)
+    out["attention norm input"] = (ACT * h, False)
+    out["QKV GEMM input"] = (ACT * h, False)
+    if model.latent_attention:
+        q = k = model.qk_dim
+        v = model.v_dim
+        # the compressed latents: each latent norm keeps its input, each up-projection its input
+        if model.q_lora_rank:
+            out["query latent (norm and up-projection inputs)"] = (2 * ACT * model.q_lora_rank, False)
+        out["key-value latent (norm and up-projection inputs)"] = (2 * ACT * model.kv_lora_rank, False)
+    else:
+        q, k = h, model.kv_heads * model.head_dim  # grouped-query attention: kv_heads x head_dim wide
+        v = k
+    out["Q"] = (ACT * q, True)
+    out["K"] = (ACT * k, True)
+    out["V"] = (ACT * v, True)
+    out["attention output (output GEMM input)"] = (ACT * model.v_dim, True)
+    if recompute == "none":
+        if fused_attention:
+            out["log-sum-exp (fp32)"] = (LSE_BYTES * model.heads, True)
+        else:
+            out["softmax output"] = (ACT * model.heads * s, True)
+            if drop:
+                out["attention dropout mask"] = (MASK_BYTES * model.heads * s, True)
+                out["attention dropout output"] = (ACT * model.heads * s, True)
+    if drop:
+        out["attention residual dropout mask"] = (MASK_BYTES * h, False)
+    # MLP half
+    out["MLP norm input"] = (ACT * h, False)
+    out["MLP input (FC1 GEMM input)"] = (ACT * h, False)  # also the router's and shared experts' input
+    if model.mlp == "swiglu":
+        widths = {"FC1 output (gate and up, SwiGLU input)": 2 * ACT, "FC2 GEMM input": ACT}
+    else:
+        widths = {"FC1 output (GeLU input)": ACT, "FC2 GEMM input": ACT}
+    if moe:
+        copies = model.top_k + model.shared_experts
+        out["router probabilities (fp32)"] = (ROUTER_BYTES * model.experts, False)
+        out["dispatched tokens (routed experts' FC1 input)"] = (model.top_k * ACT * h, False)
+        out["routed experts' outputs (for the combine's gate gradient)"] = (model.top_k * ACT * h, False)
+        for name, w in widths.items():
+            out[name] = (w * model.expert_ffn * copies, True)
+    else:
+        for name, w in widths.items():
+            out[name] = (w * model.ffn, True)
+    if drop:
+        out["MLP residual dropout mask"] = (MASK_BYTES * h, False)
+    return out
 
 
 def layer_activation_bytes(model, layout, *, moe: bool = False, recompute: str | None = None,
                            seq_len: int | None = None, fused_attention: bool = FUSED_ATTENTION) -> float:
-    """Bytes one block keeps for backward, for one micro-batch (see the module docstring).
+    """Bytes one block keeps for backward, for one micro-batch: the sum of ``activation_tensors``,
+    ``s b / cp x (replicated / (tp if SP else 1) + split / tp)``.
 
     Examples
     --------
+    GPT-3 175B as Korthikanti et al. count it (dropout, GeLU 4h MLP, multi-head attention), selective
+    recomputation, TP 8 with SP: ``34 s b h / t``.
+
     >>> from fabricsim.training.models import model_preset
     >>> from fabricsim.training.layout import Layout
     >>> m = model_preset("gpt3-175b")
@@ -154,36 +257,14 @@ def layer_activation_bytes(model, layout, *, moe: bool = False, recompute: str |
     >>> layer_activation_bytes(m, Layout(tp=8, recompute="selective")) == 34 * sbh / 8
     True
     """
-    recompute = layout.recompute if recompute is None else recompute
-    s = (seq_len or model.seq_len) / layout.cp
-    b, h, t = layout.micro_batch, model.hidden, layout.tp
+    tensors = activation_tensors(model, layout, moe=moe, recompute=recompute, seq_len=seq_len,
+                                 fused_attention=fused_attention)
+    t = layout.tp
     sp = bool(layout.sequence_parallel)
-    tokens = s * b
-    if recompute == "full":
-        return ACT * h * tokens / (t if sp else 1)
-    # replicated over TP without SP: two norm inputs, attention and MLP inputs, two dropout masks
-    replicated = 4 * h + ACT * h + h + ACT * h + h
-    if model.latent_attention:
-        q = k = model.qk_dim
-        v = model.v_dim
-    else:
-        q, k = h, model.kv_heads * model.head_dim
-        v = k
-    split = ACT * (q + k + v + model.v_dim)  # Q, K, V, the output projection's input
-    per_ffn = 6 if model.mlp == "swiglu" else 4  # bytes per unit of inner width: 3 (SwiGLU) or 2 tensors
-    if moe:
-        replicated += model.top_k * ACT * h  # dispatched copies of each token
-        split += per_ffn * model.expert_ffn * (model.top_k + model.shared_experts)
-    else:
-        split += per_ffn * model.ffn
-    if recompute != "none":
-        scores = 0.0
-    elif fused_attention:
-        scores = LSE_BYTES * model.heads  # the kernel's log-sum-exp (bytes per token)
-    else:
-        scores = 5 * model.heads * s  # softmax output, dropout mask and dropout output (unfused)
-    per_token = (replicated / t if sp else replicated) + (split + scores) / t
-    return per_token * tokens
+    split = sum(b for b, is_split in tensors.values() if is_split)
+    replicated = sum(b for b, is_split in tensors.values() if not is_split)
+    tokens = (seq_len or model.seq_len) / layout.cp * layout.micro_batch
+    return ((replicated / t if sp else replicated) + split / t) * tokens
 
 
 def _in_flight(layout, rank: int, micro_batches: int | None) -> float:
@@ -283,7 +364,9 @@ def memory_report(model, layout, *, capacity: float | None = None, grad_bytes: i
                               working=working, stage=rank, params_per_gpu=weights, capacity=capacity,
                               detail={"layers": len(blocks), "moe_layers": moe_blocks, "dense_weights": dense,
                                       "expert_weights": expert,
-                                      "in_flight_chunks": _in_flight(layout, rank, micro_batches)})
+                                      "in_flight_chunks": _in_flight(layout, rank, micro_batches),
+                                      "layer_activation_bytes": act_dense,
+                                      "moe_layer_activation_bytes": act_moe})
         if best is None or report.total > best.total:
             best = report
     return best

@@ -59,6 +59,7 @@ User models come from a TOML file with exactly these keys (unknown or missing ke
     mlp = "swiglu"         # optional: "swiglu" (3 matrices) or "gelu" (2 matrices, with biases)
     tied_embeddings = false  # optional
     position = "rope"      # optional: "rope" or "learned"
+    dropout = 0.0          # optional: > 0 keeps dropout masks in the activation memory (GPT-3: 0.1)
     published_params = 13.0e9  # optional, only for the check
 
 A mixture of experts adds (all optional; ``experts = 0`` is a dense model)::
@@ -117,6 +118,9 @@ class Model:
         Multi-head latent attention (DeepSeek-V2, arXiv:2405.04434, section 2.1) when ``kv_lora_rank > 0``.
     published_active_params : float, optional
         The published active count (mixture of experts), for comparison only.
+    dropout : float
+        Dropout probability of the residual branches and attention probabilities (0: none, as Llama);
+        it only changes the activation memory (1-byte masks, ``training.memory``).
 
     Examples
     --------
@@ -152,6 +156,7 @@ class Model:
     qk_rope_dim: int = 0
     v_head_dim: int = 0
     published_active_params: float | None = None
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "ffn", "heads", "vocab", "seq_len"):
@@ -159,6 +164,8 @@ class Model:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_DIMENSION[name]:
                 raise ConfigError(f"model {self.name!r}: {name} must be an integer in 1..{_MAX_DIMENSION[name]:,}, "
                                   f"got {value!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"model {self.name!r}: dropout must be a probability in [0, 1), got {self.dropout!r}")
         kv = self.heads if self.kv_heads is None else self.kv_heads
         if isinstance(kv, bool) or not isinstance(kv, int) or kv < 1 or self.heads % kv:
             raise ConfigError(f"model {self.name!r}: kv_heads must be a positive divisor of heads ({self.heads}), "
@@ -334,8 +341,9 @@ MODELS: dict[str, Model] = {m.name: m for m in (
     Model("llama3-405b", layers=126, hidden=16384, ffn=53248, heads=128, kv_heads=8, vocab=128256, seq_len=8192,
           published_params=405e9, source=_LLAMA3),
     Model("gpt3-175b", layers=96, hidden=12288, ffn=4 * 12288, heads=96, vocab=50257, seq_len=2048, mlp="gelu",
-          tied_embeddings=True, position="learned", published_params=175e9,
-          source="arXiv:2005.14165 Table 2.1; FFN 4 x d_model and vocab 50,257 as GPT-2"),
+          tied_embeddings=True, position="learned", published_params=175e9, dropout=0.1,
+          source="arXiv:2005.14165 Table 2.1; FFN 4 x d_model and vocab 50,257 as GPT-2; dropout 0.1: "
+                 "Megatron-LM's default hidden and attention dropout, which arXiv:2205.05198 section 4 counts"),
     Model("mixtral-8x7b", layers=32, hidden=4096, ffn=14336, heads=32, kv_heads=8, vocab=32000, seq_len=32768,
           experts=8, top_k=2, published_params=46.7e9, published_active_params=12.9e9,
           source="arXiv:2401.04088 Table 1; mistralai/Mixtral-8x7B-v0.1 config.json; 46.7B / 12.9B: Mistral AI"),
@@ -365,7 +373,7 @@ def model_preset(name: str) -> Model:
 _REQUIRED = ("name", "layers", "hidden", "ffn", "heads", "vocab", "seq_len")
 _OPTIONAL = ("kv_heads", "mlp", "tied_embeddings", "position", "published_params", "source", "experts", "top_k",
              "expert_ffn", "shared_experts", "dense_layers", "moe_every", "q_lora_rank", "kv_lora_rank",
-             "qk_nope_dim", "qk_rope_dim", "v_head_dim", "published_active_params")
+             "qk_nope_dim", "qk_rope_dim", "v_head_dim", "published_active_params", "dropout")
 
 
 def load_model(path: str | os.PathLike) -> Model:
