@@ -14,7 +14,7 @@ from fabricsim.collectives.base import GroupLayout
 from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.protocol import PROTOCOLS
 from fabricsim.collectives.ring import ring_allreduce
-from fabricsim.collectives.select import _lower_bound, _start, _time_alone, build_allreduce
+from fabricsim.collectives.select import _lower_bound, _start, _time_alone, build_allreduce, fastest_protocol
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.simulator.engine import Simulation
 from fabricsim.topologies.faults import apply_faults, parse_fault
@@ -115,3 +115,21 @@ def test_a_group_sharing_another_groups_choice_is_simulated_itself():
     b = runner.run(2**24, "ring", ranks=second)
     assert b.protocol == a.protocol
     assert b.time == pytest.approx(_fresh(runner, 2**24, "ring", second).time, rel=1e-12)
+
+
+@settings(max_examples=8, deadline=None)
+@given(case=st.sampled_from(CASES), nbytes=st.floats(3.0, 31.0).map(lambda x: int(round(2 ** x))),
+       which=st.sampled_from(["ring", "tree"]), reverse=st.booleans())
+def test_the_choice_is_the_fastest_simulated_protocol_whatever_the_estimate(case, nbytes, which, reverse):
+    # candidates are simulated in the order of their bounds; the estimate only breaks ties
+    runner = _runner(*case)
+    fabric = runner.simulation(record=None).fabric
+    layout = GroupLayout.of(fabric, None)
+    make = _builders(fabric, layout, nbytes)[which]
+    protocols = CALIBRATED.protocols or PROTOCOLS
+    order = list(protocols)[::-1 if reverse else 1]
+    chosen = fastest_protocol(fabric, make, lambda pr: order.index(pr.name), CALIBRATED)
+    times = {name: _time_alone(fabric, make(proto), CALIBRATED)[0] for name, proto in protocols.items()}
+    fastest = min(times.values())
+    assert times[chosen.name] == fastest
+    assert chosen.name == next(n for n in order if times[n] == fastest)  # ties: the estimate's first

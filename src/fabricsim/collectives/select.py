@@ -137,32 +137,41 @@ def _lower_bound(fabric, schedule: Schedule, drains: dict | None = None) -> floa
 
 
 def _step_drain(fabric, step, drains: dict) -> float:
-    """Least time ``step``'s raw bytes need to leave their sources (see ``_lower_bound``)."""
-    src, dst, nbytes, key = step.arrays()
-    src = np.asarray(src, dtype=np.int64)
-    nbytes = np.broadcast_to(np.asarray(nbytes, dtype=float), src.shape)
-    inject = drains["inject"]
-    sent = np.bincount(src, weights=nbytes, minlength=len(inject))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        drain = float(np.max(np.where(sent > 0, sent / inject, 0.0), initial=0.0))
-    if step.pattern not in drains["routed"] or not src.size:
-        return drain
-    if step.base is not None:  # a subset of a larger pattern: route the whole (cached), keep the subset
+    """Least time ``step``'s raw bytes need to leave their sources and cross the busiest link (see
+    ``_lower_bound``); a step that is a subset of a larger pattern routes that pattern once."""
+    routed = step.pattern in drains["routed"]
+    if step.base is not None:
         base = drains.get(("base", step.base[0]))
         if base is None:
             b_src, b_dst, b_bytes, b_key = step.base[1]()
             b_src = np.asarray(b_src, dtype=np.int64)
+            b_bytes = np.broadcast_to(np.asarray(b_bytes, dtype=float), b_src.shape)
+            base = drains[("base", step.base[0])] = [b_src, b_bytes, (b_dst, b_key), None]
+        b_src, b_bytes, rest, routes = base
+        idx = np.asarray(step.traffic(), dtype=np.int64)
+        src, nbytes = b_src[idx], b_bytes[idx]
+    else:
+        src, dst, nbytes, key = step.traffic()
+        src = np.asarray(src, dtype=np.int64)
+        nbytes = np.broadcast_to(np.asarray(nbytes, dtype=float), src.shape)
+    inject = drains["inject"]
+    sent = np.bincount(src, weights=nbytes, minlength=len(inject))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drain = float(np.max(np.where(sent > 0, sent / inject, 0.0), initial=0.0))
+    if not routed or not src.size:
+        return drain
+    if step.base is not None:
+        if routes is None:  # the whole base routed once (the router caches it for the simulation too)
+            b_dst, b_key = rest
             rs = fabric.router.route_many(b_src, np.asarray(b_dst, dtype=np.int64),
                                           np.broadcast_to(np.asarray(b_key, dtype=np.int64), b_src.shape))
-            first = np.searchsorted(rs.flow, np.arange(len(b_src) + 1))  # flows' subflow ranges (flow sorted)
-            b_bytes = np.broadcast_to(np.asarray(b_bytes, dtype=float), b_src.shape)
-            base = drains[("base", step.base[0])] = (rs, b_bytes, first)
-        rs, b_bytes, first = base
-        idx = np.asarray(step.traffic(), dtype=np.int64)
+            routes = base[3] = (rs, np.searchsorted(rs.flow, np.arange(len(b_src) + 1)))  # flows sorted
+        rs, first = routes
         subs = _ranges(first[idx], first[idx + 1])
-        entries = _ranges(rs.ptr[subs], rs.ptr[subs + 1])
-        weight = np.repeat(b_bytes[rs.flow[subs]] * rs.frac[subs], rs.ptr[subs + 1] - rs.ptr[subs])
-        load = np.bincount(rs.links[entries], weights=weight, minlength=len(fabric.capacity))
+        lens = rs.ptr[subs + 1] - rs.ptr[subs]
+        weight = np.repeat(b_bytes[rs.flow[subs]] * rs.frac[subs], lens)
+        load = np.bincount(rs.links[_ranges(rs.ptr[subs], rs.ptr[subs + 1])], weights=weight,
+                           minlength=len(fabric.capacity))
     else:
         rs = fabric.router.route_many(src, np.asarray(dst, dtype=np.int64),
                                       np.broadcast_to(np.asarray(key, dtype=np.int64), src.shape))
@@ -197,12 +206,14 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
                      key=None, alone: tuple | None = None) -> Protocol:
     """The protocol under which ``make(protocol)`` (a schedule builder) finishes first when simulated.
 
-    NCCL's tuner takes the protocol of smallest estimated time; here the estimate (``estimate(protocol)``,
-    the algorithm's cost model) only orders the candidates: the likeliest is simulated first, and another
-    is simulated only while its lower bound (``_lower_bound``) is below the best simulated time. The
-    choice is therefore exactly the protocol of smallest simulated time, so a collective's time with
-    ``auto`` is the minimum of its times under each protocol: it grows with the message and falls when
-    links get faster whenever each protocol's does.
+    NCCL's tuner takes the protocol of smallest estimated time; here every candidate gets a lower bound
+    on its simulated time (``_lower_bound``), candidates are simulated in the order of their bounds, and
+    one is simulated only while its bound is below the best simulated time so far (the bounds are tight:
+    usually only the winner is simulated). The estimate (``estimate(protocol)``, the algorithm's cost
+    model) breaks ties: among equal simulated times the protocol it ranks first wins. The choice is
+    therefore exactly the protocol of smallest simulated time, so a collective's time with ``auto`` is
+    the minimum of its times under each protocol: it grows with the message and falls when links get
+    faster whenever each protocol's does.
 
     ``alone`` (a key naming this group and collective, see ``_alone_key``): the winner's simulation is
     kept in ``memo``, so that running the chosen schedule alone on an idle fabric afterwards
@@ -210,14 +221,21 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     """
     if memo is not None and key in memo:
         return memo[key]
-    best, best_time, best_steps = None, float("inf"), 0
+    ranked = sorted((calibration.protocols or PROTOCOLS).values(), key=estimate)
     drains: dict = {}
-    for proto in sorted((calibration.protocols or PROTOCOLS).values(), key=estimate):
-        if best is not None and _lower_bound(fabric, make(proto), drains) >= best_time:
-            continue
-        t, steps = _time_alone(fabric, make(proto), calibration)
-        if t < best_time:
-            best, best_time, best_steps = proto, t, steps
+    candidates = []
+    for rank, proto in enumerate(ranked):
+        sched = make(proto)
+        sched.steps = list(sched.steps)  # iterated by the bound, then by the simulation
+        bound = _lower_bound(fabric, sched, drains) if len(ranked) > 1 else 0.0
+        candidates.append((bound, rank, proto, sched))
+    best, best_rank, best_time, best_steps = None, len(ranked), float("inf"), 0
+    for bound, rank, proto, sched in sorted(candidates, key=lambda c: c[:2]):
+        if (bound, rank) > (best_time, best_rank):  # it cannot beat the best, nor tie it ranked earlier
+            break
+        t, steps = _time_alone(fabric, sched, calibration)
+        if (t, rank) < (best_time, best_rank):
+            best, best_rank, best_time, best_steps = proto, rank, t, steps
     if memo is not None:
         memo[key] = best
         if alone is not None:
