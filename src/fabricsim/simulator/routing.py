@@ -26,6 +26,13 @@ the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is bui
 route in about a second. Routes are cached per (source, destination, flow key), and whole pair arrays
 (``route_many``) per content digest: the same traffic pattern built again (the next step of a schedule, the
 same collective simulated under another protocol, a fresh simulation sharing this router) is routed once.
+
+``route_many`` routes a pair array in a batch that gives bit for bit the routes of ``route`` pair by pair
+(``_route_pairs``, the reference its tests compare against): every (source, destination) is planned once
+for all its flow keys, and walked once per key only when ECMP made a choice on its way; pairs one or two
+hops apart (all traffic inside an NVLink domain) are routed with array operations; farther pairs share
+their next hops per (middle, node) and their first hops per (source, middle); the routes live in one flat
+store that a pair array's RouteSet is gathered from.
 """
 
 from __future__ import annotations
@@ -223,6 +230,7 @@ class Router:
         self._far_first: dict = {}  # (s, middle) -> first hops (see _plan_far)
         self._sides: dict = {id(lists): {} for lists in self._fwd_of.values()}  # node -> (X1, set, X2, tuple)
         self._opts2: dict = {id(lists): {} for lists in self._fwd_of.values()}  # (node, Y1) -> next hops
+        self._succ_sets: dict = {id(lists): {} for lists in self._fwd_of.values()}  # node -> neighbour set
         self._pairs: dict = {}  # src * nodes + dst -> route id, or (plan, {key: route id}) when hashed
         self._store = _RouteStore()
         self._sets_size = 0
@@ -271,9 +279,9 @@ class Router:
         src = np.ascontiguousarray(src, dtype=np.int64)
         dst = np.ascontiguousarray(dst, dtype=np.int64)
         key = np.ascontiguousarray(key, dtype=np.int64)
-        h = hashlib.blake2b(digest_size=16)
+        h = hashlib.sha256()  # content digest (sha256 runs on the CPU's SHA extensions: ~3x blake2b here)
         for a in (src, dst, key):
-            h.update(a.tobytes())
+            h.update(a)
         digest = h.digest()
         hit = self._sets.get(digest)
         if hit is not None:
@@ -633,8 +641,10 @@ class Router:
         found once per (s, middle). Next hops: a node one hop from d goes to d; a node two hops from d to
         its neighbours in Y1 (nothing else is one hop from d); a node farther, r hops from d, to its
         neighbours r - 1 hops from d, which are r - 3 hops from Y2 and were found by any middle ending in
-        Y2 that holds the node (the node lies on shortest paths to Y2), once per (Y2, node). A list
-        holding s, d or a node of Y1 (whose middle distance is not their own) is recomputed for the pair."""
+        Y2 that holds the node (the node lies on shortest paths to Y2), once per (Y2, node). Only s, d and
+        Y1 have distances of their own that differ from the middle's, and none of them can be such a
+        neighbour: s is farther than r - 1, d and Y1 are nearer than 2 hops, so a node next to them is
+        nearer than 3."""
         mid = self._middle(mkey, succ_f, pred_f)
         if mid is None:
             return None
@@ -661,11 +671,10 @@ class Router:
             return None
         edge = self.links.edge_index
         opts2 = self._opts2[id(succ_f)]
+        succ_sets = self._succ_sets[id(succ_f)]
         mopts = self._mid_opts.get(mkey[::2])
         if mopts is None:
             mopts = self._mid_opts[mkey[::2]] = {}
-        fwd = self._forwarding
-        special = y1_set | {v for v in (s, d) if fwd[v]}
 
         def step(u: int, r: int) -> tuple:
             """Next hops of u (r hops from d) towards d, as (nodes, links)."""
@@ -674,17 +683,16 @@ class Router:
             if r == 2:
                 o = opts2.get((u, y1t))
                 if o is None:
-                    ws = tuple(w for w in succ_f[u] if w in y1_set)
+                    succ_set = succ_sets.get(u)
+                    if succ_set is None:
+                        succ_set = succ_sets[u] = frozenset(succ_f[u])
+                    ws = tuple(sorted(w for w in y1t if w in succ_set))  # succ_f[u]'s order: sorted
                     o = opts2[(u, y1t)] = (ws, tuple(edge[(u, w)] for w in ws))
                 return o
             o = mopts.get((u, r))
             if o is None:
                 ws = tuple(w for w in succ_f[u] if mh.get(w) == r - 1)
-                o = mopts[(u, r)] = (ws, tuple(edge[(u, w)] for w in ws), frozenset(ws))
-            if not special.isdisjoint(o[2]):
-                get = {**mh, **dict.fromkeys(y1t, 1), d: 0, s: length}.get
-                ws = tuple(w for w in succ_f[u] if get(w) == r - 1)
-                return ws, tuple(edge[(u, w)] for w in ws)
+                o = mopts[(u, r)] = (ws, tuple(edge[(u, w)] for w in ws))
             return o
         nh = self._name_hash
         return s, d, length, first, step, _mix(_mix(_GOLDEN, nh[s]), nh[d])
@@ -703,7 +711,7 @@ class Router:
             while stack:
                 hops, u, share, r = stack.pop()
                 while u != d:
-                    ws, ls = step(u, r)[:2]
+                    ws, ls = step(u, r)
                     n = len(ws)
                     if n == 1:
                         i = 0
