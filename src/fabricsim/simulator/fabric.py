@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike
 
 from fabricsim.errors import ConfigError, InfeasibleError, TopologyError
 from fabricsim.simulator.fluid import FluidNetwork, _ranges
-from fabricsim.simulator.routing import Router, stable_hash
+from fabricsim.simulator.routing import LinkTable, Router, stable_hash
 from fabricsim.topologies.base import Topology
 
 __all__ = ["FlowGroup", "GroupResult", "Fabric"]
@@ -309,7 +309,7 @@ class Fabric:
         self._fault = ""
 
     @staticmethod
-    def usable_capacity(links, efficiency: dict | None) -> np.ndarray:
+    def usable_capacity(links: LinkTable, efficiency: dict | None) -> np.ndarray:
         """Every link's line rate times its kind's usable share (``efficiency``; other kinds 1.0): the
         capacities a Fabric of these links drains flows at."""
         capacity = links.bandwidth.copy()
