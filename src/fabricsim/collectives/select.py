@@ -22,6 +22,7 @@ from fabricsim.collectives.ring import MAX_CHANNELS, ring_allreduce
 from fabricsim.collectives.sharp import sharp_allreduce, sharp_capable
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
+from fabricsim.simulator.fluid import _ranges
 
 if TYPE_CHECKING:
     from simpy.events import Process
@@ -183,16 +184,6 @@ def _step_drain(fabric, step, drains: dict) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         link = float(np.max(np.where(load > 0, load / drains["capacity"], 0.0), initial=0.0))
     return max(drain, link)
-
-
-def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(lo[i], hi[i])`` for every i."""
-    n = hi - lo
-    total = int(n.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(n)
-    return np.arange(total, dtype=np.int64) + np.repeat(lo - (ends - n), n)
 
 
 def _time_alone(fabric, schedule: Schedule, calibration: Calibration) -> tuple[float, int]:

@@ -312,12 +312,14 @@ class Fabric:
     def usable_capacity(links: LinkTable, efficiency: dict | None) -> np.ndarray:
         """Every link's line rate times its kind's usable share (``efficiency``; other kinds 1.0): the
         capacities a Fabric of these links drains flows at."""
-        capacity = links.bandwidth.copy()
+        codes, kinds = links.kind_codes
+        share = np.ones(len(kinds))
         for kind, factor in (efficiency or {}).items():
             if not 0 < factor <= 1:
                 raise ConfigError(f"efficiency of {kind!r} links must be in (0, 1], got {factor!r}")
-            capacity[np.array([k == kind for k in links.kind], dtype=bool)] *= factor
-        return capacity
+            if kind in kinds:
+                share[kinds.index(kind)] = factor
+        return links.bandwidth * share[codes]
 
     # --- building groups --------------------------------------------------------------------------------
     def group(self, src: Sequence[Hashable], dst: Sequence[Hashable], nbytes: ArrayLike, key: ArrayLike = 0,

@@ -47,6 +47,7 @@ from typing import Hashable, Iterable
 import numpy as np
 
 from fabricsim.errors import TopologyError
+from fabricsim.simulator.fluid import _ranges
 from fabricsim.topologies.base import Topology
 
 __all__ = ["LinkTable", "Route", "RouteSet", "Router", "stable_hash"]
@@ -120,6 +121,17 @@ class LinkTable:
             nodes = self.nodes
             cached = [f"{nodes[a]}->{nodes[b]}" for a, b in zip(self.src.tolist(), self.dst.tolist())]
             object.__setattr__(self, "_names", cached)
+        return cached
+
+    @property
+    def kind_codes(self) -> tuple[np.ndarray, list[str]]:
+        """(code of every link's kind, the kinds in code order), computed once: per-kind arrays (usable
+        capacities) index a table by code instead of comparing every link's kind string again."""
+        cached = self.__dict__.get("_kind_codes")
+        if cached is None:
+            kinds, codes = np.unique(np.asarray(self.kind, dtype=str), return_inverse=True)
+            cached = (codes.reshape(-1).astype(np.int64), kinds.tolist())
+            object.__setattr__(self, "_kind_codes", cached)
         return cached
 
 
@@ -414,7 +426,7 @@ class Router:
             two = idx[~hit]
             ps, pd = s[two], d[two]
             count = ptr[ps + 1] - ptr[ps]
-            cand = to_fwd[_ragged_range(ptr[ps], count)]
+            cand = to_fwd[_ranges(ptr[ps], ptr[ps] + count)]
             owner = np.repeat(np.arange(two.shape[0]), count)
             second = link_of(lt.dst[cand] * n + pd[owner])
             keep = second >= 0
@@ -423,7 +435,7 @@ class Router:
             frac = np.ones(cand.shape[0])
             starts = np.cumsum(k) - k
             for kk in np.unique(k[k > 1]).tolist():
-                pos = _ragged_range(starts[k == kk], np.full(int((k == kk).sum()), kk)).reshape(-1, kk)
+                pos = _ranges(starts[k == kk], starts[k == kk] + kk).reshape(-1, kk)
                 w = self._bandwidth[cand[pos]]
                 frac[pos] = w / w.sum(axis=1, keepdims=True)
             done1, done2 = idx[hit], two[k > 0]
@@ -868,18 +880,12 @@ class _RouteStore:
         rptr, lptr = a["rptr"], a["lptr"]
         count = rptr[rid + 1] - rptr[rid]
         flow = np.repeat(np.arange(rid.shape[0]), count)
-        sub = _ragged_range(rptr[rid], count)
+        sub = _ranges(rptr[rid], rptr[rid] + count)
         sub_len = lptr[sub + 1] - lptr[sub]
         ptr = np.zeros(sub.shape[0] + 1, dtype=np.int64)
         np.cumsum(sub_len, out=ptr[1:])
-        links = a["links"][_ragged_range(lptr[sub], sub_len)]
+        links = a["links"][_ranges(lptr[sub], lptr[sub + 1])]
         return RouteSet(flow, a["frac"][sub], a["lat"][sub], ptr, links)
-
-
-def _ragged_range(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(a, a + c) for a, c in zip(starts, counts)])`` without the loop."""
-    ends = np.cumsum(counts)
-    return np.arange(int(ends[-1]) if ends.size else 0, dtype=np.int64) + np.repeat(starts - (ends - counts), counts)
 
 
 def _array_sum(values: list) -> float:
