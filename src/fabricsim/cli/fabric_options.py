@@ -35,7 +35,7 @@ class _Time(_Parsed):
         return t
 
 
-_NICS = sorted(k for k, spec in LINKS.items() if not k.startswith(("nvlink", "pcie")))
+_NICS = sorted(k for k in LINKS if not k.startswith(("nvlink", "pcie")))
 _SWITCHES = sorted(k for k in SWITCHES if not k.startswith(("nvswitch", "nvlink")))
 
 

@@ -22,6 +22,7 @@ from fabricsim.collectives.ring import MAX_CHANNELS, ring_allreduce
 from fabricsim.collectives.sharp import sharp_allreduce, sharp_capable
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
+from fabricsim.simulator.fabric import capacity_digest
 from fabricsim.simulator.fluid import _ranges
 
 if TYPE_CHECKING:
@@ -237,18 +238,12 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     if memo is not None:
         memo[key] = best
         if alone is not None:
-            memo[alone] = (fabric.router, _capacity_digest(capacity), best.name, best_time, best_steps)
+            memo[alone] = (fabric.router, capacity_digest(capacity), best.name, best_time, best_steps)
     return best
 
 
 #: Relative slack of the bound test in ``fastest_protocol`` (float rounding, not modelling).
 _BOUND_RTOL = 1e-9
-
-
-def _capacity_digest(capacity: np.ndarray) -> bytes:
-    import hashlib
-
-    return hashlib.blake2b(np.ascontiguousarray(capacity, dtype=float).tobytes(), digest_size=16).digest()
 
 
 def _alone_key(layout: GroupLayout, nbytes: int, algorithm: str, channels, calibration) -> tuple:
@@ -286,7 +281,7 @@ def alone_result(memo: dict | None, fabric, layout: GroupLayout, nbytes: int, al
         hit = memo.get(k)
         if hit is None or hit[0] is not fabric.router or hit[2] != name:
             return None
-        digest = digest or _capacity_digest(fabric.capacity)
+        digest = digest or capacity_digest(fabric.capacity)
         if hit[1] != digest:
             return None
         time, steps = time + hit[3], steps + hit[4]

@@ -43,6 +43,11 @@ def _path_rows(ptr: np.ndarray, links: np.ndarray, rows: np.ndarray) -> tuple[np
     return new_ptr, links[_ranges(starts, ends)]
 
 
+def capacity_digest(capacity: np.ndarray) -> bytes:
+    """A digest of usable link capacities: what a launch's timing depends on besides its routes."""
+    return hashlib.blake2b(np.ascontiguousarray(capacity, dtype=float).tobytes(), digest_size=16).digest()
+
+
 @dataclass
 class FlowGroup:
     """Transfers that start together: flow ``i`` moves ``nbytes[i]`` from node ``src[i]`` to ``dst[i]``.
@@ -201,7 +206,7 @@ class _RecordStore:
         store = router.memo.get("rounds")
         if store is None:
             store = router.memo["rounds"] = cls()
-        digest = hashlib.blake2b(np.ascontiguousarray(capacity, dtype=float).tobytes(), digest_size=16).digest()
+        digest = capacity_digest(capacity)
         return _RecordView(store, (digest, float(finish_rtol)))
 
     @staticmethod
