@@ -23,7 +23,7 @@ import numpy as np
 from fabricsim.collectives.base import GroupLayout, Schedule, Step, element, parallel, sequence
 from fabricsim.collectives.nvls import nvls_payload, nvls_phase, switch_islands
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
-from fabricsim.collectives.ring import ring_allreduce
+from fabricsim.collectives.ring import default_channels, ring_allreduce, ring_wire_latency
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError
 
@@ -114,9 +114,11 @@ def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: P
 
     def inter_schedule() -> Schedule:
         per_shard = []
-        for s in range(S):
-            group = [own[s] for own in owners]
-            sub = GroupLayout(group, [[r] for r in group])
+        subs = [GroupLayout(group, [[r] for r in group]) for group in ([own[s] for own in owners] for s in range(S))]
+        if inter == "ring":  # every shard's ring hops routed in one batch (one rank per domain: one channel)
+            ring_wire_latency(fabric, subs, default_channels(subs[0]))
+        for s, sub in enumerate(subs):
+            group = sub.ranks
             build = ring_allreduce if inter == "ring" else tree_allreduce
             sched = build(fabric, sub, shard_bytes, inter_protocol or protocol)
             sched.view = (lambda s=s, group=group: (lambda data: _shard_view(data, group, s, S)))()
