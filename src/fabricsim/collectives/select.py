@@ -24,6 +24,7 @@ from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.simulator.fabric import capacity_digest
 from fabricsim.simulator.fluid import _ranges
+from fabricsim.simulator.routing import _paused_gc
 
 if TYPE_CHECKING:
     from simpy.events import Process
@@ -287,8 +288,9 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     capacity = fabric.usable_capacity(fabric.links, calibration.link_efficiency)
     candidates = []
     for rank, proto in enumerate(ranked):
-        sched = make(proto)
-        sched.steps = list(sched.steps)  # iterated by the bound, then by the simulation
+        with _paused_gc():  # thousands of small steps and closures: no full collections over the fabric
+            sched = make(proto)
+            sched.steps = list(sched.steps)  # iterated by the bound, then by the simulation
         bound = _lower_bound(fabric, sched, drains, capacity) if len(ranked) > 1 else 0.0
         candidates.append((bound, rank, proto, sched))
     best, best_rank, best_time, best_steps = None, len(ranked), float("inf"), 0
