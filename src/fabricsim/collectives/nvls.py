@@ -89,13 +89,19 @@ def nvls_stage(fabric, islands: list[list[int]], nbytes: int | None = None, tree
 
 
 def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
-    """The group's ranks split by the set of switch chips they attach to, in rank order."""
+    """The group's ranks split by the set of switch chips they attach to, in rank order (kept per router
+    and group; the caller gets its own lists)."""
+    memo = fabric.router.memo.setdefault("nvls-islands", {})
+    hit = memo.get(layout.ident)
+    if hit is not None and hit[0] == layout.ranks:
+        return [list(isl) for isl in hit[1]]
     islands: dict[tuple, list[int]] = {}
     for r in layout.ranks:
         chips = tuple(sorted(v for v, _ in _attachment(fabric, r)))
         if not chips:
             raise InfeasibleError(f"NVLS needs NVLink switch chips: GPU {fabric.topology.gpus[r]!r} has none")
         islands.setdefault(chips, []).append(r)
+    memo[layout.ident] = (list(layout.ranks), [list(isl) for isl in islands.values()])
     return list(islands.values())
 
 
