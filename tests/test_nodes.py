@@ -27,8 +27,10 @@ def test_switch_distances_are_breadth_first_hops_through_switches_only(fabric):
     names = fabric.links.nodes
     switches = [names[i] for i in np.flatnonzero(kinds == "switch")]
     graph = fabric.topology.graph.subgraph(switches)
-    for start in np.flatnonzero(kinds == "switch")[::7].tolist():
-        order, dist = switch_distances(fabric, start)
+    starts = np.flatnonzero(kinds == "switch")[::7].tolist()
+    order, rows = switch_distances(fabric, starts)
+    assert rows.shape == (len(starts), order.shape[0])
+    for start, dist in zip(starts, rows):
         hops = nx.single_source_shortest_path_length(graph, names[start])
         assert np.array_equal(order, np.flatnonzero(kinds == "switch"))
         assert {names[s]: int(d) for s, d in zip(order.tolist(), dist.tolist()) if d >= 0} == hops

@@ -50,23 +50,26 @@ def _switch_graph(fabric) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return hit
 
 
-def switch_distances(fabric, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """(network switch node indices ascending, hops from switch ``start`` to each through network switches
-    only, -1 where unreachable): one breadth-first search per start switch and router, level by level
-    over the switch graph's arrays."""
+def switch_distances(fabric, starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(network switch node indices ascending, hops from each switch of ``starts`` (rows) to each switch
+    (columns) through network switches only, -1 where unreachable): one breadth-first search per start
+    switch and router, level by level over the switch graph's arrays."""
     switches, col, ptr, cols = _switch_graph(fabric)
-    memo = _memo(fabric)
-    dist = memo.get(("switch-dist", start))
-    if dist is None:
-        dist = np.full(switches.shape[0], -1, dtype=np.int64)
-        front = np.array([col[start]], dtype=np.int64)
-        dist[front] = 0
-        level = 0
-        while front.size:
-            level += 1
-            nxt = cols[_ranges(ptr[front], ptr[front + 1])]
-            nxt = np.unique(nxt[dist[nxt] < 0])
-            dist[nxt] = level
-            front = nxt
-        memo[("switch-dist", start)] = dist
-    return switches, dist
+    memo = _memo(fabric).setdefault("switch-dist", {})
+    rows = []
+    for start in starts:
+        dist = memo.get(start)
+        if dist is None:
+            dist = np.full(switches.shape[0], -1, dtype=np.int64)
+            front = np.array([col[start]], dtype=np.int64)
+            dist[front] = 0
+            level = 0
+            while front.size:
+                level += 1
+                nxt = cols[_ranges(ptr[front], ptr[front + 1])]
+                nxt = np.unique(nxt[dist[nxt] < 0])
+                dist[nxt] = level
+                front = nxt
+            memo[start] = dist
+        rows.append(dist)
+    return switches, np.stack(rows) if rows else np.zeros((0, switches.shape[0]), dtype=np.int64)

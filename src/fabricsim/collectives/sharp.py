@@ -29,13 +29,18 @@ __all__ = ["aggregation_switch", "aggregation_tree", "sharp_allreduce", "sharp_c
 
 
 def _first_switch(fabric, rank: int) -> int:
-    """The network switch behind a GPU's NIC (its leaf)."""
+    """The network switch behind a GPU's NIC (its leaf; kept per router)."""
+    memo = fabric.router.memo.setdefault("sharp-leaf", {})
+    leaf = memo.get(rank)
+    if leaf is not None:
+        return leaf
     kinds = node_kinds(fabric)
     gpu = int(fabric.gpu_index[rank])
     for nic in fabric.router.successors(gpu):
         if kinds[nic] == "nic":
             for sw in fabric.router.successors(nic):
                 if kinds[sw] == "switch":
+                    memo[rank] = sw
                     return sw
     raise InfeasibleError(f"SHARP needs a NIC and a network switch behind GPU {fabric.topology.gpus[rank]!r}")
 
@@ -43,9 +48,7 @@ def _first_switch(fabric, rank: int) -> int:
 def aggregation_switch(fabric, ranks: list[int], salt: int = 0) -> int:
     """The switch nearest (in the worst case) to the leaves of all ``ranks``; ties broken by a stable hash
     over the tied switches in node order. Hops count through network switches only (``switch_distances``)."""
-    leaves = sorted({_first_switch(fabric, r) for r in ranks})
-    switches = switch_distances(fabric, leaves[0])[0]
-    dist = np.stack([switch_distances(fabric, leaf)[1] for leaf in leaves])
+    switches, dist = switch_distances(fabric, sorted({_first_switch(fabric, r) for r in ranks}))
     common = (dist >= 0).all(axis=0)
     if not common.any():
         raise InfeasibleError("SHARP needs one switch reachable from every island's NIC")
