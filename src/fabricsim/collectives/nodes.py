@@ -56,11 +56,13 @@ def switch_distances(fabric, starts: list[int]) -> tuple[np.ndarray, np.ndarray]
     switch and router, level by level over the switch graph's arrays."""
     switches, col, ptr, cols = _switch_graph(fabric)
     memo = _memo(fabric).setdefault("switch-dist", {})
+    # hops never exceed the switch count; kept for every leaf, so in the narrowest type that holds them
+    hop_type = np.int16 if switches.shape[0] < 2**15 else np.int32
     rows = []
     for start in starts:
         dist = memo.get(start)
         if dist is None:
-            dist = np.full(switches.shape[0], -1, dtype=np.int64)
+            dist = np.full(switches.shape[0], -1, dtype=hop_type)
             front = np.array([col[start]], dtype=np.int64)
             dist[front] = 0
             level = 0
@@ -72,4 +74,4 @@ def switch_distances(fabric, starts: list[int]) -> tuple[np.ndarray, np.ndarray]
                 front = nxt
             memo[start] = dist
         rows.append(dist)
-    return switches, np.stack(rows) if rows else np.zeros((0, switches.shape[0]), dtype=np.int64)
+    return switches, np.stack(rows) if rows else np.zeros((0, switches.shape[0]), dtype=hop_type)
