@@ -288,18 +288,18 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     capacity = fabric.usable_capacity(fabric.links, calibration.link_efficiency)
     candidates = []
     for rank, proto in enumerate(ranked):
-        with _paused_gc():  # thousands of small steps and closures: no full collections over the fabric
-            sched = make(proto)
-            sched.steps = list(sched.steps)  # iterated by the bound, then by the simulation
-        bound = _lower_bound(fabric, sched, drains, capacity) if len(ranked) > 1 else 0.0
-        candidates.append((bound, rank, proto, sched))
+        # schedules are built again to be simulated: holding every candidate's steps costs ~1 KB a step;
+        # thousands of small steps and closures: no full collections over the fabric while they are made
+        with _paused_gc():
+            bound = _lower_bound(fabric, make(proto), drains, capacity) if len(ranked) > 1 else 0.0
+        candidates.append((bound, rank, proto))
     best, best_rank, best_time, best_steps = None, len(ranked), float("inf"), 0
-    for bound, rank, proto, sched in sorted(candidates, key=lambda c: c[:2]):
+    for bound, rank, proto in sorted(candidates, key=lambda c: c[:2]):
         # it cannot beat the best, nor tie it ranked earlier (the slack absorbs the bound's float rounding,
         # which can put a tight bound a few ulps above the simulated time)
         if (bound * (1 - _BOUND_RTOL), rank) > (best_time, best_rank):
             break
-        t, steps = _time_alone(fabric, sched, calibration)
+        t, steps = _time_alone(fabric, make(proto), calibration)
         if (t, rank) < (best_time, best_rank):
             best, best_rank, best_time, best_steps = proto, rank, t, steps
     if memo is not None:
