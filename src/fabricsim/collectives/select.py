@@ -563,12 +563,11 @@ class AllreduceRunner:
         key = (tuple(tuple(g) for g in groups), int(nbytes), algorithm)
         if key not in self._concurrent and len(groups) == 1:
             self._concurrent[key] = self._alone(int(nbytes), groups[0], algorithm, None)
-        if key not in self._concurrent:
-            sim = self.simulation(record=None)
-            procs = [allreduce(sim, int(nbytes), ranks=g, algorithm=algorithm, protocol=self.protocol,
-                               calibration=self.calibration, memo=self.memo) for g in groups]
-            sim.run()
-            self._concurrent[key] = max((p.value for p in procs), key=lambda r: r.time)
+        if key not in self._concurrent:  # simulated in independent blocks (runner.py, simulator/blocks.py)
+            from fabricsim.collectives.runner import concurrent_allreduce
+
+            self._concurrent[key] = max(concurrent_allreduce(self, int(nbytes), groups, algorithm),
+                                        key=lambda r: r.time)
         return self._concurrent[key]
 
     def _alone(self, nbytes: int, ranks, algorithm: str, channels: int | None) -> CollectiveResult:
