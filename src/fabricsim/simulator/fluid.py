@@ -47,6 +47,9 @@ _FINISH_RTOL = 1e-9
 _CHECK_RTOL = 1e-9
 _EMPTY_I = np.zeros(0, dtype=np.int64)
 _FLOAT_MAX = np.finfo(float).max
+# An event whose starting flows are at least this share of the draining ones re-solves every draining
+# flow (a round whose flows all start together); ``inf``: never (the tests compare both ways).
+_ALL_AT_ONCE = 0.5
 # (attribute, dtype, value of an unused slot): unused slots never finish, never start and weigh nothing.
 # _when is a flow's next change: its drain start while in flight, its projected finish while draining.
 # _in_s and _pos are scratch (membership of the set being solved, positions for `_distinct`).
@@ -180,7 +183,7 @@ class FluidNetwork:
         if n <= 0:
             return
         dead = self._ns - self._n_alive
-        if dead > 4096 and 2 * dead > self._n_alive:  # dead entries slow every look-up on their links
+        if dead > 1024 and 4 * dead > self._n_alive:  # dead entries slow every look-up on their links
             self._compact()
         path_ptr = np.asarray(path_ptr, dtype=np.int64)
         m = int(path_ptr[-1] - path_ptr[0])
@@ -352,14 +355,14 @@ class FluidNetwork:
         (feasible, and every flow has a bottleneck), so this equals a full re-solve up to float rounding.
         When no flow outside S crosses S's links, S's own solve is the answer and the check is skipped;
         S then holds every draining flow, or a closed part of them. When ``n_starting`` flows that just
-        started draining are at least half of all draining flows, S is taken to be every draining flow at
+        started draining are at least half (``_ALL_AT_ONCE``) of all draining flows, S is every draining flow at
         once (no look-up of which flows the seed links reach: a pipelined round whose flows all start
         together).
         """
         self.solves += 1
         seeds = _distinct(np.asarray(seed_links, dtype=np.int64), self._link_pos)
         pos_of = self._link_pos
-        if not self.incremental or (n_starting and 2 * n_starting >= self._n_draining):
+        if not self.incremental or (n_starting and n_starting >= _ALL_AT_ONCE * self._n_draining):
             flows = np.flatnonzero(self._draining[:self._ns])
             self._bring_to_now(flows)
             f_links = self._links_of(flows)
@@ -368,8 +371,7 @@ class FluidNetwork:
             el, ef = self._solve_set(flows, links, self.capacity[links].copy(), f_links)
             self.solved_flows += flows.size
             self._finish_set(flows)
-            self._set_loads(links, self._loads(flows, el, ef, links.size))
-            self._set_idle(seeds, links)
+            self._set_loads(*self._with_idle(seeds, links, self._loads(flows, el, ef, links.size)))
             self._update_next()
             return
         in_s = self._in_s
@@ -431,8 +433,7 @@ class FluidNetwork:
         in_s[flows] = False
         self.solved_flows += flows.size
         self._finish_set(flows)
-        self._set_loads(links, load)
-        self._set_idle(seeds, links)
+        self._set_loads(*self._with_idle(seeds, links, load))
         self._update_next()
 
     def _solve_set(self, flows: np.ndarray, links: np.ndarray, capacity: np.ndarray,
@@ -475,8 +476,9 @@ class FluidNetwork:
             changed = old != load
             self.on_rates(self.now, links[changed], load[changed])
 
-    def _set_idle(self, seeds: np.ndarray, links: np.ndarray) -> None:
-        """Seed links that are not among the re-solved ``links`` carry no draining flow now: load 0.
+    def _with_idle(self, seeds: np.ndarray, links: np.ndarray, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``links`` and their ``load``, plus the seed links that are not among them: those carry no
+        draining flow now (load 0).
 
         (Many flows finishing alone on their links, as a round's NVLink hops do, leave many such
         seeds; keeping them out of the solve keeps its link set to the links still in use.)"""
@@ -484,8 +486,9 @@ class FluidNetwork:
         mark[links] = True
         idle = seeds[~mark[seeds]]
         mark[links] = False
-        if idle.size:
-            self._set_loads(idle, np.zeros(idle.size))
+        if idle.shape[0] == 0:
+            return links, load
+        return np.concatenate((links, idle)), np.concatenate((load, np.zeros(idle.shape[0])))
 
     def _close_busy(self, links: np.ndarray) -> None:
         if links.size:

@@ -80,14 +80,17 @@ def progressive_filling(ef: np.ndarray, el: np.ndarray, cap_left: np.ndarray, n_
     entry crosses are allowed and ignored. Flows with no entry keep rate ``inf`` and bottleneck -1.
     """
     n_links = cap_left.shape[0]
-    rate = np.full(n_flows, np.inf)
-    limit = np.full(n_flows, -1, dtype=np.int64)
+    rate = np.empty(n_flows)
+    rate.fill(np.inf)
+    limit = np.empty(n_flows, dtype=np.int64)
+    limit.fill(-1)
     done = np.zeros(n_flows, dtype=bool)  # frozen so far (only unfrozen flows' entries are left)
     share, link_min, flow_min = np.empty(n_links), np.empty(n_links), np.empty(n_flows)
     while ef.size:
         count = np.bincount(el, weights=ew, minlength=n_links)
-        share.fill(np.inf)
-        np.divide(np.maximum(cap_left, 0.0), count, out=share, where=count > 0)
+        # a link that no entry left crosses gets inf or nan here, and is never read (only through el)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.divide(np.maximum(cap_left, 0.0), count, out=share)
         flow_min.fill(np.inf)
         np.minimum.at(flow_min, ef, share[el])
         link_min.fill(np.inf)
