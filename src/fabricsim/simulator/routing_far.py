@@ -178,6 +178,18 @@ def _tables(router) -> _Tables:
     return t
 
 
+def bandwidth_shares(k: np.ndarray, links: np.ndarray, bandwidth: np.ndarray) -> np.ndarray:
+    """Each of ``links`` (in groups of ``k[i]`` consecutive first hops of one pair) as its share of its
+    group's bandwidth, ``w / w.sum()`` as ``Router._first_hops`` computes it (rule 3; one hop: 1.0)."""
+    share = np.ones(links.shape[0])
+    starts = np.cumsum(k) - k
+    for kk in np.unique(k[k > 1]).tolist():
+        pos = _ranges(starts[k == kk], starts[k == kk] + kk).reshape(-1, kk)
+        w = bandwidth[links[pos]]
+        share[pos] = w / w.sum(axis=1, keepdims=True)
+    return share
+
+
 _NONE: frozenset = frozenset()
 
 
@@ -264,14 +276,8 @@ def _plans(router, s: np.ndarray, d: np.ndarray):
     ok &= (best < big) & (best + 1 == length)
     first = ok[own_x1] & (h == length[own_x1] - 1)
     own_f, link_f = own_x1[first], x1_link[first]
-    # shares by bandwidth, as _first_hops: w / w.sum() per pair (one hop: 1.0)
     k = np.bincount(own_f, minlength=n_pairs)
-    share = np.ones(own_f.shape[0])
-    starts = np.cumsum(k) - k
-    for kk in np.unique(k[k > 1]).tolist():
-        pos = _ranges(starts[k == kk], starts[k == kk] + kk).reshape(-1, kk)
-        w = t.bandwidth[link_f[pos]]
-        share[pos] = w / w.sum(axis=1, keepdims=True)
+    share = bandwidth_shares(k, link_f, t.bandwidth)
     return ok, length, y2_id, mids, m_of, k, link_f, t.dst[link_f], share
 
 
