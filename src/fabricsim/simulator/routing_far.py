@@ -199,7 +199,7 @@ def _levels(router, dist: dict) -> dict:
     cache = router.__dict__.setdefault("_far_levels", {})
     hit = cache.get(id(dist))
     if hit is None:
-        if len(cache) >= 20_000:
+        if len(cache) >= 4_000:  # ~35 KB each in a three-tier fat tree of 64-port switches
             cache.clear()
         groups: dict = {}
         for v, h in dist.items():
