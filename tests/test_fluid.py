@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
+from fabricsim.simulator import fluid
 from fabricsim.simulator.fluid import FluidNetwork
 from fabricsim.simulator.sharing import max_min_rates
 
@@ -86,9 +87,20 @@ def draining_oracle(net):
     return flows, max_min_rates(ef, el.astype(np.int64), net.capacity, flows.size, weight=net._weight[flows])
 
 
-@settings(max_examples=150, deadline=None)
-@given(workloads())
-def test_incremental_solver_matches_full_solver(workload):
+@pytest.fixture(params=[0.5, np.inf], ids=["all-at-once", "always-incremental"])
+def all_at_once(request, monkeypatch):
+    """Events whose starting flows are at least this share of the draining ones re-solve every draining
+    flow; ``inf`` keeps every event on the incremental path (both must give the full solver's answer)."""
+    monkeypatch.setattr(fluid, "_ALL_AT_ONCE", request.param)
+    return request.param
+
+
+ONE_SETTING = [HealthCheck.function_scoped_fixture]  # all_at_once is the same for every example
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=ONE_SETTING)
+@given(workload=workloads())
+def test_incremental_solver_matches_full_solver(workload, all_at_once):
     caps, batches = workload
     fast_finish, fast_snaps, _ = run(caps, batches)
     full_finish, full_snaps, _ = run(caps, batches, incremental=False)
@@ -106,9 +118,9 @@ def test_incremental_solver_matches_full_solver(workload):
             assert ra[k] == pytest.approx(rb[k], rel=1e-9)
 
 
-@settings(max_examples=100, deadline=None)
-@given(workloads(), st.lists(st.sampled_from([None, "index", "compact"]), max_size=40))
-def test_incremental_solver_matches_full_solver_whatever_the_index_holds(workload, maintenance):
+@settings(max_examples=60, deadline=None, suppress_health_check=ONE_SETTING)
+@given(workload=workloads(), maintenance=st.lists(st.sampled_from([None, "index", "compact"]), max_size=40))
+def test_incremental_solver_matches_full_solver_whatever_the_index_holds(workload, maintenance, all_at_once):
     """The link index (sorted part and unsorted tail) and compaction change no answer."""
     caps, batches = workload
     fast_finish, _, _ = run(caps, batches, maintenance)
@@ -136,9 +148,9 @@ def test_a_closed_set_is_solved_alone_and_an_open_one_reaches_its_neighbours():
     assert net.rates()[3] == pytest.approx(8.0)  # link 2 carries flow 2 (2 B/s) too
 
 
-@settings(max_examples=60, deadline=None)
-@given(workloads())
-def test_incremental_rates_are_max_min_fair_after_every_event(workload):
+@settings(max_examples=40, deadline=None, suppress_health_check=ONE_SETTING)
+@given(workload=workloads())
+def test_incremental_rates_are_max_min_fair_after_every_event(workload, all_at_once):
     caps, batches = workload
     net = FluidNetwork(caps)
     tag = 0
@@ -196,3 +208,27 @@ def test_busy_time_counts_only_loaded_spans():
         net.step()
     assert net.now == pytest.approx(1.5)
     assert net.busy.tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_links_left_idle_by_an_event_are_unloaded_and_stop_counting_busy_time():
+    """Flows alone on their links finishing together with one that shares a link: the re-solve covers
+    the shared link's flows only, and every link the finished flows leave idle reads load 0."""
+    loads = {}
+
+    def on_rates(t, links, load):
+        loads.update(zip(links.tolist(), load.tolist()))
+
+    net = FluidNetwork(np.array([1.0, 1.0, 1.0, 2.0]), on_rates=on_rates)
+    # flows 0, 1: alone on links 0 and 1; flow 2 (link 2 and 3) and flow 3 (link 3) share link 3
+    net.add(np.array([1.0, 1.0, 1.0, 4.0]), np.zeros(4), np.array([0, 1, 2, 4, 5]), np.array([0, 1, 2, 3, 3]),
+            np.arange(4))
+    net.step()
+    assert net.rates() == pytest.approx({0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0})
+    done, t = net.step()  # flows 0, 1, 2 finish at t = 1; flow 3 speeds up to link 3's capacity
+    assert sorted(done.tolist()) == [0, 1, 2] and t == pytest.approx(1.0)
+    assert net.rates() == pytest.approx({3: 2.0})
+    assert loads == pytest.approx({0: 0.0, 1: 0.0, 2: 0.0, 3: 2.0})
+    while net.active:
+        net.step()
+    assert net.now == pytest.approx(2.5)
+    assert net.busy.tolist() == pytest.approx([1.0, 1.0, 1.0, 2.5])

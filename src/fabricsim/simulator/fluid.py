@@ -46,6 +46,10 @@ _FINISH_RTOL = 1e-9
 # Tolerance of the incremental solver's optimality check ("this link is full", "no flow is faster").
 _CHECK_RTOL = 1e-9
 _EMPTY_I = np.zeros(0, dtype=np.int64)
+_FLOAT_MAX = np.finfo(float).max
+# An event whose starting flows are at least this share of the draining ones re-solves every draining
+# flow (a round whose flows all start together); ``inf``: never (the tests compare both ways).
+_ALL_AT_ONCE = 0.5
 # (attribute, dtype, value of an unused slot): unused slots never finish, never start and weigh nothing.
 # _when is a flow's next change: its drain start while in flight, its projected finish while draining.
 # _in_s and _pos are scratch (membership of the set being solved, positions for `_distinct`).
@@ -79,13 +83,16 @@ def _distinct(values: np.ndarray, scratch: np.ndarray) -> np.ndarray:
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(starts[i], ends[i])`` for every i, vectorised."""
+    """Concatenation of ``arange(starts[i], ends[i])`` for every i, vectorised (a handful of numpy
+    calls, in their cheapest forms: most calls are on a few dozen ranges)."""
     lengths = ends - starts
-    total = int(lengths.sum())
+    if lengths.shape[0] == 0:
+        return _EMPTY_I
+    cum = np.add.accumulate(lengths)
+    total = cum.item(-1)
     if total == 0:
         return _EMPTY_I
-    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-    return offsets + _arange(total)
+    return (ends - cum).repeat(lengths) + _arange(total)
 
 
 class FluidNetwork:
@@ -136,8 +143,10 @@ class FluidNetwork:
         self._ne = 0  # entries in use
         self._idx_order = np.zeros(0, dtype=np.int64)  # entries [0, _n_indexed) sorted by link
         self._idx_ptr = np.zeros(self.n_links + 1, dtype=np.int64)
+        self._idx_end = self._idx_ptr[1:]
         self._n_indexed = 0
         self._t_next = np.inf  # earliest _when of a live flow (kept up to date by every change)
+        self._n_draining = 0
 
     def _grow(self, slots: int, entries: int) -> None:
         for fields, used, need in ((_SLOTS, self._ns, slots), (_ENTRIES, self._ne, entries)):
@@ -174,7 +183,7 @@ class FluidNetwork:
         if n <= 0:
             return
         dead = self._ns - self._n_alive
-        if dead > 4096 and 2 * dead > self._n_alive:  # dead entries slow every look-up on their links
+        if dead > 1024 and 4 * dead > self._n_alive:  # dead entries slow every look-up on their links
             self._compact()
         path_ptr = np.asarray(path_ptr, dtype=np.int64)
         m = int(path_ptr[-1] - path_ptr[0])
@@ -220,7 +229,7 @@ class FluidNetwork:
         if self._n_alive == 0 or self._t_next > t * (1 + _FINISH_RTOL + self.finish_rtol):
             return _EMPTY_I, t
         # candidates first (a superset: t_upd, drain_at >= 0), then each flow's own tolerance
-        due = np.flatnonzero(self._when[:self._ns] <= t * (1 + _FINISH_RTOL + self.finish_rtol))
+        due = (self._when[:self._ns] <= t * (1 + _FINISH_RTOL + self.finish_rtol)).nonzero()[0]
         draining = self._draining[due]
         finished = due[draining]
         if finished.size:
@@ -233,6 +242,7 @@ class FluidNetwork:
             starting = starting[self._when[starting] <= t]
         if starting.size:
             self._draining[starting] = True
+            self._n_draining += starting.size
             self._t_upd[starting] = t
             self._when[starting] = np.inf  # until the re-solve below gives them a rate
             # zero-byte flows whose drain starts now finish at once, like any flow already due
@@ -246,7 +256,7 @@ class FluidNetwork:
         seeds = self._links_of(np.concatenate([finished, starting]) if starting.size else finished)
         if finished.size:
             self._retire(finished)
-        self._resolve(seeds)
+        self._resolve(seeds, starting.size)
         return done_tags, t
 
     def step(self) -> tuple[np.ndarray, float]:
@@ -305,6 +315,7 @@ class FluidNetwork:
         """Flows leave the network (finished, or evicted to be re-added elsewhere); slots stay until
         compaction (a dead slot is never draining, so no solve reads its rate or bytes)."""
         self._alive[flows] = False
+        self._n_draining -= int(np.count_nonzero(self._draining[flows]))
         self._draining[flows] = False
         self._when[flows] = np.inf
         self._rate[flows] = 0.0
@@ -316,9 +327,9 @@ class FluidNetwork:
     def _links_of(self, flows: np.ndarray) -> np.ndarray:
         return self._e_link[_ranges(self._f_start[flows], self._f_end[flows])]
 
-    def _entries_on(self, links: np.ndarray) -> np.ndarray:
-        """Entries of draining flows on ``links`` (distinct link ids)."""
-        entries = self._idx_order[_ranges(self._idx_ptr[links], self._idx_ptr[links + 1])]
+    def _entries_on(self, links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Entries of draining flows on ``links`` (distinct link ids), and their flows."""
+        entries = self._idx_order[_ranges(self._idx_ptr[links], self._idx_end[links])]
         if self._ne > self._n_indexed:
             mark = self._link_mark
             mark[links] = True
@@ -326,13 +337,15 @@ class FluidNetwork:
             mark[links] = False
             if on.size:
                 entries = np.concatenate([entries, on + self._n_indexed])
-        return entries[self._draining[self._e_flow[entries]]]
+        e_flow = self._e_flow[entries]
+        on = self._draining[e_flow]
+        return entries[on], e_flow[on]
 
     def _bring_to_now(self, flows: np.ndarray) -> None:
         self._rem[flows] -= self._rate[flows] * (self.now - self._t_upd[flows])
         self._t_upd[flows] = self.now
 
-    def _resolve(self, seed_links: np.ndarray) -> None:
+    def _resolve(self, seed_links: np.ndarray, n_starting: int = 0) -> None:
         """New max-min rates after flows on ``seed_links`` finished or started draining.
 
         Incremental: re-solve a set S of flows (at first those on the seed links) in the capacity the
@@ -340,28 +353,29 @@ class FluidNetwork:
         still have a bottleneck, a full link on which no flow gets more. Flows that fail join S and the
         solve repeats; flows elsewhere are untouched. The fixed point is the unique max-min allocation
         (feasible, and every flow has a bottleneck), so this equals a full re-solve up to float rounding.
-        When no flow outside S crosses S's links, S's own solve is the answer and the check is skipped.
+        When no flow outside S crosses S's links, S's own solve is the answer and the check is skipped;
+        S then holds every draining flow, or a closed part of them. When ``n_starting`` flows that just
+        started draining are at least half (``_ALL_AT_ONCE``) of all draining flows, S is every draining flow at
+        once (no look-up of which flows the seed links reach: a pipelined round whose flows all start
+        together).
         """
         self.solves += 1
         seeds = _distinct(np.asarray(seed_links, dtype=np.int64), self._link_pos)
         pos_of = self._link_pos
-        if not self.incremental:
-            flows = np.flatnonzero(self._draining)
+        if not self.incremental or (n_starting and n_starting >= _ALL_AT_ONCE * self._n_draining):
+            flows = np.flatnonzero(self._draining[:self._ns])
             self._bring_to_now(flows)
-            links = _distinct(np.concatenate([seeds, self._links_of(flows)]), pos_of)
+            f_links = self._links_of(flows)
+            links = _distinct(f_links, pos_of)
             pos_of[links] = _arange(links.size)
-            entries = self._entries_on(links)
-            e_flow = self._e_flow[entries]
-            e_pos = pos_of[self._e_link[entries]]
-            self._solve_set(flows, links, self.capacity[links].copy())
+            el, ef = self._solve_set(flows, links, self.capacity[links].copy(), f_links)
             self.solved_flows += flows.size
             self._finish_set(flows)
-            load = np.bincount(e_pos, weights=self._rate[e_flow] * self._weight[e_flow], minlength=links.size)
-            self._set_loads(links, load)
+            self._set_loads(*self._with_idle(seeds, links, self._loads(flows, el, ef, links.size)))
             self._update_next()
             return
         in_s = self._in_s
-        flows = _distinct(self._e_flow[self._entries_on(seeds)], self._pos)
+        flows = _distinct(self._entries_on(seeds)[1], self._pos)
         if flows.size == 0:  # the seed links went idle (a flow that was alone on its links finished)
             self._set_loads(seeds, np.zeros(seeds.size))
             self._update_next()
@@ -372,18 +386,22 @@ class FluidNetwork:
             in_s[new] = True
             self._bring_to_now(new)
             f_links = self._links_of(flows)
-            links = _distinct(np.concatenate([seeds, f_links]), pos_of)
+            links = _distinct(f_links, pos_of)  # every seed link still loaded is one of them
             n_links = links.size
             pos_of[links] = _arange(n_links)
-            entries = self._entries_on(links)
-            e_flow = self._e_flow[entries]
-            e_pos = pos_of[self._e_link[entries]]
-            outside = ~in_s[e_flow]
             cap = self.capacity[links]
-            if not outside.any():  # S is closed: its solve is exact, nothing else to check
-                self._solve_set(flows, links, cap.copy(), f_links)
-                load = np.bincount(e_pos, weights=rate[e_flow] * weight[e_flow], minlength=n_links)
+            if flows.size == self._n_draining:  # S holds every draining flow: closed, no look-up needed
+                el, ef = self._solve_set(flows, links, cap.copy(), f_links)
+                load = self._loads(flows, el, ef, n_links)
                 break
+            entries, e_flow = self._entries_on(links)
+            e_pos = pos_of[self._e_link[entries]]
+            inside = in_s[e_flow]
+            if np.count_nonzero(inside) == inside.shape[0]:  # S is closed: its solve is exact, nothing else to check
+                el, ef = self._solve_set(flows, links, cap.copy(), f_links)
+                load = self._loads(flows, el, ef, n_links)
+                break
+            outside = ~inside
             e_out = e_flow[outside]
             p_out = e_pos[outside]
             other = np.bincount(p_out, weights=rate[e_out] * weight[e_out], minlength=n_links)
@@ -415,24 +433,30 @@ class FluidNetwork:
         in_s[flows] = False
         self.solved_flows += flows.size
         self._finish_set(flows)
-        self._set_loads(links, load)
+        self._set_loads(*self._with_idle(seeds, links, load))
         self._update_next()
 
     def _solve_set(self, flows: np.ndarray, links: np.ndarray, capacity: np.ndarray,
-                   f_links: np.ndarray | None = None) -> None:
+                   f_links: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Max-min rates of ``flows`` over ``links`` (numbered by ``_link_pos``) with the given
-        capacities (a fresh array, consumed); ``f_links`` is ``_links_of(flows)`` if known."""
+        capacities (a fresh array, consumed); ``f_links`` is ``_links_of(flows)`` if known. Returns the
+        entries of ``flows`` as (local link number, index into ``flows``) for ``_loads``."""
         if flows.size == 0:
-            return
+            return _EMPTY_I, _EMPTY_I
         counts = self._f_end[flows] - self._f_start[flows]
         ef = np.repeat(_arange(flows.size), counts)
         el = self._link_pos[self._links_of(flows) if f_links is None else f_links]
         w = self._weight[flows]
         r, limit = progressive_filling(ef, el, capacity, flows.size, w[ef])
         # a flow with no links (never happens for real routes) drains instantly
-        r[r == np.inf] = np.finfo(float).max
+        np.minimum(r, _FLOAT_MAX, out=r)
         self._rate[flows] = r
         self._bneck[flows] = np.where(limit >= 0, links[limit], -1)
+        return el, ef
+
+    def _loads(self, flows: np.ndarray, el: np.ndarray, ef: np.ndarray, n_links: int) -> np.ndarray:
+        """Load of each local link from ``flows`` alone, given their entries (from ``_solve_set``)."""
+        return np.bincount(el, weights=(self._rate[flows] * self._weight[flows])[ef], minlength=n_links)
 
     def _finish_set(self, flows: np.ndarray) -> None:
         r = self._rate[flows]
@@ -444,13 +468,27 @@ class FluidNetwork:
         old = self._load[links]
         was, now_on = old > 0, load > 0
         flip = was != now_on
-        if flip.any():
+        if np.count_nonzero(flip):
             self._close_busy(links[flip & was])
             self._busy_since[links[flip & now_on]] = self.now
         self._load[links] = load
         if self.on_rates is not None:
             changed = old != load
             self.on_rates(self.now, links[changed], load[changed])
+
+    def _with_idle(self, seeds: np.ndarray, links: np.ndarray, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``links`` and their ``load``, plus the seed links that are not among them: those carry no
+        draining flow now (load 0).
+
+        (Many flows finishing alone on their links, as a round's NVLink hops do, leave many such
+        seeds; keeping them out of the solve keeps its link set to the links still in use.)"""
+        mark = self._link_mark
+        mark[links] = True
+        idle = seeds[~mark[seeds]]
+        mark[links] = False
+        if idle.shape[0] == 0:
+            return links, load
+        return np.concatenate((links, idle)), np.concatenate((load, np.zeros(idle.shape[0])))
 
     def _close_busy(self, links: np.ndarray) -> None:
         if links.size:
@@ -463,6 +501,7 @@ class FluidNetwork:
         self._idx_order = np.argsort(links, kind="stable")
         self._idx_ptr = np.zeros(self.n_links + 1, dtype=np.int64)
         np.cumsum(np.bincount(links, minlength=self.n_links), out=self._idx_ptr[1:])
+        self._idx_end = self._idx_ptr[1:]
         self._n_indexed = self._ne
 
     def _compact(self) -> None:

@@ -80,23 +80,30 @@ def progressive_filling(ef: np.ndarray, el: np.ndarray, cap_left: np.ndarray, n_
     entry crosses are allowed and ignored. Flows with no entry keep rate ``inf`` and bottleneck -1.
     """
     n_links = cap_left.shape[0]
-    rate = np.full(n_flows, np.inf)
-    limit = np.full(n_flows, -1, dtype=np.int64)
+    rate = np.empty(n_flows)
+    rate.fill(np.inf)
+    limit = np.empty(n_flows, dtype=np.int64)
+    limit.fill(-1)
+    done = np.zeros(n_flows, dtype=bool)  # frozen so far (only unfrozen flows' entries are left)
+    share, link_min, flow_min = np.empty(n_links), np.empty(n_links), np.empty(n_flows)
     while ef.size:
         count = np.bincount(el, weights=ew, minlength=n_links)
-        share = np.divide(np.maximum(cap_left, 0.0), count, out=np.full(n_links, np.inf), where=count > 0)
-        flow_min = np.full(n_flows, np.inf)
+        # a link that no entry left crosses gets inf or nan here, and is never read (only through el)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.divide(np.maximum(cap_left, 0.0), count, out=share)
+        flow_min.fill(np.inf)
         np.minimum.at(flow_min, ef, share[el])
-        link_min = np.full(n_links, np.inf)
+        link_min.fill(np.inf)
         np.minimum.at(link_min, el, flow_min[ef])
         # bottleneck links: no flow through them has a tighter link elsewhere (every entry's link is used)
         on_bottleneck = (link_min >= share * (1 - _LEVEL_RTOL))[el]
         frozen = ef[on_bottleneck]
         limit[frozen] = el[on_bottleneck]
         rate[frozen] = flow_min[frozen]
-        done = np.zeros(n_flows, dtype=bool)
         done[frozen] = True
         hit = done[ef]
+        if np.count_nonzero(hit) == hit.shape[0]:
+            break  # every flow frozen: the capacity left is not needed
         # frozen flows keep their share of every link they cross
         cap_left -= np.bincount(el[hit], weights=ew[hit] * rate[ef[hit]], minlength=n_links)
         keep = ~hit
