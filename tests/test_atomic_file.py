@@ -61,3 +61,15 @@ def test_figure_saved_in_the_format_its_suffix_names(tmp_path, ext, magic):
     plt.close(fig)
     assert path.read_bytes().startswith(magic)
     assert os.listdir(tmp_path) == [f"f.{ext}"]
+
+
+def test_a_symlinked_path_is_replaced_in_its_own_directory(tmp_path):
+    # the temporary file sits beside the link, not beside its target (which may be on another filesystem)
+    (tmp_path / "elsewhere").mkdir()
+    real = tmp_path / "elsewhere" / "real.csv"
+    real.write_text("old")
+    link = tmp_path / "out.csv"
+    link.symlink_to(real)
+    write_whole(link, "new")
+    assert link.read_text() == "new" and not link.is_symlink()
+    assert os.listdir(tmp_path / "elsewhere") == ["real.csv"] and sorted(os.listdir(tmp_path)) == ["elsewhere", "out.csv"]

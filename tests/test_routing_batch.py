@@ -29,7 +29,38 @@ PRESETS = {
                                               switch=replace(SWITCHES["ib-ndr-switch"], ports=8)),
     "gb200-nvl72 per chip": lambda: build("gb200-nvl72", gpus=36),
     "nvl576": lambda: build("nvl576", gpus=144),
+    "deep NVLink domains with NICs": lambda: _deep_domains(),
 }
+
+
+def _deep_domains() -> Topology:
+    """Two NVLink domains whose GPUs are four NVLink hops apart (GPU, leaf chip, spine chip, leaf chip,
+    GPU) and also four hops apart through their NICs and an InfiniBand switch: pairs inside a domain must
+    still take NVLink alone, however short the way out of the domain is."""
+    G = nx.DiGraph()
+
+    def link(u, v, kind, bandwidth):
+        for a, b in ((u, v), (v, u)):
+            G.add_edge(a, b, bandwidth=bandwidth, latency=1e-7, kind=kind)
+    gpus, domains = [], []
+    G.add_node("ib", kind="switch")
+    for d in range(2):
+        G.add_node(f"spine{d}", kind="nvswitch")
+        members = []
+        for leaf in range(2):
+            G.add_node(f"chip{d}.{leaf}", kind="nvswitch")
+            link(f"chip{d}.{leaf}", f"spine{d}", "nvlink5", 2e11)
+            for i in range(2):
+                g = f"g{d}.{leaf}.{i}"
+                G.add_node(g, kind="gpu", domain=d)
+                G.add_node(f"nic-{g}", kind="nic")
+                link(g, f"chip{d}.{leaf}", "nvlink5", 1e11)
+                link(g, f"nic-{g}", "pcie", 5e10)
+                link(f"nic-{g}", "ib", "ib", 5e10)
+                members.append(g)
+        gpus += members
+        domains.append(members)
+    return Topology(G, gpus, domains, name="deep-domains").validate()
 
 
 @lru_cache(maxsize=None)

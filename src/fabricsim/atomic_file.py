@@ -29,7 +29,7 @@ def file_mode(path) -> int:
 
 def new_temporary(path) -> str:
     """Create an empty temporary file beside ``path`` (same directory, so the final rename is atomic)."""
-    target = Path(path).resolve()
+    target = Path(os.path.abspath(path))  # not resolved: the rename replaces ``path`` itself, in its directory
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     return tmp

@@ -80,6 +80,8 @@ def run_in_blocks(simulation: Callable[..., Simulation], starters: Sequence[Call
         SimulationResult (its ``time`` is when its last job ended; its group log holds its jobs' flows).
     """
     n = len(starters)
+    if not n:
+        raise ValueError("run_in_blocks needs at least one job")
     parts = _partition(blocks, n)
     runs: dict[tuple, tuple] = {}  # block -> (values, link ids, peak loads, capacities, result)
     while True:

@@ -377,6 +377,10 @@ class Router:
             if new.size:
                 rid_u[new] = self._route_near(ucode[new] // n_nodes, ucode[new] % n_nodes)
                 far = new[rid_u[new] == -2]
+                fs, fd = ucode[far] // n_nodes, ucode[far] % n_nodes
+                # routing_far knows routes between NVLink domains only: pairs inside one domain (route uses
+                # its NVLink links alone) are planned below
+                far = far[~((self._dom_id[fs] >= 0) & (self._dom_id[fs] == self._dom_id[fd]))]
                 if far.size:  # three or more hops apart: with array operations where routing_far covers them
                     rid_f, hashed = route_far(self, ucode[far] // n_nodes, ucode[far] % n_nodes, key[first[far]])
                     done = rid_f >= 0
