@@ -184,3 +184,44 @@ def test_a_pair_routed_under_many_keys_is_planned_once():
     plan, rids = r._pairs[a * len(r.links.nodes) + b]
     assert len(rids) == 16 and plan[0] == a and plan[1] == b
     assert len({tuple(rs.links[rs.ptr[i]:rs.ptr[i + 1]]) for i in range(16)}) > 1  # keys spread over paths
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=2, max_size=40))
+def test_array_hash_steps_are_the_scalar_ones(values):
+    from fabricsim.simulator.routing_far import mix
+
+    half = len(values) // 2
+    h, v = np.array(values[:half], dtype=np.uint64), np.array(values[half:2 * half], dtype=np.uint64)
+    assert mix(h, v).tolist() == [_mix(int(a), int(b)) for a, b in zip(h.tolist(), v.tolist())]
+
+
+@given(st.integers(1, 20).flatmap(lambda n: st.lists(st.lists(st.floats(0, 1e-3), min_size=n, max_size=n),
+                                                     min_size=1, max_size=5)))
+def test_array_path_latencies_are_the_scalar_sums(rows):
+    from fabricsim.simulator.routing import _array_sum
+    from fabricsim.simulator.routing_far import array_sums
+
+    assert array_sums(np.array(rows)).tolist() == [_array_sum(r) for r in rows]
+
+
+@pytest.mark.parametrize("name", ["gb200-nvl72-ib", "three tiers (8-port switches)", "dgx-h100-ib fat tree"])
+def test_pairs_across_domains_take_the_array_path(name, monkeypatch):
+    # the property tests above compare routing_far's routes with route()'s: make sure they reach it
+    from fabricsim.simulator import routing
+
+    covered = []
+
+    def spy(router, s, d, key, _real=routing.route_far):
+        rid, hashed = _real(router, s, d, key)
+        covered.append((len(s), int((rid >= 0).sum())))
+        return rid, hashed
+    monkeypatch.setattr(routing, "route_far", spy)
+    t = _preset(name)
+    r = Router(t)
+    g = np.array([r.node(x) for x in t.gpus])
+    rng = np.random.default_rng(1)
+    src, dst = g[rng.integers(0, len(g), 400)], g[rng.integers(0, len(g), 400)]
+    src, dst = src[src != dst], dst[src != dst]
+    key = rng.integers(0, 4, src.shape[0])
+    _same(r.route_many(src, dst, key), Router(t, r.links)._route_pairs(src, dst, key))
+    assert covered and all(n == c for n, c in covered) and sum(n for n, _ in covered) > 50

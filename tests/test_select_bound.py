@@ -6,6 +6,9 @@ fabric that was exactly the winning candidate's simulation takes that simulation
 (``select.alone_result``); it must equal what a fresh simulation of the run gives.
 """
 
+import dataclasses
+
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -171,3 +174,26 @@ def test_choice_bounds_use_the_calibrations_capacities():
     times = {name: _time_alone(sim.fabric, tree_allreduce(sim.fabric, lay, nbytes, pr), IDEAL)[0]
              for name, pr in PROTOCOLS.items()}
     assert times[chosen] == min(times.values())
+
+
+@pytest.mark.parametrize("case", [("gb200-nvl72-ib", 150), ("dgx-h100-ib", 20)])
+def test_incremental_round_loads_match_a_fresh_sum(case):
+    # a tree's rounds select subsets of one base pattern; the bound updates the previous round's loads
+    from fabricsim.collectives.select import _step_drain
+
+    fabric = _runner(*case).simulation(record=None).fabric
+    sched = tree_allreduce(fabric, GroupLayout.of(fabric, None), 2**27, PROTOCOLS["simple"])
+    sched.steps = steps = list(sched.steps)
+    assert len(steps) > 10 and all(s.base is not None for s in steps)
+    drains: dict = {}
+    _lower_bound(fabric, sched, drains)
+    for step in steps:
+        fresh: dict = {"inject": drains["inject"], "capacity": drains["capacity"], "routed": drains["routed"]}
+        assert drains[("drain", step.pattern)] == pytest.approx(_step_drain(fabric, step, fresh), rel=1e-12, abs=0)
+    # a subset listing a flow twice is summed on its own, twice
+    twice = dataclasses.replace(steps[3], traffic=lambda: np.repeat(steps[3].traffic(), 2), pattern="twice")
+    once = dataclasses.replace(steps[3], pattern="once")
+    for s in (twice, once):
+        drains["routed"].add(s.pattern)
+    assert _step_drain(fabric, twice, drains) == pytest.approx(2 * _step_drain(fabric, once, {
+        "inject": drains["inject"], "capacity": drains["capacity"], "routed": {"once"}}), rel=1e-12)

@@ -12,6 +12,7 @@ import csv
 import math
 import os
 
+from fabricsim.atomic_file import save_figure
 from fabricsim.errors import ConfigError
 
 __all__ = ["read_rows", "plot_step_time", "plot_exposed_share", "plot_scaling_efficiency", "plot_busbw_vs_size",
@@ -349,7 +350,7 @@ def _save(ax, out_dir: str, stem: str) -> list[str]:
     paths = []
     for ext in ("png", "svg"):
         path = os.path.join(out_dir, f"{stem}.{ext}")
-        fig.savefig(path, dpi=130)
+        save_figure(fig, path, dpi=130)
         paths.append(path)
     plt.close(fig)
     return paths

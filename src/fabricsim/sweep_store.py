@@ -27,6 +27,7 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Callable
 
+from fabricsim.atomic_file import write_whole
 from fabricsim.errors import ConfigError
 from fabricsim.sweep import (MESSAGE_COLUMNS, STEP_COLUMNS, Point, SweepIncomplete, SweepSpec, _fmt, add_scaling,
                              plan_points)
@@ -98,7 +99,7 @@ class SweepStore:
             if name in (JOURNAL, FAILED, PLAN) or name.endswith((".csv", ".json")) and \
                     name.split(".")[0] in ("step", "message", "busbw", "meta"):
                 os.remove(self.path(name))
-        _write_atomic(self.path(PLAN), pickle.dumps(list(specs)), binary=True)
+        write_whole(self.path(PLAN), pickle.dumps(list(specs)))
 
     def load_plan(self) -> list:
         try:
@@ -146,7 +147,7 @@ class SweepStore:
     def compact(self, points: list, records: dict) -> None:
         """Rewrite the journal in plan order (a finished sweep's journal is the same however it ran)."""
         text = "".join(json.dumps(records[p.key], separators=(",", ":")) + "\n" for p in points)
-        _write_atomic(self.path(JOURNAL), text)
+        _write_text(self.path(JOURNAL), text)
 
     # --- results ------------------------------------------------------------------------------------------
     def render(self, specs: list, points: list, records: dict) -> SweepResult:
@@ -175,21 +176,21 @@ class SweepStore:
         if any(s.faults for s in specs):
             columns.append("faults")
         res.paths = {"rows": self.path(f"{mode}.csv"), "json": self.path(f"{mode}.json")}
-        _write_atomic(res.paths["rows"], _csv(columns, res.rows))
+        _write_text(res.paths["rows"], _csv(columns, res.rows))
         if mode == "step" and any(s.curve_gpus is not None for s in specs):
             res.paths["curve"] = self.path("busbw.csv")
-            _write_atomic(res.paths["curve"], _csv(MESSAGE_COLUMNS + (["faults"] if "faults" in columns else []),
+            _write_text(res.paths["curve"], _csv(MESSAGE_COLUMNS + (["faults"] if "faults" in columns else []),
                                                    res.curve))
         # JSON files are arrays of rows (pandas.read_json loads each as a frame); what was swept is in meta.json
         meta = specs[0].meta() if len(specs) == 1 else {"scenarios": [s.meta() for s in specs]}
-        _write_atomic(res.paths["json"], json.dumps(res.rows, indent=1, default=float))
+        _write_text(res.paths["json"], json.dumps(res.rows, indent=1, default=float))
         if res.curve:
             res.paths["curve_json"] = self.path("busbw.json")
-            _write_atomic(res.paths["curve_json"], json.dumps(res.curve, indent=1, default=float))
+            _write_text(res.paths["curve_json"], json.dumps(res.curve, indent=1, default=float))
         res.paths["meta"] = self.path("meta.json")
-        _write_atomic(res.paths["meta"], json.dumps(meta, indent=1, default=float))
+        _write_text(res.paths["meta"], json.dumps(meta, indent=1, default=float))
         if res.failed:
-            _write_atomic(self.path(FAILED), json.dumps(res.failed, indent=1))
+            _write_text(self.path(FAILED), json.dumps(res.failed, indent=1))
         elif os.path.exists(self.path(FAILED)):
             os.remove(self.path(FAILED))
         return res
@@ -204,13 +205,6 @@ def _csv(columns, rows) -> str:
     return buf.getvalue()
 
 
-def _write_atomic(path: str, content, *, binary: bool = False) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
-        fh.write(content)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def run_into(spec, out_dir: str, *, jobs: int | None = None, scheduler: str | None = None,
@@ -267,3 +261,8 @@ def point_of(key: str) -> Point:
     """The Point a journal key names (``"scenario/gpus"`` or ``"scenario/gpus/curve"``)."""
     parts = key.split("/")
     return Point(int(parts[0]), int(parts[1]), len(parts) > 2)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a table or JSON document whole, with the newlines exactly as given (the CSVs carry CRLF)."""
+    write_whole(path, text, newline="")

@@ -24,12 +24,11 @@ A file may give only some keys; the others keep the shipped values. Unknown keys
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import tomllib
 from dataclasses import replace
 from pathlib import Path
 
+from fabricsim.atomic_file import write_whole
 from fabricsim.collectives.protocol import CALIBRATED, PROTOCOLS, Calibration
 from fabricsim.errors import ConfigError
 
@@ -123,12 +122,4 @@ def load(path) -> Calibration:
 
 def save(cal: Calibration, path) -> None:
     """Write ``cal`` to ``path`` whole: a temporary file beside it, renamed over it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(dumps(cal))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_whole(path, dumps(cal))

@@ -23,7 +23,7 @@ import numpy as np
 from fabricsim.collectives.base import GroupLayout, Schedule, Step, element, parallel, sequence
 from fabricsim.collectives.nvls import nvls_payload, nvls_phase, switch_islands
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
-from fabricsim.collectives.ring import ring_allreduce
+from fabricsim.collectives.ring import default_channels, ring_allreduce, ring_wire_latency
 from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError
 
@@ -91,17 +91,15 @@ def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: P
         ring_dst = ring_src[start + (pos + 1) % m_all]
         own_all = np.concatenate(owned)
         for t in range(steps):
-            live = [(k, isl) for k, isl in enumerate(islands) if len(isl) - 1 > t]
-
             def traffic(t=t):
                 on = m_all - 1 > t
                 # np.roll(owned[k], t + shift) for every live island: position i gets (i - t - shift) mod m
                 nb = nbytes * own_all[(start + (pos - t - shift) % m_all)[on]]
                 return ring_src[on], ring_dst[on], nb, np.zeros(nb.shape[0], dtype=np.int64)
 
-            def carries(live=live, t=t):
+            def carries(t=t):
                 out = []
-                for _, isl in live:
+                for isl in (isl for isl in islands if len(isl) - 1 > t):
                     m = len(isl)
                     for i in range(m):
                         seg = (i - t - shift) % m
@@ -114,9 +112,16 @@ def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: P
 
     def inter_schedule() -> Schedule:
         per_shard = []
-        for s in range(S):
-            group = [own[s] for own in owners]
-            sub = GroupLayout(group, [[r] for r in group])
+        # one group per shard, its owners (kept per router: their digests and rings serve every build)
+        memo = fabric.router.memo.setdefault("hierarchical-shards", {})
+        subs = memo.get((ident, intra))
+        if subs is None or [sub.ranks for sub in subs] != [[own[s] for own in owners] for s in range(S)]:
+            subs = memo[(ident, intra)] = [GroupLayout(group, [[r] for r in group])
+                                           for group in ([own[s] for own in owners] for s in range(S))]
+        if inter == "ring":  # every shard's ring hops routed in one batch (one rank per domain: one channel)
+            ring_wire_latency(fabric, subs, default_channels(subs[0]))
+        for s, sub in enumerate(subs):
+            group = sub.ranks
             build = ring_allreduce if inter == "ring" else tree_allreduce
             sched = build(fabric, sub, shard_bytes, inter_protocol or protocol)
             sched.view = (lambda s=s, group=group: (lambda data: _shard_view(data, group, s, S)))()

@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
+from fabricsim.collectives.nodes import node_kinds
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol, nvls_stage_bytes
 from fabricsim.errors import InfeasibleError
 
@@ -32,14 +33,41 @@ __all__ = ["switch_islands", "nvls_phase", "owned_shares", "island_phase", "nvls
 
 
 def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
-    """The NVLink switch chips a GPU is wired to, with the bandwidth of its links to each."""
-    lt = fabric.links
-    node = int(fabric.gpu_index[rank])
-    out = []
-    for v in fabric.router.successors(node, nvlink_only=True):
-        if fabric.topology.graph.nodes[lt.nodes[v]].get("kind") == "nvswitch":
-            out.append((v, float(lt.bandwidth[lt.edge_index[(node, v)]])))
-    return tuple(out)
+    """The NVLink switch chips a GPU is wired to, with the bandwidth of its links to each (kept per router)."""
+    memo = fabric.router.memo.setdefault("nvls-attachment", {})
+    hit = memo.get(rank)
+    if hit is None:
+        lt = fabric.links
+        kinds = node_kinds(fabric)
+        node = int(fabric.gpu_index[rank])
+        hit = memo[rank] = tuple((v, float(lt.bandwidth[lt.edge_index[(node, v)]]))
+                                 for v in fabric.router.successors(node, nvlink_only=True) if kinds[v] == "nvswitch")
+    return hit
+
+
+def _island_links(fabric, island: list[int]) -> tuple:
+    """Per GPU of ``island`` and chip it attaches to, in that order: (GPU node, chip node, link bandwidth,
+    the GPU's total bandwidth to its chips, link kind code), the kinds, and chips per GPU (kept per router)."""
+    memo = fabric.router.memo.setdefault("nvls-island", {})
+    key = tuple(island)
+    hit = memo.get(key)
+    if hit is None:
+        lt = fabric.links
+        node, chip, bw, total, kind, count = [], [], [], [], [], []
+        for r in island:
+            chips = _attachment(fabric, r)
+            t = sum(b for _, b in chips)
+            n = int(fabric.gpu_index[r])
+            count.append(len(chips))
+            for c, b in chips:
+                node.append(n), chip.append(c), bw.append(b), total.append(t)
+                kind.append(lt.kind[lt.edge_index[(n, c)]])
+        kinds = sorted(set(kind))
+        code = {k: i for i, k in enumerate(kinds)}
+        hit = memo[key] = (np.array(node, dtype=np.int64), np.array(chip, dtype=np.int64), np.array(bw, dtype=float),
+                           np.array(total, dtype=float), np.array([code[k] for k in kind], dtype=np.int64), kinds,
+                           np.array(count, dtype=np.int64))
+    return hit
 
 
 def nvlink_kind(fabric, rank: int) -> str:
@@ -61,13 +89,19 @@ def nvls_stage(fabric, islands: list[list[int]], nbytes: int | None = None, tree
 
 
 def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
-    """The group's ranks split by the set of switch chips they attach to, in rank order."""
+    """The group's ranks split by the set of switch chips they attach to, in rank order (kept per router
+    and group; the caller gets its own lists)."""
+    memo = fabric.router.memo.setdefault("nvls-islands", {})
+    hit = memo.get(layout.ident)
+    if hit is not None and hit[0] == layout.ranks:
+        return [list(isl) for isl in hit[1]]
     islands: dict[tuple, list[int]] = {}
     for r in layout.ranks:
         chips = tuple(sorted(v for v, _ in _attachment(fabric, r)))
         if not chips:
             raise InfeasibleError(f"NVLS needs NVLink switch chips: GPU {fabric.topology.gpus[r]!r} has none")
         islands.setdefault(chips, []).append(r)
+    memo[layout.ident] = (list(layout.ranks), [list(isl) for isl in islands.values()])
     return list(islands.values())
 
 
@@ -79,19 +113,18 @@ def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: C
     of an NVLS kernel waits for that many GPUs (its multimem loads, and its per-step flags when it only
     multicasts), so its bytes carry the fan-in cost (``protocol.NVLS_FANIN``); 0 or 1 for none. ``network``:
     the phase belongs to a multi-node kernel (NVLS tree, SHARP), at ``protocol.NVLS_NETWORK_EFFICIENCY``."""
-    src, dst, nbytes = [], [], []
-    ups, downs = np.broadcast_to(up, len(island)), np.broadcast_to(down, len(island))  # per GPU, or one for all
-    for r, up, down in zip(island, ups.tolist(), downs.tolist()):
-        chips = _attachment(fabric, r)
-        total = sum(bw for _, bw in chips)
-        node = int(fabric.gpu_index[r])
-        for chip, bw in chips:
-            kind = fabric.links.kind[fabric.links.edge_index[(node, chip)]]
-            factor = calibration.nvls_factor(kind, fanin, network) * bw / total
-            src += [node, chip]
-            dst += [chip, node]
-            nbytes += [up * factor, down * factor]
-    return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.array(nbytes), np.zeros(len(src), dtype=np.int64)
+    node, chip, bw, total, code, kinds, count = _island_links(fabric, island)
+    # per GPU and chip: the GPU's bytes times (NVLS factor of the link kind x link / GPU bandwidth)
+    f = np.array([calibration.nvls_factor(k, fanin, network) for k in kinds], dtype=float)[code]
+    factor = f * bw / total
+    ups = np.repeat(np.broadcast_to(up, len(island)), count)  # per GPU, or one for all
+    downs = np.repeat(np.broadcast_to(down, len(island)), count)
+    n = node.shape[0]
+    src, dst, nbytes = np.empty(2 * n, dtype=np.int64), np.empty(2 * n, dtype=np.int64), np.empty(2 * n)
+    src[0::2], src[1::2] = node, chip
+    dst[0::2], dst[1::2] = chip, node
+    nbytes[0::2], nbytes[1::2] = ups * factor, downs * factor
+    return src, dst, nbytes, np.zeros(2 * n, dtype=np.int64)
 
 
 def owned_shares(islands: list[list[int]], S: int) -> list[np.ndarray]:

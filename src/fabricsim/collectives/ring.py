@@ -87,6 +87,46 @@ def _shard_segments(n: int, orders: list[list[int]], ranks: list[int], shift: in
     return out
 
 
+def ring_wire_latency(fabric, layouts: list[GroupLayout], channels: int) -> list[dict]:
+    """Per group, the largest wire latency of its rings' intra-domain hops ("nvlink") and of their
+    inter-domain hops ("net"), for ``channels`` rings (``ring_orders``). Every inter-domain hop and one
+    intra-domain hop per channel (they are alike) are routed, those of all the groups in one batch; the
+    answer depends on the group, channels and routes alone, so it is kept per router (``router.memo``)
+    and the rings of a group built under every protocol (or the per-shard rings of a hierarchical
+    all-reduce, ``hierarchical.py``) route their hops once."""
+    memo = fabric.router.memo.setdefault("ring-wire", {})
+    keys = [(lay.ident, channels) for lay in layouts]
+    todo = {k: lay for k, lay in zip(keys, layouts) if k not in memo and lay.p > 1}
+    if todo:
+        src, dst, key, owner, intra_all = [], [], [], [], []
+        for j, layout in enumerate(todo.values()):
+            dom = np.zeros(max(layout.ranks) + 1, dtype=np.int64)
+            for k, d in enumerate(layout.domains):
+                dom[d] = k
+            order = np.array(ring_orders(layout, channels), dtype=np.int64)  # (C, p) ranks
+            nxt = np.roll(order, -1, axis=1)
+            intra = dom[order] == dom[nxt]
+            first_intra = np.zeros_like(intra)
+            has = intra.any(axis=1)
+            first_intra[np.flatnonzero(has), intra.argmax(axis=1)[has]] = True
+            pick = ~intra | first_intra
+            chan = np.broadcast_to(np.arange(order.shape[0])[:, None], order.shape)
+            src.append(fabric.gpu_index[order[pick]])
+            dst.append(fabric.gpu_index[nxt[pick]])
+            key.append(chan[pick])
+            intra_all.append(intra[pick])
+            owner.append(np.full(int(pick.sum()), j, dtype=np.int64))
+        rs = fabric.router.route_many(np.concatenate(src), np.concatenate(dst), np.concatenate(key))
+        owner, is_intra = np.concatenate(owner), np.concatenate(intra_all)
+        hop_lat = np.zeros(owner.shape[0])
+        np.maximum.at(hop_lat, rs.flow, rs.lat)
+        for j, k in enumerate(todo):
+            mine = owner == j
+            memo[k] = {"nvlink": float(hop_lat[mine & is_intra].max(initial=0.0)),
+                       "net": float(hop_lat[mine & ~is_intra].max(initial=0.0))}
+    return [memo.get(k, {"nvlink": 0.0, "net": 0.0}) for k in keys]
+
+
 class _RingPlan:
     """Node arrays and segment bounds shared by the ring schedules of one group."""
 
@@ -112,23 +152,7 @@ class _RingPlan:
         """Ring latency (C102) per step: hop latencies summed along the ring, spread over its steps."""
         if self.p < 2:
             return 0.0
-        # every inter-domain hop, and one intra-domain hop per channel (they are alike), routed at once
-        dom = np.zeros(max(layout.ranks) + 1, dtype=np.int64)
-        for k, d in enumerate(layout.domains):
-            dom[d] = k
-        order = np.array(self.orders, dtype=np.int64)  # (C, p) ranks
-        nxt = np.roll(order, -1, axis=1)
-        intra = dom[order] == dom[nxt]
-        first_intra = np.zeros_like(intra)
-        has = intra.any(axis=1)
-        first_intra[np.flatnonzero(has), intra.argmax(axis=1)[has]] = True
-        pick = ~intra | first_intra
-        chan = np.broadcast_to(np.arange(order.shape[0])[:, None], order.shape)
-        rs = fabric.router.route_many(fabric.gpu_index[order[pick]], fabric.gpu_index[nxt[pick]], chan[pick])
-        hop_lat = np.zeros(int(pick.sum()))
-        np.maximum.at(hop_lat, rs.flow, rs.lat)
-        is_intra = intra[pick]
-        wire = {"nvlink": float(hop_lat[is_intra].max(initial=0.0)), "net": float(hop_lat[~is_intra].max(initial=0.0))}
+        wire = ring_wire_latency(fabric, [layout], self.channels)[0]
         a = {cls: max(protocol.step_latency.get(("ring", cls), 0.0), wire[cls]) for cls in wire}
         steps = 2 * (self.p - 1)
         inter = 2 * (len(layout.domains) - 1)

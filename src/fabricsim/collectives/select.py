@@ -24,6 +24,7 @@ from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.simulator.fabric import capacity_digest
 from fabricsim.simulator.fluid import _ranges
+from fabricsim.simulator.routing import _paused_gc
 
 if TYPE_CHECKING:
     from simpy.events import Process
@@ -146,45 +147,110 @@ def _step_drain(fabric, step, drains: dict) -> float:
     ``_lower_bound``); a step that is a subset of a larger pattern routes that pattern once."""
     routed = step.pattern in drains["routed"]
     if step.base is not None:
-        base = drains.get(("base", step.base[0]))
-        if base is None:
-            b_src, b_dst, b_bytes, b_key = step.base[1]()
-            b_src = np.asarray(b_src, dtype=np.int64)
-            b_bytes = np.broadcast_to(np.asarray(b_bytes, dtype=float), b_src.shape)
-            base = drains[("base", step.base[0])] = [b_src, b_bytes, (b_dst, b_key), None]
-        b_src, b_bytes, rest, routes = base
-        idx = np.asarray(step.traffic(), dtype=np.int64)
-        src, nbytes = b_src[idx], b_bytes[idx]
-    else:
-        src, dst, nbytes, key = step.traffic()
-        src = np.asarray(src, dtype=np.int64)
-        nbytes = np.broadcast_to(np.asarray(nbytes, dtype=float), src.shape)
+        return _subset_drain(fabric, step, drains, routed)
+    src, dst, nbytes, key = step.traffic()
+    src = np.asarray(src, dtype=np.int64)
+    nbytes = np.broadcast_to(np.asarray(nbytes, dtype=float), src.shape)
     inject = drains["inject"]
     sent = np.bincount(src, weights=nbytes, minlength=len(inject))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        drain = float(np.max(np.where(sent > 0, sent / inject, 0.0), initial=0.0))
+    drain = _busiest(sent, inject)
     if not routed or not src.size:
         return drain
-    if step.base is not None:
-        if routes is None:  # the whole base routed once (the router caches it for the simulation too)
-            b_dst, b_key = rest
-            rs = fabric.router.route_many(b_src, np.asarray(b_dst, dtype=np.int64),
-                                          np.broadcast_to(np.asarray(b_key, dtype=np.int64), b_src.shape))
-            routes = base[3] = (rs, np.searchsorted(rs.flow, np.arange(len(b_src) + 1)))  # flows sorted
-        rs, first = routes
-        subs = _ranges(first[idx], first[idx + 1])
-        lens = rs.ptr[subs + 1] - rs.ptr[subs]
-        weight = np.repeat(b_bytes[rs.flow[subs]] * rs.frac[subs], lens)
-        load = np.bincount(rs.links[_ranges(rs.ptr[subs], rs.ptr[subs + 1])], weights=weight,
-                           minlength=len(drains["capacity"]))
-    else:
-        rs = fabric.router.route_many(src, np.asarray(dst, dtype=np.int64),
-                                      np.broadcast_to(np.asarray(key, dtype=np.int64), src.shape))
-        load = np.bincount(rs.links, weights=np.repeat(nbytes[rs.flow] * rs.frac, np.diff(rs.ptr)),
-                           minlength=len(drains["capacity"]))
+    rs = fabric.router.route_many(src, np.asarray(dst, dtype=np.int64),
+                                  np.broadcast_to(np.asarray(key, dtype=np.int64), src.shape))
+    load = np.bincount(rs.links, weights=np.repeat(nbytes[rs.flow] * rs.frac, np.diff(rs.ptr)),
+                       minlength=len(drains["capacity"]))
+    return max(drain, _busiest(load, drains["capacity"]))
+
+
+def _busiest(load: np.ndarray, capacity: np.ndarray, count: np.ndarray | None = None) -> float:
+    """max over loaded entries of load / capacity (0 if none); ``count``: entries with no flow are unloaded."""
+    on = load > 0 if count is None else (count > 0) & (load > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        link = float(np.max(np.where(load > 0, load / drains["capacity"], 0.0), initial=0.0))
-    return max(drain, link)
+        return float(np.max(np.where(on, load / capacity, 0.0), initial=0.0))
+
+
+class _SubsetLoads:
+    """Bytes sent per node and carried per link by a subset of a base pattern's flows, kept up to date
+    from one subset to the next by adding the flows that joined and removing those that left.
+
+    The steps of a pipeline (a tree's rounds) are subsets of one base that differ from the previous
+    round by a few levels of the tree, so each base flow is added once and removed once instead of
+    every round re-summing all of its flows. Integer counts of flows per node and per link say which are
+    loaded at all (a float sum of added and removed bytes may leave a residue where nothing flows); the
+    loads themselves may differ from a fresh sum by float rounding, far below the ``_BOUND_RTOL`` slack
+    of the bound test."""
+
+    def __init__(self, fabric, base: list, drains: dict, routed: bool):
+        self.b_src, self.b_bytes, (b_dst, b_key) = base[0], base[1], base[2]
+        self.routes = None
+        if routed:  # the whole base routed once (the router caches it for the simulation too)
+            rs = fabric.router.route_many(self.b_src, np.asarray(b_dst, dtype=np.int64),
+                                          np.broadcast_to(np.asarray(b_key, dtype=np.int64), self.b_src.shape))
+            self.routes = (rs, np.searchsorted(rs.flow, np.arange(len(self.b_src) + 1)))  # flows sorted
+        self.n_nodes, self.n_links = len(drains["inject"]), len(drains["capacity"])
+        self.member = np.zeros(len(self.b_src), dtype=bool)
+        self.sent, self.sent_n = np.zeros(self.n_nodes), np.zeros(self.n_nodes, dtype=np.int64)
+        self.load, self.load_n = np.zeros(self.n_links), np.zeros(self.n_links, dtype=np.int64)
+
+    def _sums(self, flows: np.ndarray) -> tuple:
+        src = self.b_src[flows]
+        sent = np.bincount(src, weights=self.b_bytes[flows], minlength=self.n_nodes)
+        sent_n = np.bincount(src, minlength=self.n_nodes)
+        if self.routes is None:
+            return sent, sent_n, None, None
+        rs, first = self.routes
+        subs = _ranges(first[flows], first[flows + 1])
+        lens = rs.ptr[subs + 1] - rs.ptr[subs]
+        weight = np.repeat(self.b_bytes[rs.flow[subs]] * rs.frac[subs], lens)
+        links = rs.links[_ranges(rs.ptr[subs], rs.ptr[subs + 1])]
+        return (sent, sent_n, np.bincount(links, weights=weight, minlength=self.n_links),
+                np.bincount(links, minlength=self.n_links))
+
+    def move_to(self, idx: np.ndarray) -> bool:
+        """Make the loads those of base flows ``idx`` (distinct); False if ``idx`` repeats a flow."""
+        now = np.zeros(len(self.b_src), dtype=bool)
+        now[idx] = True
+        if int(np.count_nonzero(now)) != idx.shape[0]:
+            return False
+        joined, left = np.flatnonzero(now & ~self.member), np.flatnonzero(self.member & ~now)
+        if joined.size + left.size >= idx.shape[0]:  # little in common: sum afresh
+            self.sent, self.sent_n, self.load, self.load_n = self._sums(idx)
+        else:
+            for flows, sign in ((joined, 1), (left, -1)):
+                if flows.size:
+                    sent, sent_n, load, load_n = self._sums(flows)
+                    self.sent += sign * sent
+                    self.sent_n += sign * sent_n
+                    if load is not None:
+                        self.load += sign * load
+                        self.load_n += sign * load_n
+        self.member = now
+        return True
+
+
+def _subset_drain(fabric, step, drains: dict, routed: bool) -> float:
+    """``_step_drain`` of a step that selects flows of a base pattern (``Step.base``)."""
+    base = drains.get(("base", step.base[0]))
+    if base is None:
+        b_src, b_dst, b_bytes, b_key = step.base[1]()
+        b_src = np.asarray(b_src, dtype=np.int64)
+        b_bytes = np.broadcast_to(np.asarray(b_bytes, dtype=float), b_src.shape)
+        base = drains[("base", step.base[0])] = [b_src, b_bytes, (b_dst, b_key), {}]
+    idx = np.asarray(step.traffic(), dtype=np.int64)
+    if not idx.size:
+        return 0.0
+    loads = base[3].get(routed)
+    if loads is None:
+        loads = base[3][routed] = _SubsetLoads(fabric, base, drains, routed)
+    if not loads.move_to(idx):  # a flow listed twice: sum this subset on its own
+        sent, _, load, _ = loads._sums(idx)
+        drain = _busiest(sent, drains["inject"])
+        return drain if load is None else max(drain, _busiest(load, drains["capacity"]))
+    drain = _busiest(loads.sent, drains["inject"], loads.sent_n)
+    if loads.routes is None:
+        return drain
+    return max(drain, _busiest(loads.load, drains["capacity"], loads.load_n))
 
 
 def _time_alone(fabric, schedule: Schedule, calibration: Calibration) -> tuple[float, int]:
@@ -222,17 +288,18 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     capacity = fabric.usable_capacity(fabric.links, calibration.link_efficiency)
     candidates = []
     for rank, proto in enumerate(ranked):
-        sched = make(proto)
-        sched.steps = list(sched.steps)  # iterated by the bound, then by the simulation
-        bound = _lower_bound(fabric, sched, drains, capacity) if len(ranked) > 1 else 0.0
-        candidates.append((bound, rank, proto, sched))
+        # schedules are built again to be simulated: holding every candidate's steps costs ~1 KB a step;
+        # thousands of small steps and closures: no full collections over the fabric while they are made
+        with _paused_gc():
+            bound = _lower_bound(fabric, make(proto), drains, capacity) if len(ranked) > 1 else 0.0
+        candidates.append((bound, rank, proto))
     best, best_rank, best_time, best_steps = None, len(ranked), float("inf"), 0
-    for bound, rank, proto, sched in sorted(candidates, key=lambda c: c[:2]):
+    for bound, rank, proto in sorted(candidates, key=lambda c: c[:2]):
         # it cannot beat the best, nor tie it ranked earlier (the slack absorbs the bound's float rounding,
         # which can put a tight bound a few ulps above the simulated time)
         if (bound * (1 - _BOUND_RTOL), rank) > (best_time, best_rank):
             break
-        t, steps = _time_alone(fabric, sched, calibration)
+        t, steps = _time_alone(fabric, make(proto), calibration)
         if (t, rank) < (best_time, best_rank):
             best, best_rank, best_time, best_steps = proto, rank, t, steps
     if memo is not None:
@@ -496,12 +563,11 @@ class AllreduceRunner:
         key = (tuple(tuple(g) for g in groups), int(nbytes), algorithm)
         if key not in self._concurrent and len(groups) == 1:
             self._concurrent[key] = self._alone(int(nbytes), groups[0], algorithm, None)
-        if key not in self._concurrent:
-            sim = self.simulation(record=None)
-            procs = [allreduce(sim, int(nbytes), ranks=g, algorithm=algorithm, protocol=self.protocol,
-                               calibration=self.calibration, memo=self.memo) for g in groups]
-            sim.run()
-            self._concurrent[key] = max((p.value for p in procs), key=lambda r: r.time)
+        if key not in self._concurrent:  # simulated in independent blocks (runner.py, simulator/blocks.py)
+            from fabricsim.collectives.runner import concurrent_allreduce
+
+            self._concurrent[key] = max(concurrent_allreduce(self, int(nbytes), groups, algorithm),
+                                        key=lambda r: r.time)
         return self._concurrent[key]
 
     def _alone(self, nbytes: int, ranks, algorithm: str, channels: int | None) -> CollectiveResult:

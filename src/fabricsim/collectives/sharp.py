@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
+from fabricsim.collectives.nodes import node_kinds, switch_distances
 from fabricsim.collectives.nvls import (island_phase, island_pipeline_stage, nvls_stage, owned_shares,
                                         pipeline_chunks, switch_islands)
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
@@ -27,47 +28,34 @@ from fabricsim.simulator.routing import stable_hash
 __all__ = ["aggregation_switch", "aggregation_tree", "sharp_allreduce", "sharp_capable"]
 
 
-def _kind(fabric, node: int) -> str:
-    return fabric.topology.graph.nodes[fabric.links.nodes[node]].get("kind")
-
-
 def _first_switch(fabric, rank: int) -> int:
-    """The network switch behind a GPU's NIC (its leaf)."""
+    """The network switch behind a GPU's NIC (its leaf; kept per router)."""
+    memo = fabric.router.memo.setdefault("sharp-leaf", {})
+    leaf = memo.get(rank)
+    if leaf is not None:
+        return leaf
+    kinds = node_kinds(fabric)
     gpu = int(fabric.gpu_index[rank])
     for nic in fabric.router.successors(gpu):
-        if _kind(fabric, nic) == "nic":
+        if kinds[nic] == "nic":
             for sw in fabric.router.successors(nic):
-                if _kind(fabric, sw) == "switch":
+                if kinds[sw] == "switch":
+                    memo[rank] = sw
                     return sw
     raise InfeasibleError(f"SHARP needs a NIC and a network switch behind GPU {fabric.topology.gpus[rank]!r}")
 
 
-def _switch_distances(fabric, start: int, cache: dict) -> dict:
-    """Hops from ``start`` to every network switch, through network switches only."""
-    if start not in cache:
-        dist, front = {start: 0}, [start]
-        while front:
-            nxt = []
-            for u in front:
-                for v in fabric.router.successors(u):
-                    if v not in dist and _kind(fabric, v) == "switch":
-                        dist[v] = dist[u] + 1
-                        nxt.append(v)
-            front = nxt
-        cache[start] = dist
-    return cache[start]
-
-
-def aggregation_switch(fabric, ranks: list[int], salt: int = 0, cache: dict | None = None) -> int:
-    """The switch nearest (in the worst case) to the leaves of all ``ranks``; ties broken by a stable hash."""
-    cache = {} if cache is None else cache
-    dists = [_switch_distances(fabric, leaf, cache) for leaf in {_first_switch(fabric, r) for r in ranks}]
-    common = set(dists[0]).intersection(*dists[1:])
-    if not common:
+def aggregation_switch(fabric, ranks: list[int], salt: int = 0) -> int:
+    """The switch nearest (in the worst case) to the leaves of all ``ranks``; ties broken by a stable hash
+    over the tied switches in node order. Hops count through network switches only (``switch_distances``)."""
+    switches, dist = switch_distances(fabric, sorted({_first_switch(fabric, r) for r in ranks}))
+    common = (dist >= 0).all(axis=0)
+    if not common.any():
         raise InfeasibleError("SHARP needs one switch reachable from every island's NIC")
-    radius = min(max(d[s] for d in dists) for s in common)
-    best = sorted(s for s in common if max(d[s] for d in dists) == radius)
-    return best[stable_hash(salt, len(best)) % len(best)]
+    worst = dist.max(axis=0)
+    radius = worst[common].min()
+    best = switches[common & (worst == radius)]
+    return int(best[stable_hash(salt, len(best)) % len(best)])
 
 
 def sharp_capable(fabric) -> bool:
@@ -81,13 +69,20 @@ def aggregation_tree(fabric, leaves: list[int], root: int, key: int) -> dict[int
     route up to the root (ECMP-hashed with ``key``); a path stops where it meets the tree already built."""
     lt = fabric.links
     parent: dict[int, int] = {root: -1}
-    for leaf in leaves:
+    others = np.array([leaf for leaf in leaves if leaf != root], dtype=np.int64)
+    if not others.size:
+        return parent
+    # every leaf's route at once (what ``route`` gives leaf by leaf); its first path is the one followed
+    rs = fabric.router.route_many(others, np.full(others.shape, root, dtype=np.int64),
+                                  np.full(others.shape, key, dtype=np.int64))
+    first = np.searchsorted(rs.flow, np.arange(others.shape[0]))
+    starts, stops = rs.ptr[first].tolist(), rs.ptr[first + 1].tolist()
+    src, dst = lt.src, lt.dst
+    for leaf, a, b in zip(others.tolist(), starts, stops):
         if leaf in parent:
             continue
-        route = fabric.router.route(leaf, root, key)
-        path = route.links[route.ptr[0]:route.ptr[1]]
-        for link in path.tolist():
-            u, v = int(lt.src[link]), int(lt.dst[link])
+        for link in rs.links[a:b].tolist():
+            u, v = int(src[link]), int(dst[link])
             if u in parent:
                 break
             parent[u] = v
@@ -113,11 +108,10 @@ def sharp_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol
     chunks = pipeline_chunks(nbytes, nvls_stage(fabric, islands))
     K = len(chunks)
     gi = fabric.gpu_index
-    cache: dict = {}
     owners = [[isl[s % len(isl)] for isl in islands] for s in range(S)]
     trees = []  # per shard: (parent of every switch, leaf switch of every owner)
     for s, group in enumerate(owners):
-        root = aggregation_switch(fabric, group, salt=s, cache=cache)
+        root = aggregation_switch(fabric, group, salt=s)
         leaf = [_first_switch(fabric, r) for r in group]
         trees.append((aggregation_tree(fabric, leaf, root, s), leaf))
 

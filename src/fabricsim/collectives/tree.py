@@ -116,30 +116,37 @@ class _Tree:
         return max(last_up, last_down) + 1
 
 
-def _trees(layout: GroupLayout, channels: int) -> list[_Tree]:
-    """NCCL-style trees, two per channel: chains inside domains, a double binary tree over the domains.
-
-    Channel c's first tree enters every domain at local GPU c and chains upwards; its second enters at
-    local GPU c + m/2 and chains downwards, so inter-domain edges stay on one rail and channels use
-    different NICs.
-    """
+def _chain_trees(layout: GroupLayout) -> tuple[list[int], list[_Tree]]:
+    """NCCL-style trees in positions, not ranks: chains inside domains, a double binary tree over the
+    domains. Position ``start[k] + i`` is the i-th GPU along domain k's chain, whose head joins the tree
+    over domains; the second tree's domain tree is the first's shifted by one (``double_binary_tree``).
+    Which rank sits at each position depends on the channel (``_chain_ranks``), the shape does not."""
     doms = layout.domains
     inter = double_binary_tree(len(doms))
+    start = [0]
+    for d in doms[:-1]:
+        start.append(start[-1] + len(d))
     trees = []
-    for c in range(channels):
-        for t in range(2):
-            chains = []
-            for d in doms:
-                m = len(d)
-                head = (c + t * (m // 2)) % m
-                chains.append([d[(head + i) % m] for i in range(m)] if t == 0 else
-                              [d[(head - i) % m] for i in range(m)])
-            parent = {}
-            for k, chain in enumerate(chains):
-                for i, r in enumerate(chain):
-                    parent[r] = chain[i - 1] if i else (-1 if inter[t][k] == -1 else chains[inter[t][k]][0])
-            trees.append(_Tree(parent))
-    return trees
+    for t in range(2):
+        parent = {}
+        for k, d in enumerate(doms):
+            for i in range(len(d)):
+                parent[start[k] + i] = start[k] + i - 1 if i else (-1 if inter[t][k] == -1 else start[inter[t][k]])
+        trees.append(_Tree(parent))
+    return start, trees
+
+
+def _chain_ranks(layout: GroupLayout, start: list[int], channel: int, t: int) -> np.ndarray:
+    """Rank at every position of tree ``t`` of ``channel``: channel c's first tree enters every domain
+    at local GPU c and chains upwards; its second enters at local GPU c + m/2 and chains downwards, so
+    inter-domain edges stay on one rail and channels use different NICs."""
+    sizes = np.array([len(d) for d in layout.domains], dtype=np.int64)
+    m = np.repeat(sizes, sizes)
+    first = np.repeat(np.asarray(start, dtype=np.int64), sizes)
+    i = np.arange(m.shape[0]) - first
+    head = (channel + t * (m // 2)) % m
+    local = (head + i) % m if t == 0 else (head - i) % m
+    return np.concatenate([np.asarray(d, dtype=np.int64) for d in layout.domains])[first + local]
 
 
 def _bounds(n: int, part: int, parts: int, chunks: int, full: float = 1.0, last: float = 1.0) -> np.ndarray:
@@ -153,26 +160,36 @@ _EDGES: dict = {}  # (group ident, channels) -> _tree_edges' arrays, the few mos
 
 
 def _tree_edges(layout: GroupLayout, channels: int) -> tuple:
-    """Every edge of every tree of ``_trees`` once, as arrays (source rank, destination rank, tree, up?,
-    level: the round offset at which it carries its first chunk), with per tree (H, last up level,
-    deepest down edge's depth) and its root. Depends on the group and channels alone, so the schedules
-    of one group under every protocol and size share it (kept for the 4 most recent groups)."""
+    """Every edge of every tree (two per channel, ``_chain_trees``) once, as arrays (source rank,
+    destination rank, tree, up?, level: the round offset at which it carries its first chunk), with per
+    tree (H, last up level, deepest down edge's depth) and its root. Depends on the group and channels
+    alone, so the schedules of one group under every protocol and size share it (kept for the 4 most
+    recent groups). The two trees' shapes are built once in positions; each channel only places its
+    ranks on them."""
     key = (layout.ident, channels)
     hit = _EDGES.get(key)
     if hit is not None:
         return hit
+    start, trees = _chain_trees(layout)
+    shape = []  # per tree t, in positions: (source, destination, up?, level) of its edges, stats, root
+    for tree in trees:
+        up, down = tree.up_edges, tree.down_edges
+        shape.append((np.array([u for u, _ in up] + [u for u, _ in down], dtype=np.int64),
+                      np.array([v for _, v in up] + [v for _, v in down], dtype=np.int64),
+                      np.array([True] * len(up) + [False] * len(down), dtype=bool),
+                      np.array([tree.height[u] for u, _ in up] + [tree.H + tree.depth[u] for u, _ in down],
+                               dtype=np.int64),
+                      (tree.H, max((tree.height[u] for u, _ in up), default=-1),
+                       max((tree.depth[u] for u, _ in down), default=-1)), tree.root))
     e_src, e_dst, e_tree, e_up, e_level, stats, roots = [], [], [], [], [], [], []
-    for ti, tree in enumerate(_trees(layout, channels)):
-        for u, v in tree.up_edges:
-            e_src.append(u), e_dst.append(v), e_tree.append(ti), e_up.append(True), e_level.append(tree.height[u])
-        for u, v in tree.down_edges:
-            e_src.append(u), e_dst.append(v), e_tree.append(ti), e_up.append(False)
-            e_level.append(tree.H + tree.depth[u])
-        stats.append((tree.H, max((tree.height[u] for u, _ in tree.up_edges), default=-1),
-                      max((tree.depth[u] for u, _ in tree.down_edges), default=-1)))
-        roots.append(tree.root)
-    out = (np.array(e_src, dtype=np.int64), np.array(e_dst, dtype=np.int64), np.array(e_tree, dtype=np.int64),
-           np.array(e_up, dtype=bool), np.array(e_level, dtype=np.int64), stats, roots)
+    for c in range(channels):  # tree 2c + t: tree t's shape with channel c's ranks at its positions
+        for t, (p_src, p_dst, p_up, p_level, stat, root) in enumerate(shape):
+            rank = _chain_ranks(layout, start, c, t)
+            e_src.append(rank[p_src]), e_dst.append(rank[p_dst]), e_up.append(p_up), e_level.append(p_level)
+            e_tree.append(np.full(p_src.shape[0], 2 * c + t, dtype=np.int64))
+            stats.append(stat), roots.append(int(rank[root]))
+    out = (np.concatenate(e_src), np.concatenate(e_dst), np.concatenate(e_tree), np.concatenate(e_up),
+           np.concatenate(e_level), stats, roots)
     while len(_EDGES) >= 4:
         del _EDGES[next(iter(_EDGES))]
     _EDGES[key] = out
@@ -205,10 +222,13 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
     base = (("tree-edges", layout.ident, C, chunk_bytes, last_bytes), lambda: base_traffic)
     state: dict = {}
 
+    level32 = e_level.astype(np.int32)
+
     def active(t: int) -> np.ndarray:
         """Base indices of round t's flows: edge e carries chunk t - level(e), the last one from copy 2."""
-        e = np.flatnonzero((t - e_level >= 0) & (t - e_level < K))
-        return e + E * (t - e_level[e] == K - 1) if split else e
+        chunk = (t - level32).view(np.uint32)  # negative (not yet started) wraps above K
+        e = np.flatnonzero(chunk < K)
+        return e + E * (chunk[e] == K - 1) if split else e
 
     def make_step(t: int) -> Step:
         steady = fill <= t < K - (1 if split else 0)

@@ -54,6 +54,7 @@ class SimulationResult:
     link_busy: np.ndarray
     link_bandwidth: np.ndarray
     stats: dict
+    link_peak: np.ndarray | None = None  # highest load of every link (B/s), with ``peak_loads=True``
 
     def link_utilisation(self) -> np.ndarray:
         """Mean utilisation of every link over the run (bytes carried / (capacity x run time))."""
@@ -88,12 +89,15 @@ class Simulation:
         Reuse the routes of an earlier simulation of the same topology.
     finish_rtol : float
         Batch flow completions within this fraction of their draining time (default 0: exact).
+    peak_loads : bool
+        Keep every link's highest load (B/s) over the run (``SimulationResult.link_peak``). The round
+        cache then serves only launches first solved in this run, whose loads were seen.
     """
 
     def __init__(self, topology: Topology, *, cache: bool = True, record: str | None = "groups",
                  trace: bool | str | os.PathLike = False, efficiency: dict | None = None,
                  router: Router | None = None, finish_rtol: float = 0.0,
-                 trace_ranks: str | Sequence[int] | None = None) -> None:
+                 trace_ranks: str | Sequence[int] | None = None, peak_loads: bool = False) -> None:
         self.env = simpy.Environment()
         self.topology = topology
         trace = trace is not False and trace is not None
@@ -106,10 +110,26 @@ class Simulation:
             self.fabric.fluid.on_rates = self.tracer.on_rates
             self.fabric.on_group_done = self.tracer.on_group
             self.fabric.on_cached = self.tracer.on_cached
+        self.peak_load = None
+        if peak_loads:
+            self._watch_peaks()
         self.firing = ""  # label of the timed action being run
         self._armed = 0  # timed actions not yet fired (they alone do not keep a run going)
         for t, links, label in topology.meta.get("timed_faults", ()):
             self.at(t, set_capacity(links), label)
+
+    def _watch_peaks(self) -> None:
+        """Track link loads as the fluid reports them. A cached launch reports none, but it repeats a
+        launch solved earlier in this run (``keep_own_records``) alone on an idle fabric: same loads."""
+        self.fabric.keep_own_records()
+        peak = self.peak_load = np.zeros(len(self.fabric.links))
+        chained = self.fabric.fluid.on_rates
+
+        def on_rates(t, link_ids, loads):
+            np.maximum.at(peak, link_ids, loads)
+            if chained is not None:
+                chained(t, link_ids, loads)
+        self.fabric.fluid.on_rates = on_rates
 
     def at(self, t: float, action: Callable[["Simulation"], object], label: str = "") -> None:
         """Call ``action(sim)`` at simulated time ``t``, e.g. ``sim.at(1e-3, set_capacity(links, 0.0))``.
@@ -128,6 +148,11 @@ class Simulation:
             self.firing = label
             action(self)
         self.env.timeout(t - self.env.now).callbacks.append(fire)
+
+    @property
+    def pending_actions(self) -> int:
+        """Timed actions (``at``) not yet fired."""
+        return self._armed
 
     def process(self, generator: Generator) -> simpy.Process:
         return self.env.process(generator)
@@ -151,7 +176,8 @@ class Simulation:
         names = list(links.names)
         stats = dict(self.fabric.stats, solves=self.fabric.fluid.solves)
         return SimulationResult(float(self.env.now), list(self.fabric.log), names, link_bytes, link_busy,
-                                links.bandwidth.copy(), stats)
+                                links.bandwidth.copy(), stats,
+                                None if self.peak_load is None else self.peak_load.copy())
 
     def write_trace(self, path: str | os.PathLike, *, max_links: int = 32) -> None:
         """Publish the recorded timeline as Chrome/Perfetto trace-event JSON (complete, or no file)."""

@@ -313,6 +313,11 @@ class Fabric:
         self._rerouted: dict[int, tuple] = {}
         self._fault = ""
 
+    def keep_own_records(self) -> None:
+        """Serve cached launches from this fabric's own round records only, not from earlier simulations'
+        (each launch pattern is then solved here once, so ``fluid.on_rates`` sees every load of the run)."""
+        self._records = _RecordView(_RecordStore(), self._records.prefix)
+
     @staticmethod
     def usable_capacity(links: LinkTable, efficiency: dict | None) -> np.ndarray:
         """Every link's line rate times its kind's usable share (``efficiency``; other kinds 1.0): the

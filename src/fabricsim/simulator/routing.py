@@ -37,10 +37,8 @@ store that a pair array's RouteSet is gathered from.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable
 
@@ -48,7 +46,8 @@ import numpy as np
 
 from fabricsim.errors import TopologyError
 from fabricsim.simulator.fluid import _ranges
-from fabricsim.topologies.base import Topology
+from fabricsim.simulator.routing_far import route_far
+from fabricsim.topologies.base import Topology, paused_gc as _paused_gc
 
 __all__ = ["LinkTable", "Route", "RouteSet", "Router", "stable_hash"]
 
@@ -206,9 +205,11 @@ class Router:
         n = len(lt.nodes)
         G = topology.graph
         with _paused_gc():
-            kinds = [G.nodes[node].get("kind") for node in lt.nodes]
+            attrs = [G.nodes[node] for node in lt.nodes]
+            kinds = [a.get("kind") for a in attrs]
             self._forwarding = [k != "gpu" for k in kinds]
-            self._domain = [G.nodes[node].get("domain") if k == "gpu" else None for node, k in zip(lt.nodes, kinds)]
+            self._domain = [a.get("domain") if k == "gpu" else None for a, k in zip(attrs, kinds)]
+            del attrs
             is_nvl = {k: k.startswith("nvlink") for k in set(lt.kind)}
             nvlink = np.array([is_nvl[k] for k in lt.kind], dtype=bool)
             up = np.ones(len(lt), dtype=bool)
@@ -221,12 +222,8 @@ class Router:
             # to forwarding neighbours, what searches expand (GPUs never forward)
             self._succ_all = _neighbours(src, dst, up, n)
             self._pred_all = _neighbours(dst, src, up, n)
-            self._succ_nvl = _neighbours(src, dst, up & nvlink, n)
-            self._pred_nvl = _neighbours(dst, src, up & nvlink, n)
             self._fwd_of = {id(self._succ_all): _neighbours(src, dst, up & fwd[dst], n),
-                            id(self._pred_all): _neighbours(dst, src, up & fwd[src], n),
-                            id(self._succ_nvl): _neighbours(src, dst, up & nvlink & fwd[dst], n),
-                            id(self._pred_nvl): _neighbours(dst, src, up & nvlink & fwd[src], n)}
+                            id(self._pred_all): _neighbours(dst, src, up & fwd[src], n)}
         # ECMP hashes node names, not indices: equivalent fabrics built in another order (or with NVLink
         # planes aggregated) make the same choices in their shared scale-out network
         with _paused_gc():
@@ -243,10 +240,36 @@ class Router:
         self._sides: dict = {id(lists): {} for lists in self._fwd_of.values()}  # node -> (X1, set, X2, tuple)
         self._opts2: dict = {id(lists): {} for lists in self._fwd_of.values()}  # (node, Y1) -> next hops
         self._succ_sets: dict = {id(lists): {} for lists in self._fwd_of.values()}  # node -> neighbour set
+        self._nvl_lists: tuple | None = None  # the NVLink-only adjacency, built on first use (see _nvl)
         self._pairs: dict = {}  # src * nodes + dst -> route id, or (plan, {key: route id}) when hashed
         self._store = _RouteStore()
         self._sets_size = 0
         self.adaptive = bool(topology.meta.get("adaptive_routing", False))
+
+    @property
+    def _succ_nvl(self) -> list:
+        return self._nvl()[0]
+
+    @property
+    def _pred_nvl(self) -> list:
+        return self._nvl()[1]
+
+    def _nvl(self) -> tuple:
+        """The NVLink-only adjacency (successors, predecessors), with its forwarding restrictions in
+        ``_fwd_of``: built on first use, as only pairs of one NVLink domain that are not one or two hops
+        apart (or ``successors(nvlink_only=True)``) need it; at 65,536 GPUs that saves ~100 MB of lists."""
+        if self._nvl_lists is None:
+            lt, n = self.links, len(self.links.nodes)
+            src, dst, fwd = lt.src, lt.dst, self._fwd
+            up_nvl = self._up[1]
+            with _paused_gc():
+                succ, pred = _neighbours(src, dst, up_nvl, n), _neighbours(dst, src, up_nvl, n)
+                self._fwd_of[id(succ)] = succ_f = _neighbours(src, dst, up_nvl & fwd[dst], n)
+                self._fwd_of[id(pred)] = pred_f = _neighbours(dst, src, up_nvl & fwd[src], n)
+            for lists in (succ_f, pred_f):
+                self._sides[id(lists)], self._opts2[id(lists)], self._succ_sets[id(lists)] = {}, {}, {}
+            self._nvl_lists = (succ, pred)
+        return self._nvl_lists
 
     def node(self, name: Hashable) -> int:
         try:
@@ -348,6 +371,14 @@ class Router:
             new = np.flatnonzero(rid_u == -2)
             if new.size:
                 rid_u[new] = self._route_near(ucode[new] // n_nodes, ucode[new] % n_nodes)
+                far = new[rid_u[new] == -2]
+                if far.size:  # three or more hops apart: with array operations where routing_far covers them
+                    rid_f, hashed = route_far(self, ucode[far] // n_nodes, ucode[far] % n_nodes, key[first[far]])
+                    done = rid_f >= 0
+                    pairs.update(zip(ucode[far[done & ~hashed]].tolist(), rid_f[done & ~hashed].tolist()))
+                    pairs.update((c, (divmod(c, n_nodes), {k: r})) for c, k, r in zip(
+                        ucode[far[hashed]].tolist(), key[first[far[hashed]]].tolist(), rid_f[hashed].tolist()))
+                    rid_u[far] = np.where(hashed, -1, rid_f)
                 for i, c, k in zip(new.tolist(), ucode[new].tolist(), key[first[new]].tolist()):
                     if rid_u[i] == -2:
                         plan = self._plan(*divmod(c, n_nodes))
@@ -364,12 +395,24 @@ class Router:
                 fresh[1:] = (kc[1:] != kc[:-1]) | (kk[1:] != kk[:-1])
                 starts = np.flatnonzero(fresh)
                 rid_t = np.empty(starts.shape[0], dtype=np.int64)
+                todo = []  # new keys of pairs routed by routing_far (their plan is (s, d)): walked at once
                 for j, (c, k) in enumerate(zip(kc[starts].tolist(), kk[starts].tolist())):
                     plan, rids = pairs[c]
                     r = rids.get(k)
                     if r is None:
+                        if len(plan) == 2:
+                            todo.append((j, c, k))
+                            continue
                         r = rids[k] = walk(plan, k)[0]
                     rid_t[j] = r
+                if todo:
+                    j_t, c_t, k_t = (np.array(x, dtype=np.int64) for x in zip(*todo))
+                    rid_f = route_far(self, c_t // n_nodes, c_t % n_nodes, k_t)[0]
+                    for j, c, k, r in zip(j_t.tolist(), c_t.tolist(), k_t.tolist(), rid_f.tolist()):
+                        if r < 0:  # not covered after all: the pair-by-pair walk
+                            plan = pairs[c] = (self._plan(*divmod(c, n_nodes)), pairs[c][1])
+                            r = walk(plan[0], k)[0]
+                        rid_t[j] = pairs[c][1][k] = r
                 out = np.empty(order.shape[0], dtype=np.int64)
                 out[order] = rid_t[np.cumsum(fresh) - 1]
                 rid[keyed] = out
@@ -786,21 +829,6 @@ class Router:
 
 
 _UNSEEN = object()
-
-
-@contextmanager
-def _paused_gc():
-    """Cyclic garbage collection off for a block that allocates many small acyclic containers (adjacency
-    lists, routes): each collection would scan every object alive, the whole topology graph included, and
-    building a large fabric's routes triggers hundreds of them. Reference counting still frees everything;
-    the collector's previous state is restored."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _neighbours(a: np.ndarray, b: np.ndarray, mask: np.ndarray, n: int) -> list[list[int]]:

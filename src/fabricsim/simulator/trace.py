@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fabricsim.atomic_file import new_temporary, publish
+
 __all__ = ["TraceRecorder", "parse_ranks"]
 
 _US = 1e6
@@ -85,9 +87,12 @@ class TraceRecorder:
         if ranks is not None:
             self._selected[:] = False
             self._selected[np.asarray(ranks, dtype=np.int64)] = True
-        directory = Path(path).resolve().parent if path is not None else None
-        fd, self._tmp = tempfile.mkstemp(prefix=".fabricsim-trace-", suffix=".json.tmp", dir=directory)
-        self._fh = os.fdopen(fd, "w")
+        if path is not None:
+            self._tmp = new_temporary(path)
+        else:
+            fd, self._tmp = tempfile.mkstemp(prefix=".fabricsim-trace-", suffix=".json.tmp")
+            os.close(fd)
+        self._fh = open(self._tmp, "w", encoding="utf-8")
         self._samples = tempfile.TemporaryFile()
         self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh, self._samples)
         self._buf_t: list = []
@@ -219,12 +224,11 @@ class TraceRecorder:
         self._fh.close()
         target = Path(path)
         if Path(self._tmp).resolve().parent != target.resolve().parent:
-            fd, sibling = tempfile.mkstemp(prefix=".fabricsim-trace-", suffix=".json.tmp", dir=target.resolve().parent)
-            os.close(fd)
+            sibling = new_temporary(target)
             shutil.copyfile(self._tmp, sibling)
             os.unlink(self._tmp)
             self._tmp = sibling
-        os.replace(self._tmp, target)
+        publish(self._tmp, target)
         self._finalizer.detach()
         self._samples.close()
 

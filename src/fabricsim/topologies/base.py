@@ -22,9 +22,11 @@ computed from their own parameters in ``meta``, which is used for big graphs whi
 
 from __future__ import annotations
 
+import gc
 import math
 import numbers
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
@@ -263,9 +265,14 @@ class Topology:
             if kind not in NODE_KINDS:
                 raise TopologyError(f"node {node!r} has kind {kind!r}; expected one of {', '.join(NODE_KINDS)}")
         for u, v, d in G.edges(data=True):
+            bw, lat, lanes = d.get("bandwidth"), d.get("latency", 0.0), d.get("lanes", 1)
+            # the builders' edges (plain float, float, int, str) pass without the slower abstract checks
+            if (bw.__class__ is float and MIN_RATE <= bw <= MAX_IDEAL_RATE and lat.__class__ is float
+                    and 0 <= lat <= MAX_LATENCY and lanes.__class__ is int and lanes >= 1
+                    and d.get("kind", "").__class__ is str and u != v):
+                continue
             if u == v:
                 raise TopologyError(f"node {u!r} has a link to itself (self-loops carry nothing; remove it)")
-            bw, lat, lanes = d.get("bandwidth"), d.get("latency", 0.0), d.get("lanes", 1)
             if isinstance(bw, bool) or not isinstance(bw, numbers.Real) or not bw > 0 or bw != bw \
                     or bw == float("inf"):
                 raise TopologyError(f"edge {u!r} -> {v!r} has non-positive or missing bandwidth {bw!r}")
@@ -330,6 +337,7 @@ class Topology:
 
 def _reach_through_switches(G: nx.DiGraph, start: Hashable, neighbours) -> set:
     """Nodes reached from ``start`` along ``neighbours``, passing through non-GPU nodes only."""
+    kind = dict(G.nodes(data="kind"))
     reached = {start}
     frontier = [start]
     while frontier:
@@ -338,7 +346,7 @@ def _reach_through_switches(G: nx.DiGraph, start: Hashable, neighbours) -> set:
             for v in neighbours(u):
                 if v not in reached:
                     reached.add(v)
-                    if G.nodes[v].get("kind") != "gpu":
+                    if kind[v] != "gpu":
                         nxt.append(v)
         frontier = nxt
     return reached
@@ -384,6 +392,21 @@ def format_summary(s: dict[str, Any]) -> list[str]:
         lines.append("network         " + ", ".join(f"{k} {v}" for k, v in s["network"].items()))
     lines += [f"assumption      {a}" for a in s["assumptions"]]
     return lines
+
+
+@contextmanager
+def paused_gc():
+    """Cyclic garbage collection off for a block that allocates many small acyclic containers (graphs,
+    adjacency lists, routes): each collection would scan every object alive, the whole topology graph
+    included, and building a large fabric or its routes triggers hundreds of them. Reference counting still
+    frees everything; the collector's previous state is restored."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # --- computations ------------------------------------------------------------------------------------------

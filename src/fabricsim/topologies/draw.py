@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Hashable
 
+from fabricsim.atomic_file import save_figure
 from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.topologies.base import Topology
 from fabricsim.units import format_rate
@@ -162,7 +163,7 @@ def save_drawing(topo: Topology, path: str) -> None:
     fig = ax.figure
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
     finally:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 import networkx as nx
 
+from fabricsim.atomic_file import write_whole
 from fabricsim.errors import ConfigError, FabricsimError, TopologyError
 from fabricsim.topologies.base import NODE_KINDS, Topology
 from fabricsim.topologies.nvlink import NVL72_GPUS, dgx_b200, dgx_h100, gb200_nvl72, nvl576
@@ -418,7 +419,7 @@ def write_toml(spec: dict, path: str) -> None:
                   "[meta]"]
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in spec["meta"].items()]
         lines.append("")
-    _write_text(path, "\n".join(lines))
+    write_whole(path, "\n".join(lines))
 
 
 # --- DOT by hand --------------------------------------------------------------------------------------------
@@ -465,19 +466,7 @@ def write_dot(topo: Topology, path: str) -> None:
         out.append(f"  {_dot_id(u)} -> {_dot_id(v)} ["
                    + ", ".join(f"{k}={_dot_id(val)}" for k, val in attrs.items()) + "];")
     out.append("}")
-    _write_text(path, "\n".join(out) + "\n")
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a failed write never leaves half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_whole(path, "\n".join(out) + "\n")
 
 
 def _read_text(path: str) -> str:
@@ -552,16 +541,16 @@ def save(topo: Topology, path: str, *, format: str | None = None) -> None:
             write_toml(to_spec(topo), path)
         elif fmt == "yaml":
             yaml = _yaml()
-            _write_text(path, yaml.safe_dump(to_spec(topo), sort_keys=False))
+            write_whole(path, yaml.safe_dump(to_spec(topo), sort_keys=False))
         elif fmt == "graphml":
             import io as _io
 
             buffer = _io.BytesIO()
             nx.write_graphml(_graph_for_export(topo), buffer)
-            _write_text(path, buffer.getvalue().decode("utf-8"))
+            write_whole(path, buffer.getvalue().decode("utf-8"))
         elif fmt == "json":
             data = nx.node_link_data(_graph_for_export(topo), edges="edges")
-            _write_text(path, json.dumps(data))
+            write_whole(path, json.dumps(data))
         else:
             write_dot(topo, path)
     except OSError as exc:

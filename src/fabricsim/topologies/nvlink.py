@@ -24,7 +24,7 @@ from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.hardware import (
     B200, GB200, H100, NVLINK4, NVLINK5, NVLINK5_SWITCH, NVSWITCH_GEN3, GPU, LinkSpec, SwitchSpec,
 )
-from fabricsim.topologies.base import CutNode, Topology, tree_cut_flow
+from fabricsim.topologies.base import CutNode, Topology, paused_gc, tree_cut_flow
 
 __all__ = ["dgx_h100", "dgx_b200", "gb200_nvl72", "nvl576", "PLANES"]
 
@@ -83,8 +83,9 @@ class Domain:
 
     def graph(self) -> nx.DiGraph:
         G = nx.DiGraph()
-        G.add_nodes_from(self.nodes)
-        G.add_edges_from(self.edges)
+        with paused_gc():  # a 65,536-GPU fabric is ~1.5 million small dicts
+            G.add_nodes_from(self.nodes)
+            G.add_edges_from(self.edges)
         return G
 
 

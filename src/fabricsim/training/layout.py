@@ -25,7 +25,6 @@ domain, and pipeline stages are the slowest-varying coordinate, each a contiguou
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from itertools import product
 from typing import TYPE_CHECKING, Any
 
 from fabricsim.errors import ConfigError, InfeasibleError
@@ -214,22 +213,38 @@ class RankGroups:
     coords: list
 
 
-def _rank_of(layout: Layout):
+def _rank_grid(layout: Layout):
+    """Every rank at its coordinate: ``grid[t, c, d, p]`` (axes in DIMS order) is the rank of that
+    (tp, cp, dp, pp) position, ``layout.dims`` (fastest first) giving each dimension's stride."""
+    import numpy as np
+
     strides, s = {}, 1
     for d in layout.dims:
         strides[d] = s
         s *= layout.size(d)
-    return lambda c: sum(c[d] * strides[d] for d in DIMS)
+    grid = np.zeros([layout.size(d) for d in DIMS], dtype=np.int64)
+    for axis, d in enumerate(DIMS):
+        shape = [1] * len(DIMS)
+        shape[axis] = layout.size(d)
+        grid = grid + (np.arange(layout.size(d), dtype=np.int64) * strides[d]).reshape(shape)
+    return grid
 
 
-def _groups_along(layout: Layout, rank_of, dim: str) -> list:
-    others = [d for d in DIMS if d != dim]
-    groups = []
-    for rest in product(*(range(layout.size(d)) for d in others)):
-        base = dict(zip(others, rest))
-        groups.append([rank_of({**base, dim: i}) for i in range(layout.size(dim))])
-    groups.sort(key=lambda g: g[0])
-    return groups
+def _runs(ranks, width: int) -> list:
+    """Rows of ``ranks`` (a 2-D array, each row in group order) cut into groups of ``width``, as lists
+    sorted by their first rank (groups are disjoint: the order is unique)."""
+    import numpy as np
+
+    groups = ranks.reshape(-1, width)
+    return groups[np.argsort(groups[:, 0], kind="stable")].tolist()
+
+
+def _groups_along(grid, dim: str) -> list:
+    """The groups along ``dim``: ranks equal in every other coordinate, in ``dim``'s order."""
+    import numpy as np
+
+    axis = DIMS.index(dim)
+    return _runs(np.moveaxis(grid, axis, -1), grid.shape[axis])
 
 
 def rank_groups(topology: Topology, layout: Layout) -> RankGroups:
@@ -247,9 +262,11 @@ def rank_groups(topology: Topology, layout: Layout) -> RankGroups:
     >>> g.tp[:2], g.dp[0], g.pp[0]
     ([[0, 1, 2, 3], [4, 5, 6, 7]], [0, 4], [0, 8])
     """
+    import numpy as np
+
     layout.check_gpus(topology.num_gpus)
-    rank_of = _rank_of(layout)
-    tp = _groups_along(layout, rank_of, "tp")
+    grid = _rank_grid(layout)
+    tp = _groups_along(grid, "tp")
     domain = [topology.domain_of(g) for g in topology.gpus]
     widest = max(len(d) for d in topology.domains)
     if layout.tp > widest:
@@ -260,17 +277,19 @@ def rank_groups(topology: Topology, layout: Layout) -> RankGroups:
             raise InfeasibleError(f"--tp {layout.tp} crosses an NVLink domain (ranks {group[0]}..{group[-1]}; "
                                   f"domains of {', '.join(sorted({str(len(d)) for d in topology.domains}))} GPUs, "
                                   f"order {layout.order}): TP must stay inside one domain")
-    cp = _groups_along(layout, rank_of, "cp")
-    dp = _groups_along(layout, rank_of, "dp")
-    pp = _groups_along(layout, rank_of, "pp")
+    cp = _groups_along(grid, "cp")
+    dp = _groups_along(grid, "dp")
+    pp = _groups_along(grid, "pp")
     # EP: inside each (tp, pp) position, the dp x cp ranks in (cp fastest, then dp) order, cut into runs of ep
-    ep = []
-    for t, s in product(range(layout.tp), range(layout.pp)):
-        members = [rank_of({"tp": t, "cp": c, "dp": d, "pp": s}) for d in range(layout.dp) for c in range(layout.cp)]
-        ep += [members[i:i + layout.ep] for i in range(0, len(members), layout.ep)]
-    ep.sort(key=lambda g: g[0])
-    stage_ranks = [sorted(g[s] for g in pp) for s in range(layout.pp)]
-    coords = [None] * layout.gpus
-    for c in product(*(range(layout.size(d)) for d in DIMS)):
-        coords[rank_of(dict(zip(DIMS, c)))] = c
+    members = grid.transpose(0, 3, 2, 1).reshape(layout.tp * layout.pp, layout.dp * layout.cp)  # [t, s] x [d, c]
+    width = layout.ep if (layout.dp * layout.cp) % layout.ep == 0 else None
+    if width is not None:
+        ep = _runs(members, width)
+    else:  # a last, shorter run per (tp, pp) position
+        ep = sorted((row[i:i + layout.ep] for row in members.tolist()
+                     for i in range(0, len(row), layout.ep)), key=lambda g: g[0])
+    stage_ranks = np.sort(grid.reshape(-1, layout.pp), axis=0).T.tolist()
+    position = np.empty(layout.gpus, dtype=np.int64)
+    position[grid.ravel()] = np.arange(layout.gpus)
+    coords = list(zip(*(axis.tolist() for axis in np.unravel_index(position, grid.shape))))
     return RankGroups(layout, tp, cp, dp, pp, ep, stage_ranks, coords)

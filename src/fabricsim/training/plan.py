@@ -53,12 +53,12 @@ import csv
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterator, Sequence
 
+from fabricsim.atomic_file import replacing
 from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.training.layout import DEFAULT_ORDER, Layout
 from fabricsim.training.memory import MemoryReport, gpu_capacity, memory_report, stage_layers
@@ -455,19 +455,6 @@ def plan(model: Model, fabric: FabricFigures, global_batch: int, *, gpus: int | 
                       seconds=time.perf_counter() - t0)
 
 
-def _atomic_write(path: str, write) -> None:
-    """Write through a temporary file in the same directory, then rename: never a truncated or mixed file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".plan-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_plan(result: PlanResult, out_dir: str, *, meta: dict | None = None) -> list[str]:
     """``plan.csv`` (one row per candidate) and ``plan.json`` (the search's figures and the same rows)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -487,8 +474,10 @@ def write_plan(result: PlanResult, out_dir: str, *, meta: dict | None = None) ->
            "enumerated": result.enumerated, "fitting": result.fitting, "simulated": result.simulated,
            "seconds": result.seconds, **(meta or {}),
            "rows": [{k: clean(v) for k, v in row.items()} for row in rows]}
-    _atomic_write(csv_path, write_csv)
-    _atomic_write(json_path, lambda fh: json.dump(doc, fh, indent=1))
+    with replacing(csv_path, newline="") as fh:
+        write_csv(fh)
+    with replacing(json_path) as fh:
+        json.dump(doc, fh, indent=1)
     return [csv_path, json_path]
 
 

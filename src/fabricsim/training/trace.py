@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import TYPE_CHECKING
 
+from fabricsim.atomic_file import replacing
 if TYPE_CHECKING:
     from fabricsim.training.step import StepResult
 
@@ -29,16 +29,8 @@ def write_step_trace(result: StepResult, path: str | os.PathLike) -> None:
         events = _dp_events(result)
     else:
         events = _pipeline_events(result)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".trace-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(path) as fh:
+        json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, fh)
 
 
 def _meta(pid, name, tid=None):

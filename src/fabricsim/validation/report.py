@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fabricsim.atomic_file import save_figure, write_whole
 from fabricsim.validation.validation import (ASSUMPTIONS, GROUP_LABELS, TARGET_PCT, GroupSummary, RowResult,
                                              ValidationReport)
 
@@ -146,7 +147,7 @@ def write_markdown(report: ValidationReport, path: str | Path, *, command: str =
     out += [f"- {src}: {', '.join(ids) if len(ids) < 6 else f'{ids[0]} ... {ids[-1]} ({len(ids)} rows)'}"
             for src, ids in sources.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out) + "\n")
+    write_whole(path, "\n".join(out) + "\n")
     return path
 
 
@@ -234,6 +235,6 @@ def plot_validation(report: ValidationReport, path: str | Path | None = None, *,
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
         plt.close(fig)
     return fig

@@ -1,0 +1,78 @@
+"""Writing an output file whole: readers see the old file or the new one, never half of one.
+
+Every file fabricsim writes (sweep tables, plots, traces, plans, topologies, calibrations, reports) goes
+through :func:`replacing`: the content is written to a temporary file in the target's directory, flushed
+to disk, given the permissions an ordinary ``open`` would have given it, and renamed over the target.
+A rename within one directory is atomic on POSIX, so a kill, a full disk or an exception at any point
+leaves the previous file (or no file) and removes the temporary one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["replacing", "write_whole", "save_figure", "new_temporary", "publish", "file_mode"]
+
+
+def file_mode(path) -> int:
+    """Permission bits for ``path``: its current ones if it exists, else 0o666 less the umask (as ``open``)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def new_temporary(path) -> str:
+    """Create an empty temporary file beside ``path`` (same directory, so the final rename is atomic)."""
+    target = Path(path).resolve()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return tmp
+
+
+def publish(tmp: str, path) -> None:
+    """Rename the finished temporary file ``tmp`` over ``path`` with ordinary file permissions."""
+    os.chmod(tmp, file_mode(path))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def replacing(path, mode: str = "w", **open_kwargs):
+    """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path``.
+
+    ``mode`` is "w" (text, UTF-8 unless ``encoding`` is given) or "wb". On any exception the temporary
+    file is removed and ``path`` is left as it was.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', not {mode!r}")
+    if mode == "w":
+        open_kwargs.setdefault("encoding", "utf-8")
+    tmp = new_temporary(path)
+    try:
+        with open(tmp, mode, **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        publish(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_whole(path, content: str | bytes, **open_kwargs) -> None:
+    """Write ``content`` (text or bytes) to ``path`` through :func:`replacing`."""
+    with replacing(path, "wb" if isinstance(content, bytes) else "w", **open_kwargs) as fh:
+        fh.write(content)
+
+
+def save_figure(fig, path, **savefig_kwargs) -> None:
+    """Save a matplotlib figure to ``path`` through :func:`replacing`, in the format its suffix names."""
+    fmt = Path(path).suffix.lstrip(".").lower() or None
+    with replacing(path, "wb") as fh:
+        fig.savefig(fh, format=fmt, **savefig_kwargs)
