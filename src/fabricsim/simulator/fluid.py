@@ -26,7 +26,7 @@ add are looked up. Seed links that no draining flow crosses any more are set idl
 solve (a round's NVLink hops finishing together leave thousands). An event whose starting flows are at
 least half the draining ones (``_ALL_AT_ONCE``: a pipelined round whose flows all start together) solves
 every draining flow at once, skipping the look-ups. A pure-Python solve of small sets was tried and
-measured slower than these ~100 numpy calls on this machine's numpy 2.4 (ideas that did not pay).
+measured slower than these ~100 numpy calls (numpy 2.4, two-core machine).
 
 Batching completions. ``finish_rtol`` (default 0: exact) lets one event also finish the flows due within
 ``finish_rtol`` times their own draining time so far: each such flow is reported before its projected
