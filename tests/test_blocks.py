@@ -70,8 +70,9 @@ def test_blocks_equal_the_joint_run(case):
         return Simulation(topo, record=None, router=router, **options)
 
     starters = [job(f, r, p) for f, r, p in specs]
-    values, blocks = run_in_blocks(make, starters)
+    values, blocks, results = run_in_blocks(make, starters)
     assert values == pytest.approx(joint(make, starters), rel=1e-9)
+    assert max(r.time for r in results) == max(values)  # each block's simulation ends with its last job
     assert sorted(i for b in blocks for i in b) == list(range(len(specs)))
     # the blocks really are independent: their peak loads fit every link they share
     peaks = []
@@ -95,15 +96,15 @@ def test_jobs_that_fill_a_shared_link_are_merged_and_others_are_not():
     # jobs 0 and 1 both cross the core link at full rate: they slow each other down; job 2 stays on s0
     starters = [job([("a0", "b0", 10**6)], 3, 1e-5), job([("a1", "b1", 10**6)], 3, 1e-5),
                 job([("a2", "a3", 10**6)], 3, 1e-5)]
-    values, blocks = run_in_blocks(make, starters)
+    values, blocks, _ = run_in_blocks(make, starters)
     assert blocks == [[0, 1], [2]]
     assert values == pytest.approx(joint(make, starters), rel=1e-12)
     # alone, job 0 would take half the time on the core link: the merge is what keeps the answer right
-    alone, _ = run_in_blocks(make, starters[:1])
+    alone, _, _ = run_in_blocks(make, starters[:1])
     assert alone[0] < 0.6 * values[0]
     # a wide core link: every job is a block of its own
     wide = two_switches(core=1e10)
-    _, blocks = run_in_blocks(lambda **o: Simulation(wide, record=None, **o), starters)
+    _, blocks, _ = run_in_blocks(lambda **o: Simulation(wide, record=None, **o), starters)
     assert blocks == [[0], [1], [2]]
 
 
@@ -111,7 +112,7 @@ def test_a_given_first_partition_is_only_merged():
     topo = two_switches(core=1e10)
     starters = [job([("a0", "b0", 10**6)], 2, 0.0), job([("a1", "b1", 10**6)], 2, 0.0), job([], 1, 1e-3)]
     make = lambda **o: Simulation(topo, record=None, **o)  # noqa: E731
-    values, blocks = run_in_blocks(make, starters, blocks=[[0, 1]])
+    values, blocks, _ = run_in_blocks(make, starters, blocks=[[0, 1]])
     assert blocks == [[0, 1], [2]] and values[2] == pytest.approx(1e-3)
     with pytest.raises(ConfigError):
         run_in_blocks(make, starters, blocks=[[0, 1], [1, 2]])
@@ -124,11 +125,11 @@ def test_timed_faults_and_batched_completions_fall_back_to_the_joint_run():
     topo.meta["timed_faults"] = [(5e-4, [("s0", "s1", 0.1)], "core slows down")]
     starters = [job([("a0", "b0", 10**6)], 3, 1e-5), job([("a1", "b1", 10**6)], 3, 1e-5)]
     make = lambda **o: Simulation(topo, record=None, **o)  # noqa: E731
-    values, blocks = run_in_blocks(make, starters)
+    values, blocks, _ = run_in_blocks(make, starters)
     assert blocks == [[0, 1]] and values == joint(make, starters)  # the joint run itself: bit-identical
     plain = two_switches(core=1e10)
     batched = lambda **o: Simulation(plain, record=None, finish_rtol=1e-3, **o)  # noqa: E731
-    values, blocks = run_in_blocks(batched, starters)
+    values, blocks, _ = run_in_blocks(batched, starters)
     assert blocks == [[0, 1]] and values == joint(batched, starters)
 
     # a job that schedules a capacity change itself
@@ -136,7 +137,7 @@ def test_timed_faults_and_batched_completions_fall_back_to_the_joint_run():
         sim.at(1e-4, set_capacity([("s0", "s1")], 0.5))
         return starters[0](sim)
     make = lambda **o: Simulation(plain, record=None, **o)  # noqa: E731
-    values, blocks = run_in_blocks(make, [saboteur, starters[1]])
+    values, blocks, _ = run_in_blocks(make, [saboteur, starters[1]])
     assert blocks == [[0, 1]] and values == joint(make, [saboteur, starters[1]])
 
 

@@ -48,7 +48,12 @@ def _journal_lines(path):
 @pytest.mark.parametrize("sig, jobs", [(signal.SIGINT, "1"), (signal.SIGKILL, "2")])
 def test_killed_sweep_resumes_to_identical_files(tmp_path, straight, sig, jobs):
     out = tmp_path / "out"
-    code = "import sys; from fabricsim.cli.main import cli; sys.exit(cli())"
+    # every journal line is followed by a pause in the sweep's own process, so that it is still midway when
+    # the signal arrives however fast the points run and however late this poller is scheduled
+    code = ("import sys, time; from fabricsim.sweep_store import SweepStore; _append = SweepStore.append\n"
+            "def append(self, record):\n    _append(self, record)\n    time.sleep(0.3)\n"
+            "SweepStore.append = append\n"
+            "from fabricsim.cli.main import cli; sys.exit(cli())")
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as err_fh:  # a file, not a pipe: no wait on workers that outlive a killed parent
         proc = subprocess.Popen([sys.executable, "-c", code, *ARGS, "-o", str(out), "-j", jobs],
@@ -140,7 +145,12 @@ def _children(pid):
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds pool workers through /proc")
 def test_killed_worker_fails_its_points_and_resume_finishes(tmp_path, straight):
     out = tmp_path / "out"
-    code = "import sys; from fabricsim.cli.main import cli; sys.exit(cli())"
+    # every journal line is followed by a pause in the sweep's own process, so that it is still midway when
+    # the signal arrives however fast the points run and however late this poller is scheduled
+    code = ("import sys, time; from fabricsim.sweep_store import SweepStore; _append = SweepStore.append\n"
+            "def append(self, record):\n    _append(self, record)\n    time.sleep(0.3)\n"
+            "SweepStore.append = append\n"
+            "from fabricsim.cli.main import cli; sys.exit(cli())")
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as err_fh:
         proc = subprocess.Popen([sys.executable, "-c", code, *ARGS, "-o", str(out), "-j", "2"],

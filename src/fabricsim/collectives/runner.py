@@ -219,9 +219,10 @@ def concurrent_allreduce(runner: AllreduceRunner, nbytes: int, groups: Sequence[
                                      calibration=runner.calibration, memo=runner.memo)
 
     hint = ("concurrent blocks", tuple(tuple(int(r) for r in g) for g in groups))
-    values, runner.memo[hint] = run_in_blocks(lambda **options: runner.simulation(record=None, **options),
-                                              [starter(g) for g in groups], blocks=runner.memo.get(hint))
-    return values
+    runs = run_in_blocks(lambda **options: runner.simulation(record=None, **options), [starter(g) for g in groups],
+                         blocks=runner.memo.get(hint))
+    runner.memo[hint] = runs.blocks
+    return runs.values
 
 
 class CollectiveRunner:

@@ -24,7 +24,7 @@ from fabricsim.collectives.tree import tree_allreduce
 from fabricsim.errors import ConfigError, InfeasibleError
 from fabricsim.simulator.fabric import capacity_digest
 from fabricsim.simulator.fluid import _ranges
-from fabricsim.simulator.routing import _paused_gc
+from fabricsim.topologies.base import paused_gc
 
 if TYPE_CHECKING:
     from simpy.events import Process
@@ -290,7 +290,7 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     for rank, proto in enumerate(ranked):
         # schedules are built again to be simulated: holding every candidate's steps costs ~1 KB a step;
         # thousands of small steps and closures: no full collections over the fabric while they are made
-        with _paused_gc():
+        with paused_gc():
             bound = _lower_bound(fabric, make(proto), drains, capacity) if len(ranked) > 1 else 0.0
         candidates.append((bound, rank, proto))
     best, best_rank, best_time, best_steps = None, len(ranked), float("inf"), 0

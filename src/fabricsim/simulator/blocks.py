@@ -31,7 +31,7 @@ finishes flows of one block at another block's events).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -42,14 +42,22 @@ if TYPE_CHECKING:
 
     from fabricsim.simulator.engine import Simulation
 
-__all__ = ["MARGIN", "run_in_blocks"]
+__all__ = ["MARGIN", "BlockRuns", "run_in_blocks"]
 
 #: Relative headroom a shared link must keep under the blocks' summed peak loads.
 MARGIN = 1e-6
 
 
+class BlockRuns(NamedTuple):
+    """What ``run_in_blocks`` found: each job's value, the blocks, and each block's SimulationResult."""
+
+    values: list
+    blocks: list
+    results: list
+
+
 def run_in_blocks(simulation: Callable[..., Simulation], starters: Sequence[Callable[[Simulation], Process]], *,
-                  blocks: Sequence[Sequence[int]] | None = None) -> tuple[list[Any], list[list[int]]]:
+                  blocks: Sequence[Sequence[int]] | None = None) -> BlockRuns:
     """Run jobs that start together on one fabric; their results equal those of one joint simulation.
 
     Parameters
@@ -66,14 +74,14 @@ def run_in_blocks(simulation: Callable[..., Simulation], starters: Sequence[Call
 
     Returns
     -------
-    values : list
-        Each starter's process value, in the order of ``starters``.
-    blocks : list of lists of int
-        The partition the values were simulated in (``[[0, 1, ...]]``: the joint run).
+    BlockRuns
+        ``values``: each starter's process value, in the order of ``starters``; ``blocks``: the partition
+        they were simulated in (``[[0, 1, ...]]``: the joint run); ``results``: each block's
+        SimulationResult (its ``time`` is when its last job ended; its group log holds its jobs' flows).
     """
     n = len(starters)
     parts = _partition(blocks, n)
-    runs: dict[tuple, tuple] = {}  # block -> (values, link ids, peak loads, capacities)
+    runs: dict[tuple, tuple] = {}  # block -> (values, link ids, peak loads, capacities, result)
     while True:
         for block in parts:
             if block not in runs:
@@ -91,12 +99,12 @@ def run_in_blocks(simulation: Callable[..., Simulation], starters: Sequence[Call
     for block in parts:
         for i, v in zip(block, runs[block][0]):
             values[i] = v
-    return values, [list(b) for b in parts]
+    return BlockRuns(values, [list(b) for b in parts], [runs[b][4] for b in parts])
 
 
 def _run_block(simulation, starters, block: tuple, *, alone: bool) -> tuple | None:
-    """Simulate the jobs of ``block`` together: (values, link ids, their peak loads, capacities), or
-    None if the jobs may not be split (``alone`` False and the run is not separable)."""
+    """Simulate the jobs of ``block`` together: (values, link ids, their peak loads, capacities, the
+    SimulationResult), or None if the jobs may not be split (``alone`` False and the run is not separable)."""
     sim = simulation(peak_loads=not alone)
     procs = [starters[i](sim) for i in block]
     # timed actions (faults: capacity changes) or completion batching couple every job (module docstring)
@@ -104,9 +112,9 @@ def _run_block(simulation, starters, block: tuple, *, alone: bool) -> tuple | No
         return None
     result = sim.run()
     if alone:
-        return [p.value for p in procs], None, None, None
+        return [p.value for p in procs], None, None, None, result
     ids = np.flatnonzero(result.link_peak)
-    return [p.value for p in procs], ids, result.link_peak[ids], sim.fabric.capacity
+    return [p.value for p in procs], ids, result.link_peak[ids], sim.fabric.capacity, result
 
 
 def _partition(blocks, n: int) -> list[tuple]:
@@ -133,7 +141,7 @@ def _merge(parts: list[tuple], runs: dict) -> list[tuple]:
     users = np.zeros(capacity.shape[0], dtype=np.int64)
     total = np.zeros(capacity.shape[0])
     for block in parts:
-        _, ids, peak, _ = runs[block]
+        _, ids, peak = runs[block][:3]
         users[ids] += 1
         total[ids] += peak
     bad = (users > 1) & (total > capacity * (1 - MARGIN))

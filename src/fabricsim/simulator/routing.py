@@ -30,7 +30,8 @@ same collective simulated under another protocol, a fresh simulation sharing thi
 ``route_many`` routes a pair array in a batch that gives bit for bit the routes of ``route`` pair by pair
 (``_route_pairs``, the reference its tests compare against): every (source, destination) is planned once
 for all its flow keys, and walked once per key only when ECMP made a choice on its way; pairs one or two
-hops apart (all traffic inside an NVLink domain) are routed with array operations; farther pairs share
+hops apart (all traffic inside an NVLink domain) are routed with array operations, and so are farther
+pairs across domains (every pair crossing the fat tree: ``routing_far``); the other farther pairs share
 their next hops per (middle, node) and their first hops per (source, middle); the routes live in one flat
 store that a pair array's RouteSet is gathered from.
 """
@@ -46,7 +47,7 @@ import numpy as np
 
 from fabricsim.errors import TopologyError
 from fabricsim.simulator.fluid import _ranges
-from fabricsim.simulator.routing_far import route_far
+from fabricsim.simulator.routing_far import bandwidth_shares, route_far
 from fabricsim.topologies.base import Topology, paused_gc as _paused_gc
 
 __all__ = ["LinkTable", "Route", "RouteSet", "Router", "stable_hash"]
@@ -95,16 +96,20 @@ class LinkTable:
         with _paused_gc():
             nodes = list(G.nodes)
             index = {n: i for i, n in enumerate(nodes)}
-            src, dst, bw, lat, kind = [], [], [], [], []
-            for u, v, d in G.edges(data=True):
-                src.append(index[u])
-                dst.append(index[v])
-                bw.append(d["bandwidth"])
-                lat.append(d.get("latency", 0.0))
-                kind.append(str(d.get("kind", "")))
-            edge_index = {(a, b): i for i, (a, b) in enumerate(zip(src, dst))}
-        return cls(nodes, index, np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64),
-                   np.asarray(bw, dtype=float), np.asarray(lat, dtype=float), kind, edge_index)
+            # the edges in G.edges order (every node's successors in turn), read from the adjacency dicts
+            # directly: a quarter faster than the edge view at 655,360 edges
+            degree, dst, bw, lat, kind = [], [], [], [], []
+            for _, nbrs in G.adjacency():
+                degree.append(len(nbrs))
+                dst += map(index.__getitem__, nbrs)
+                attrs = nbrs.values()
+                bw += [d["bandwidth"] for d in attrs]
+                lat += [d.get("latency", 0.0) for d in attrs]
+                kind += [str(d.get("kind", "")) for d in attrs]
+            src = np.repeat(np.arange(len(nodes), dtype=np.int64), degree)
+            edge_index = {(a, b): i for i, (a, b) in enumerate(zip(src.tolist(), dst))}
+        return cls(nodes, index, src, np.asarray(dst, dtype=np.int64), np.asarray(bw, dtype=float),
+                   np.asarray(lat, dtype=float), kind, edge_index)
 
     def __len__(self) -> int:
         return self.src.shape[0]
@@ -475,12 +480,7 @@ class Router:
             keep = second >= 0
             cand, second, owner = cand[keep], second[keep], owner[keep]
             k = np.bincount(owner, minlength=two.shape[0])
-            frac = np.ones(cand.shape[0])
-            starts = np.cumsum(k) - k
-            for kk in np.unique(k[k > 1]).tolist():
-                pos = _ranges(starts[k == kk], starts[k == kk] + kk).reshape(-1, kk)
-                w = self._bandwidth[cand[pos]]
-                frac[pos] = w / w.sum(axis=1, keepdims=True)
+            frac = bandwidth_shares(k, cand, self._bandwidth)
             done1, done2 = idx[hit], two[k > 0]
             counts = np.concatenate([np.ones(done1.shape[0], dtype=np.int64), k[k > 0]])
             path_frac = np.concatenate([np.ones(done1.shape[0]), frac])

@@ -7,13 +7,15 @@ for bit the same (``tests/test_routing_batch.py`` compares every batch with ``Ro
 - the conditions under which ``_plan_over`` routes a pair through a shared middle (X1, X2 of the source,
   Y1, Y2 of the destination non-empty, X1 and X2 disjoint from Y1, Y2 disjoint from X1) are tested per pair
   by looking the set members up among the adjacency's link codes (``v`` is in Y1(d) exactly when the link
-  ``v -> d`` is up and ``v`` forwards); the sides X2 and Y2 come from ``Router._side``, cached per node;
+  ``v -> d`` is up and ``v`` forwards); the sides X2 and Y2 (``Router._side``) are found per node with
+  array operations and interned;
 - the middles (X2 -> Y2) are searched once per distinct (X2, Y2) by ``Router._middle`` (shared with the
-  pair-by-pair path), and their distances are looked up per pair with one sorted code table per batch;
+  pair-by-pair path); the first hops' distances are looked up in them (a few per pair);
 - the first hops (forwarding neighbours of the source one hop nearer, sharing by bandwidth, rule 3) and the
   hops after them are taken for every path at once, hop by hop: a node one hop from d goes to d, a node
-  two hops from d to its forwarding neighbours that link to d (Y1), a node farther to the next hops of
-  ``Router._mid_opts`` (one Python look-up per distinct (Y2, node, hops) state, not per path); where
+  two hops from d to those of d's forwarding predecessors (Y1) it links to, a node farther to its
+  forwarding successors one hop nearer d in the middle (found by one set intersection per distinct (Y2,
+  node, hops) state and cached: the same for every middle ending in Y2, see ``Router._plan_far``); where
   there are several, the ECMP hash (splitmix64 steps of the source, destination, key and node name
   digests) is computed for every path with numpy's wrapping uint64 arithmetic.
 
@@ -22,6 +24,8 @@ are left to the pair-by-pair path, which decides and words every error.
 """
 
 from __future__ import annotations
+
+from itertools import chain
 
 import numpy as np
 
@@ -80,8 +84,15 @@ class _Tables:
         self.nh = np.array(router._name_hash, dtype=np.uint64)
         self.bandwidth = router._bandwidth
         self.latency = lt.latency
-        self.x2 = _Sides(router, router._fwd_of[id(router._succ_all)])
-        self.y2 = _Sides(router, router._fwd_of[id(router._pred_all)])
+        # forwarding neighbours as CSR arrays of nodes: successors (X1) and predecessors (Y1), in node order
+        up = np.flatnonzero(router._up[0])
+        into = up[self.fwd[lt.src[up]]]
+        into = into[np.lexsort((lt.src[into], lt.dst[into]))]
+        pred_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(lt.dst[into], minlength=n), out=pred_ptr[1:])
+        self.x2 = _Sides(ptr, lt.dst[to_fwd])
+        self.y2 = _Sides(pred_ptr, lt.src[into])
+        self.y1 = self.y2._neighbours
 
     @staticmethod
     def lookup(codes: np.ndarray, links: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -104,30 +115,48 @@ class _Tables:
 
 
 class _Sides:
-    """X2 (or Y2) of nodes as interned ids with their members flat, from ``Router._side`` (cached per node)."""
+    """X2 (or Y2) of nodes as interned ids with their members flat: the forwarding neighbours of the node's
+    forwarding neighbours that are not among those (``Router._side``'s X2, sorted), per node once."""
 
-    def __init__(self, router, adj_f: list) -> None:
-        self.router, self.adj_f = router, adj_f
-        self.id_of = np.full(len(router.links.nodes), -1, dtype=np.int64)
+    def __init__(self, ptr: np.ndarray, nbr: np.ndarray) -> None:
+        self.adj_ptr, self.adj = ptr, nbr  # forwarding neighbours of every node (CSR, sorted)
+        self.id_of = np.full(ptr.shape[0] - 1, -1, dtype=np.int64)
         self.index: dict = {}
         self.sets: list = []
         self.ptr = np.zeros(1, dtype=np.int64)
         self.flat = np.zeros(0, dtype=np.int64)
         self.sizes = np.zeros(0, dtype=np.int64)
 
+    def _expand(self, nodes: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.adj_ptr[nodes], self.adj_ptr[nodes + 1]
+        return np.repeat(owner, b - a), self.adj[_ranges(a, b)]
+
+    def _neighbours(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(owner index, node) of the forwarding neighbours of every node of ``nodes``, in node order."""
+        return self._expand(nodes, np.arange(nodes.shape[0]))
+
     def ids(self, nodes: np.ndarray) -> np.ndarray:
         new = np.unique(nodes[self.id_of[nodes] < 0])
         if new.size:
-            side, index, sets = self.router._side, self.index, self.sets
-            grown = []
-            for v in new.tolist():
-                x2 = side(v, self.adj_f)[2]
-                i = index.get(x2)
+            n = self.id_of.shape[0]
+            own1, x1 = self._expand(new, np.arange(new.shape[0]))
+            own2, x2 = self._expand(x1, own1)
+            code = np.unique(own2 * n + x2)
+            code = code[~np.isin(code, own1 * n + x1)]
+            owner, member = code // n, code % n
+            bounds = np.searchsorted(owner, np.arange(new.shape[0] + 1)).tolist()
+            member = member.tolist()
+            index, sets, grown = self.index, self.sets, []
+            ids = np.empty(new.shape[0], dtype=np.int64)
+            for j in range(new.shape[0]):
+                x = tuple(member[bounds[j]:bounds[j + 1]])
+                i = index.get(x)
                 if i is None:
-                    i = index[x2] = len(sets)
-                    sets.append(x2)
-                    grown.append(x2)
-                self.id_of[v] = i
+                    i = index[x] = len(sets)
+                    sets.append(x)
+                    grown.append(x)
+                ids[j] = i
+            self.id_of[new] = ids
             if grown:
                 sizes = np.array([len(x) for x in grown], dtype=np.int64)
                 self.sizes = np.concatenate([self.sizes, sizes])
@@ -147,6 +176,36 @@ def _tables(router) -> _Tables:
     if t is None:
         t = router._far_tables = _Tables(router)
     return t
+
+
+def bandwidth_shares(k: np.ndarray, links: np.ndarray, bandwidth: np.ndarray) -> np.ndarray:
+    """Each of ``links`` (in groups of ``k[i]`` consecutive first hops of one pair) as its share of its
+    group's bandwidth, ``w / w.sum()`` as ``Router._first_hops`` computes it (rule 3; one hop: 1.0)."""
+    share = np.ones(links.shape[0])
+    starts = np.cumsum(k) - k
+    for kk in np.unique(k[k > 1]).tolist():
+        pos = _ranges(starts[k == kk], starts[k == kk] + kk).reshape(-1, kk)
+        w = bandwidth[links[pos]]
+        share[pos] = w / w.sum(axis=1, keepdims=True)
+    return share
+
+
+_NONE: frozenset = frozenset()
+
+
+def _levels(router, dist: dict) -> dict:
+    """A middle's nodes grouped by their hops to d, {hops: frozenset}, cached per middle (the middles are
+    shared by many pairs and batches; the cache holds the middle so that its id stays its own)."""
+    cache = router.__dict__.setdefault("_far_levels", {})
+    hit = cache.get(id(dist))
+    if hit is None:
+        if len(cache) >= 4_000:  # ~35 KB each in a three-tier fat tree of 64-port switches
+            cache.clear()
+        groups: dict = {}
+        for v, h in dist.items():
+            groups.setdefault(h, []).append(v)
+        hit = cache[id(dist)] = (dist, {h: frozenset(vs) for h, vs in groups.items()})
+    return hit[1]
 
 
 def _any(owner: np.ndarray, hit: np.ndarray, n: int) -> np.ndarray:
@@ -191,19 +250,13 @@ def _plans(router, s: np.ndarray, d: np.ndarray):
     ok &= length > 0
     # hops to d of the first-hop candidates (X1): the middle's, else one more than their best successor's
     # in the middle when that makes them exactly one hop short of the length ("extra" in _plan_far)
-    keys, vals = [], []
-    for j, mid in enumerate(mids):
-        if mid is not None:
-            keys.append(j * t.n + np.fromiter(mid[1].keys(), dtype=np.int64, count=len(mid[1])))
-            vals.append(np.fromiter(mid[1].values(), dtype=np.int64, count=len(mid[1])))
-    mkeys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-    mvals = np.concatenate(vals) if vals else np.zeros(0, dtype=np.int64)
-    order = np.argsort(mkeys, kind="stable")
-    mkeys, mvals = mkeys[order], mvals[order]
     m_of = inv  # per pair, its middle's index in ``mids``
+    dist = [None if mid is None else mid[1] for mid in mids]
 
     def hops(nodes: np.ndarray, owner: np.ndarray) -> np.ndarray:
-        return _Tables.lookup(mkeys, mvals, m_of[owner] * t.n + nodes)
+        """Hops to d of ``nodes`` in the middle of pair ``owner`` (-1 where it has none): a few per pair."""
+        return np.fromiter(map(lambda m, v: dist[m].get(v, -1), m_of[owner].tolist(), nodes.tolist()),
+                           dtype=np.int64, count=nodes.shape[0])
 
     sel = ok[own_x1]
     own_x1, x1_link, x1 = own_x1[sel], x1_link[sel], x1[sel]
@@ -223,14 +276,8 @@ def _plans(router, s: np.ndarray, d: np.ndarray):
     ok &= (best < big) & (best + 1 == length)
     first = ok[own_x1] & (h == length[own_x1] - 1)
     own_f, link_f = own_x1[first], x1_link[first]
-    # shares by bandwidth, as _first_hops: w / w.sum() per pair (one hop: 1.0)
     k = np.bincount(own_f, minlength=n_pairs)
-    share = np.ones(own_f.shape[0])
-    starts = np.cumsum(k) - k
-    for kk in np.unique(k[k > 1]).tolist():
-        pos = _ranges(starts[k == kk], starts[k == kk] + kk).reshape(-1, kk)
-        w = t.bandwidth[link_f[pos]]
-        share[pos] = w / w.sum(axis=1, keepdims=True)
+    share = bandwidth_shares(k, link_f, t.bandwidth)
     return ok, length, y2_id, mids, m_of, k, link_f, t.dst[link_f], share
 
 
@@ -267,8 +314,11 @@ def _walk(router, s, d, key, idx, length, y2_id, mids, m_of, k, link_f, node_f, 
     hk = mix(mix(mix(np.full(n_pairs, _GOLDEN), nh[s]), nh[d]), key.view(np.uint64))
     choice = np.zeros(n_pairs, dtype=bool)
     succ_f = router._fwd_of[id(router._succ_all)]
-    edge = router.links.edge_index
     y2_sets = t.y2.sets
+    y2_of, m_of_l = y2_id.tolist(), m_of.tolist()
+    dist = [None if mid is None else mid[1] for mid in mids]
+    levels = [None] * len(mids)
+    succ_sets = router._succ_sets[id(succ_f)]
     width = int(length.max(initial=0))
     while True:
         act = np.flatnonzero(r > 0)
@@ -286,10 +336,10 @@ def _walk(router, s, d, key, idx, length, y2_id, mids, m_of, k, link_f, node_f, 
             cnt[one] = 1
             pieces.append((one, np.ones(one.size, dtype=np.int64), d[pa[one]], lk))
         two = np.flatnonzero(ra == 2)
-        if two.size:
-            own, lk = t.x1(ua[two])
-            w = t.dst[lk]
-            keep = t.up(w, d[pa[two]][own]) >= 0
+        if two.size:  # to Y1(d) (d's forwarding predecessors, few), where u links to them
+            own, w = t.y1(d[pa[two]])
+            lk = t.up(ua[two][own], w)
+            keep = lk >= 0
             c = np.bincount(own[keep], minlength=two.size)
             cnt[two] = c
             pieces.append((two, c, w[keep], lk[keep]))
@@ -298,25 +348,27 @@ def _walk(router, s, d, key, idx, length, y2_id, mids, m_of, k, link_f, node_f, 
             code = (y2_id[pa[far]] * (width + 1) + ra[far]) * t.n + ua[far]
             ucode, first, inv = np.unique(code, return_index=True, return_inverse=True)
             inv = inv.reshape(-1)
-            c_u, nodes_u, links_u = [], [], []
-            for j, cd in zip(first.tolist(), ucode.tolist()):
-                node, rr = int(ua[far[j]]), int(ra[far[j]])
-                p = int(pa[far[j]])
-                y2 = y2_sets[int(y2_id[p])]
-                mopts = router._mid_opts.get((id(succ_f), y2))
-                if mopts is None:
-                    mopts = router._mid_opts[(id(succ_f), y2)] = {}
-                o = mopts.get((node, rr))
-                if o is None:
-                    mh = mids[int(m_of[p])][1]
-                    ws = tuple(w for w in succ_f[node] if mh.get(w) == rr - 1)
-                    o = mopts[(node, rr)] = (ws, tuple(edge[(node, w)] for w in ws))
-                c_u.append(len(o[0]))
-                nodes_u += o[0]
-                links_u += o[1]
-            c_u = np.array(c_u, dtype=np.int64)
+            opts = []
+            cache = router.__dict__.setdefault("_far_opts", {})  # (Y2, node, hops to d) -> next hops
+            if len(cache) >= 500_000:  # ~100 MB
+                cache.clear()
+            for node, rr, p in zip(ua[far[first]].tolist(), ra[far[first]].tolist(), pa[far[first]].tolist()):
+                ck = (y2_sets[y2_of[p]], node, rr)
+                o = cache.get(ck)
+                if o is None:  # u's forwarding successors one hop nearer d, in node order: a set intersection
+                    m = m_of_l[p]
+                    level = levels[m]
+                    if level is None:
+                        level = levels[m] = _levels(router, dist[m])
+                    succ = succ_sets.get(node)
+                    if succ is None:
+                        succ = succ_sets[node] = frozenset(succ_f[node])
+                    o = cache[ck] = tuple(sorted(succ & level.get(rr - 1, _NONE)))
+                opts.append(o)
+            c_u = np.fromiter(map(len, opts), dtype=np.int64, count=len(opts))
             ptr_u = np.cumsum(c_u) - c_u
-            nodes_u, links_u = np.array(nodes_u, dtype=np.int64), np.array(links_u, dtype=np.int64)
+            nodes_u = np.fromiter(chain.from_iterable(opts), dtype=np.int64, count=int(c_u.sum()))
+            links_u = t.up(np.repeat(ua[far[first]], c_u), nodes_u)  # the up link u -> w (edge_index's)
             c = c_u[inv]
             cnt[far] = c
             sub = _ranges(ptr_u[inv], ptr_u[inv] + c)
