@@ -677,7 +677,7 @@ class Fabric:
     def _finish_subflows(self, tags: np.ndarray, t: float) -> None:
         gids = tags >> _TAG_BITS
         subs = tags & _TAG_MASK
-        if gids[0] == gids[-1] and (gids.size < 3 or not np.any(gids != gids[0])):
+        if gids[0] == gids[-1] and (gids.size < 3 or not np.count_nonzero(gids != gids[0])):
             parts = [(subs, int(gids[0]))]  # one group (the common case)
         else:  # several groups: sort them apart
             order = np.argsort(gids, kind="stable")
