@@ -49,8 +49,10 @@ def _journal_lines(path):
 def test_killed_sweep_resumes_to_identical_files(tmp_path, straight, sig, jobs):
     out = tmp_path / "out"
     # every journal line is followed by a pause in the sweep's own process, so that it is still midway when
-    # the signal arrives however fast the points run and however late this poller is scheduled
-    code = ("import sys, time; from fabricsim.sweep_store import SweepStore; _append = SweepStore.append\n"
+    # the signal arrives however fast the points run and however late this poller is scheduled; SIGINT gets
+    # Python's own handler back (a suite started as a background job inherits SIGINT ignored)
+    code = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "from fabricsim.sweep_store import SweepStore; _append = SweepStore.append\n"
             "def append(self, record):\n    _append(self, record)\n    time.sleep(0.3)\n"
             "SweepStore.append = append\n"
             "from fabricsim.cli.main import cli; sys.exit(cli())")
@@ -146,8 +148,10 @@ def _children(pid):
 def test_killed_worker_fails_its_points_and_resume_finishes(tmp_path, straight):
     out = tmp_path / "out"
     # every journal line is followed by a pause in the sweep's own process, so that it is still midway when
-    # the signal arrives however fast the points run and however late this poller is scheduled
-    code = ("import sys, time; from fabricsim.sweep_store import SweepStore; _append = SweepStore.append\n"
+    # the signal arrives however fast the points run and however late this poller is scheduled; SIGINT gets
+    # Python's own handler back (a suite started as a background job inherits SIGINT ignored)
+    code = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "from fabricsim.sweep_store import SweepStore; _append = SweepStore.append\n"
             "def append(self, record):\n    _append(self, record)\n    time.sleep(0.3)\n"
             "SweepStore.append = append\n"
             "from fabricsim.cli.main import cli; sys.exit(cli())")
