@@ -377,10 +377,6 @@ class Router:
             if new.size:
                 rid_u[new] = self._route_near(ucode[new] // n_nodes, ucode[new] % n_nodes)
                 far = new[rid_u[new] == -2]
-                fs, fd = ucode[far] // n_nodes, ucode[far] % n_nodes
-                # routing_far knows routes between NVLink domains only: pairs inside one domain (route uses
-                # its NVLink links alone) are planned below
-                far = far[~((self._dom_id[fs] >= 0) & (self._dom_id[fs] == self._dom_id[fd]))]
                 if far.size:  # three or more hops apart: with array operations where routing_far covers them
                     rid_f, hashed = route_far(self, ucode[far] // n_nodes, ucode[far] % n_nodes, key[first[far]])
                     done = rid_f >= 0
@@ -427,6 +423,15 @@ class Router:
                 rid[keyed] = out
             return self._store.gather(rid)
 
+    def _domain_ids(self) -> np.ndarray:
+        """Every node's NVLink domain as a small integer (-1: not a GPU, or no domain); built on first use."""
+        dom = self.__dict__.get("_dom_id")
+        if dom is None:
+            ids_of: dict = {}
+            dom = self._dom_id = np.array([-1 if x is None else ids_of.setdefault(x, len(ids_of))
+                                           for x in self._domain], dtype=np.int64)
+        return dom
+
     def _near_tables(self, which: int) -> tuple:
         """For adjacency ``which`` (0: every link kind, 1: NVLink only): its link codes (src * nodes + dst)
         sorted with their link ids, and its links to forwarding nodes sorted by (src, dst) with a pointer
@@ -442,10 +447,6 @@ class Router:
             to_fwd = to_fwd[np.lexsort((lt.dst[to_fwd], lt.src[to_fwd]))]
             ptr = np.zeros(n + 1, dtype=np.int64)
             np.cumsum(np.bincount(lt.src[to_fwd], minlength=n), out=ptr[1:])
-            if "_dom_id" not in self.__dict__:
-                ids_of: dict = {}
-                self._dom_id = np.array([-1 if x is None else ids_of.setdefault(x, len(ids_of)) for x in self._domain],
-                                        dtype=np.int64)
             t = tables[which] = (code[order], ids[order], ptr, to_fwd)
         return t
 
@@ -460,7 +461,7 @@ class Router:
         lt, n = self.links, len(self.links.nodes)
         out = np.full(s.shape[0], -2, dtype=np.int64)
         self._near_tables(0)
-        dom = self._dom_id
+        dom = self._domain_ids()
         same = (dom[s] >= 0) & (dom[s] == dom[d])
         lat = lt.latency
         for which, sel in ((1, same), (0, ~same)):

@@ -282,13 +282,15 @@ def _plans(router, s: np.ndarray, d: np.ndarray):
 
 
 def route_far(router, s: np.ndarray, d: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Route the pairs (s[i], d[i]) of different domains for flow ``key[i]``: (route id, -2 where not covered;
-    whether the route made an ECMP choice)."""
+    """Route the pairs (s[i], d[i]) for flow ``key[i]``: (route id, -2 where not covered, e.g. for pairs
+    of one domain; whether the route made an ECMP choice)."""
     rid = np.full(s.shape[0], -2, dtype=np.int64)
     hashed = np.zeros(s.shape[0], dtype=bool)
     if router.adaptive or not s.size:
         return rid, hashed
     ok, length, y2_id, mids, m_of, k, link_f, node_f, share = _plans(router, s, d)
+    dom = router._domain_ids()
+    ok &= (dom[s] < 0) | (dom[s] != dom[d])  # inside one domain ``route`` takes NVLink links alone: not here
     idx = np.flatnonzero(ok)
     if not idx.size:
         return rid, hashed
