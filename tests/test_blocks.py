@@ -5,8 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fabricsim.collectives import AllreduceRunner
-from fabricsim.collectives.runner import concurrent_allreduce
-from fabricsim.collectives.select import allreduce
+from fabricsim.collectives.select import allreduce, concurrent_allreduce
 from fabricsim.errors import ConfigError
 from fabricsim.simulator.blocks import MARGIN, run_in_blocks
 from fabricsim.simulator.engine import Simulation, set_capacity

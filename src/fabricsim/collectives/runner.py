@@ -27,7 +27,7 @@ from fabricsim.collectives.select import (AllreduceRunner, available_algorithms,
 from fabricsim.errors import ConfigError, InfeasibleError
 
 __all__ = ["COLLECTIVES", "available", "build", "collective", "reduce_scatter", "all_gather", "all_to_all",
-           "broadcast", "reduce", "send_recv", "CollectiveRunner", "concurrent_allreduce"]
+           "broadcast", "reduce", "send_recv", "CollectiveRunner"]
 
 if TYPE_CHECKING:
     from simpy.events import Process
@@ -201,28 +201,6 @@ def reduce(sim: Simulation, nbytes: int, **options: Any) -> Process:
 def send_recv(sim: Simulation, pairs_or_src_dst: Pairs, nbytes: int, **options: Any) -> Process:
     """Point-to-point: ``(src, dst)`` or many pairs at once (one flow group), ``nbytes`` per pair."""
     return collective(sim, "sendrecv", nbytes, pairs=pairs_or_src_dst, **options)
-
-
-def concurrent_allreduce(runner: AllreduceRunner, nbytes: int, groups: Sequence[Sequence[int]],
-                         algorithm: str) -> list[CollectiveResult]:
-    """Every group all-reduces ``nbytes`` at the same instant on an idle fabric: each group's result.
-
-    The groups are simulated in independent blocks (``simulator.blocks``: the times of one joint
-    simulation, up to float rounding). The partition found is remembered in ``runner.memo`` and tried
-    first by the next call with the same groups (another size or algorithm usually splits alike).
-    """
-    from fabricsim.collectives.select import allreduce
-    from fabricsim.simulator.blocks import run_in_blocks
-
-    def starter(ranks):
-        return lambda sim: allreduce(sim, nbytes, ranks=ranks, algorithm=algorithm, protocol=runner.protocol,
-                                     calibration=runner.calibration, memo=runner.memo)
-
-    hint = ("concurrent blocks", tuple(tuple(int(r) for r in g) for g in groups))
-    runs = run_in_blocks(lambda **options: runner.simulation(record=None, **options), [starter(g) for g in groups],
-                         blocks=runner.memo.get(hint))
-    runner.memo[hint] = runs.blocks
-    return runs.values
 
 
 class CollectiveRunner:

@@ -7,7 +7,6 @@ fabric and the fastest wins (the choice is remembered per group and size).
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -33,8 +32,8 @@ if TYPE_CHECKING:
     from fabricsim.simulator.fabric import Fabric
     from fabricsim.topologies.base import Topology
 
-__all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner", "estimate_allreduce",
-           "fastest_protocol", "group_shape", "protocol_cost"]
+__all__ = ["ALGORITHMS", "available_algorithms", "build_allreduce", "allreduce", "AllreduceRunner",
+           "concurrent_allreduce", "estimate_allreduce", "fastest_protocol", "group_shape", "protocol_cost"]
 
 ALGORITHMS = ("ring", "tree", "hierarchical", "nvls", "sharp", "auto")
 
@@ -491,6 +490,27 @@ def nothing(result):
     yield  # a generator: SimPy runs it as a process that ends at once
 
 
+def concurrent_allreduce(runner: AllreduceRunner, nbytes: int, groups: Sequence[Sequence[int]],
+                         algorithm: str) -> list[CollectiveResult]:
+    """Every group all-reduces ``nbytes`` at the same instant on an idle fabric: each group's result.
+
+    The groups are simulated in independent blocks (``simulator.blocks``: the times of one joint
+    simulation, up to float rounding). The partition found is remembered in ``runner.memo`` and tried
+    first by the next call with the same groups (another size or algorithm usually splits alike).
+    """
+    from fabricsim.simulator.blocks import run_in_blocks
+
+    def starter(ranks):
+        return lambda sim: allreduce(sim, nbytes, ranks=ranks, algorithm=algorithm, protocol=runner.protocol,
+                                     calibration=runner.calibration, memo=runner.memo)
+
+    hint = ("concurrent blocks", tuple(tuple(int(r) for r in g) for g in groups))
+    runs = run_in_blocks(lambda **options: runner.simulation(record=None, **options), [starter(g) for g in groups],
+                         blocks=runner.memo.get(hint))
+    runner.memo[hint] = runs.blocks
+    return runs.values
+
+
 class AllreduceRunner:
     """Simulates single all-reduces on one topology, reusing its routes across runs (for sweeps).
 
@@ -563,9 +583,7 @@ class AllreduceRunner:
         key = (tuple(tuple(g) for g in groups), int(nbytes), algorithm)
         if key not in self._concurrent and len(groups) == 1:
             self._concurrent[key] = self._alone(int(nbytes), groups[0], algorithm, None)
-        if key not in self._concurrent:  # simulated in independent blocks (runner.py, simulator/blocks.py)
-            from fabricsim.collectives.runner import concurrent_allreduce
-
+        if key not in self._concurrent:  # simulated in independent blocks (simulator/blocks.py)
             self._concurrent[key] = max(concurrent_allreduce(self, int(nbytes), groups, algorithm),
                                         key=lambda r: r.time)
         return self._concurrent[key]
