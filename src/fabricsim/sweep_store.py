@@ -205,8 +205,6 @@ def _csv(columns, rows) -> str:
     return buf.getvalue()
 
 
-
-
 def run_into(spec, out_dir: str, *, jobs: int | None = None, scheduler: str | None = None,
              progress: Callable[[dict], None] | None = None, resume: bool = False) -> SweepResult:
     """``sweep.run_and_write``: run the points the directory lacks, journal each, write the results."""
