@@ -21,40 +21,20 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
-import sys
 import tempfile
-import time
+
+from bench_scale import run_case
 
 CASES = [("default sweep", [], "step.csv"),
          ("llama3-70b TP 8 at 8,192 GPUs", ["--model", "llama3-70b", "--tp", "8", "--sizes", "8192"], "step.csv")]
 HEAVY = [("message: 1 GiB all-reduce", ["--mode", "message"], "message.csv"),
          ("llama3-70b TP 8, 8..8,192 GPUs", ["--model", "llama3-70b", "--tp", "8"], "step.csv")]
 
-# the case reports its own CPU time and peak RSS on the way out (also through click's sys.exit)
-_REPORT = ("import atexit, resource, sys\n"
-           "def _report():\n"
-           "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
-           "    print('__RUSAGE__', r.ru_maxrss / 1024, r.ru_utime + r.ru_stime, file=sys.stderr)\n"
-           "atexit.register(_report)\n"
-           "from fabricsim.cli.main import cli\n"
-           "cli()\n")
-
 
 def run(args: list[str], out: str, src: str | None, jobs: int, plots: bool) -> dict:
-    env = dict(os.environ)
-    if src:
-        env["PYTHONPATH"] = src
+    """One sweep as the CLI, in a fresh process (``bench_scale.run_case``): wall_s, cpu_s, peak_rss_MiB."""
     argv = ["sweep", *args, "--out", out, "--jobs", str(jobs)] + ([] if plots else ["--no-plots"])
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _REPORT, *argv], capture_output=True, text=True, env=env)
-    row = {"wall": time.perf_counter() - t0}
-    usage = [line.split() for line in proc.stderr.splitlines() if line.startswith("__RUSAGE__")]
-    if proc.returncode or not usage:
-        row["error"] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:60]
-    else:
-        row["rss"], row["cpu"] = float(usage[-1][1]), float(usage[-1][2])
-    return row
+    return run_case("from fabricsim.cli.main import cli; cli()", argv, src, timeout=3600.0)
 
 
 def compare(a: str, b: str) -> str:
@@ -97,9 +77,9 @@ def main() -> None:
             cells, ratio, same = [], "", ""
             for side in ("before", "after"):
                 r = sides.get(side)
-                cells.append(f"{'-':>14}{'-':>8}" if r is None or "error" in r else f"{r['wall']:>14.1f}{r['cpu']:>8.1f}")
+                cells.append(f"{'-':>14}{'-':>8}" if r is None or "error" in r else f"{r['wall_s']:>14.1f}{r['cpu_s']:>8.1f}")
             if all(s in sides and "error" not in sides[s] for s in ("before", "after")):
-                ratio = f"{sides['before']['cpu'] / sides['after']['cpu']:.1f}x"
+                ratio = f"{sides['before']['cpu_s'] / sides['after']['cpu_s']:.1f}x"
                 same = compare(*(os.path.join(tmp, f"{i}-{s}", table) for s in ("before", "after")))
             errors = [f"{s}: {r['error']}" for s, r in sides.items() if "error" in r]
             print(f"{label:<34}{cells[0]}{cells[1]}{ratio:>10}  {same}{'; '.join(errors)}", flush=True)
