@@ -153,6 +153,57 @@ class GroupResult:
         return self.finish - self.start
 
 
+class _Subflows:
+    """A routed group's subflows, one per flow and path: the flow of each (``flow``), its share of the
+    flow (``frac``), bytes and path latency, the path table (subflow i crosses ``links[ptr[i]:ptr[i+1]]``),
+    the links the group loads (``used``) and its bytes on them, where each flow's subflows start when
+    they are grouped by flow in flow order (``first``, else None) and whether subflow i is flow i."""
+
+    __slots__ = ("flow", "frac", "sub_bytes", "lat", "ptr", "links", "used", "used_bytes", "first", "one_path")
+
+    def __init__(self, flow, frac, sub_bytes, lat, ptr, links, used, used_bytes, first, one_path):
+        self.flow, self.frac, self.sub_bytes, self.lat, self.ptr, self.links = flow, frac, sub_bytes, lat, ptr, links
+        self.used, self.used_bytes, self.first, self.one_path = used, used_bytes, first, one_path
+
+    @property
+    def size(self) -> int:
+        """Array elements held (what the fabric's expansion budget counts)."""
+        return self.links.shape[0] + 8 * self.flow.shape[0]
+
+
+class _Picked:
+    """A selection's subflows: the parent's subflows ``keep`` (in the parent's order), ``flow`` their
+    flows in the selection. Their bytes, latencies, shares and paths are read from the parent's only
+    when asked for (a round of a pipeline needs none of them: ``Fabric._expand_selection``)."""
+
+    __slots__ = ("parent", "keep", "flow", "used", "used_bytes", "one_path", "_cut")
+    first = None  # selections are cut from, in the general way (``Fabric._select``)
+
+    def __init__(self, parent: _Subflows | "_Picked", keep: np.ndarray, flow: np.ndarray, one_path: bool):
+        self.parent, self.keep, self.flow, self.one_path = parent, keep, flow, one_path
+        self.used = self.used_bytes = None
+        self._cut: dict = {}
+
+    def _get(self, name: str) -> np.ndarray:
+        value = self._cut.get(name)
+        if value is None:
+            if name in ("ptr", "links"):
+                self._cut["ptr"], self._cut["links"] = _path_rows(self.parent.ptr, self.parent.links, self.keep)
+                return self._cut[name]
+            value = self._cut[name] = getattr(self.parent, name)[self.keep]
+        return value
+
+    sub_bytes = property(lambda self: self._get("sub_bytes"))
+    lat = property(lambda self: self._get("lat"))
+    frac = property(lambda self: self._get("frac"))
+    ptr = property(lambda self: self._get("ptr"))
+    links = property(lambda self: self._get("links"))
+
+    @property
+    def size(self) -> int:
+        return 2 * self.keep.shape[0] + sum(a.shape[0] for a in self._cut.values())
+
+
 @dataclass
 class _Run:
     """One submission of a group: its event and the subflows still in flight."""
@@ -354,17 +405,18 @@ class Fabric:
 
     def links_used(self, group: FlowGroup) -> np.ndarray:
         """Indices of the links the group's flows cross (sorted, unique)."""
-        return self._expand(group)[5]
+        return self._expand(group).used
 
     def subflows(self, group: FlowGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The group's fluid subflows (one per flow and path): (bytes, path latency, path pointer into
         links, links), so that subflow ``i`` crosses ``links[ptr[i]:ptr[i + 1]]``."""
-        _, sub_bytes, lat, ptr, links = self._expand(group)[:5]
-        return sub_bytes, lat, ptr, links
+        sub = self._expand(group)
+        return sub.sub_bytes, sub.lat, sub.ptr, sub.links
 
     def path_latency(self, group: FlowGroup, *, shortest: bool = False) -> float:
         """Longest (or shortest) path latency among the group's flows (s)."""
-        lat = self._expand(group)[2]
+        # a selection's merged flows hold every latency its subflows have (subflows alike share one)
+        lat = self._expand(group).lat if group._parent is None else self._merged(group)[6]
         return float(lat.min() if shortest else lat.max()) if lat.size else 0.0
 
     # --- submitting ---------------------------------------------------------------------------------------
@@ -444,7 +496,8 @@ class Fabric:
         paths, lengths = [], []
         for tag, nbytes, w in zip(tags.tolist(), left.tolist(), weight.tolist()):
             run = self._runs[tag >> _TAG_BITS]
-            flow, _, _, ptr, links = self._expand(run.group)[:5]
+            sub_flows = self._expand(run.group)
+            flow, ptr, links = sub_flows.flow, sub_flows.ptr, sub_flows.links
             sub = int(self._merged(run.group)[0][tag & _TAG_MASK])
             f = int(flow[sub])
             s, d, k = int(run.group.src[f]), int(run.group.dst[f]), int(run.group.key[f])
@@ -470,7 +523,7 @@ class Fabric:
         if seen is not None and seen[0] is group:
             group = seen[1]
         try:
-            if not self._down[self._expand(group)[5]].any():
+            if not self._down[self._expand(group).used].any():
                 return group
             fresh = FlowGroup(group.src, group.dst, group.nbytes, group.key, group.label, group.charge_latency)
             self._expand(fresh)
@@ -490,32 +543,69 @@ class Fabric:
         return total_bytes, busy
 
     # --- internals ----------------------------------------------------------------------------------------
-    def _expand(self, group: FlowGroup) -> tuple:
-        """Subflows of a group: (flow index, bytes, latency, path ptr, path links, used links, their bytes,
-        share of the flow, start of each flow's subflows or None), computed once per group; a selection
-        derives its own from its parent's."""
+    def _expand(self, group: FlowGroup) -> _Subflows | _Picked:
+        """The group's subflows (``_Subflows``), computed once per group; a selection derives its own
+        from its parent's (``_expand_selection``)."""
         if group._expanded is None:
             if group._parent is not None:
-                flow, frac, lat, ptr, links, group._parent_sub = self._select(
-                    self._expand(group._parent), group._index, len(group._parent))
-            else:
-                rs = self.router.route_many(group.src, group.dst, group.key)
-                flow, frac, lat, ptr, links = rs.flow, rs.frac, rs.lat, rs.ptr, rs.links
-                group._routes = rs  # kept for its path classes (merging)
+                return self._expand_selection(group)
+            rs = self.router.route_many(group.src, group.dst, group.key)
+            flow, frac, lat, ptr, links = rs.flow, rs.frac, rs.lat, rs.ptr, rs.links
+            group._routes = rs  # kept for its path classes (merging)
             sub_bytes = group.nbytes[flow] * frac
             if sub_bytes.shape[0] > _TAG_MASK:
                 raise ConfigError(f"a flow group may hold at most {_TAG_MASK} paths")
             link_bytes = np.bincount(links, weights=np.repeat(sub_bytes, np.diff(ptr)), minlength=len(self.links))
             used = np.flatnonzero(link_bytes)
-            first = None  # where each flow's subflows start, when they are grouped by flow in order
+            first = None
+            one_path = False
             if flow.shape[0] and flow[0] >= 0 and np.all(flow[1:] >= flow[:-1]):
+                count = np.bincount(flow, minlength=len(group))
                 first = np.zeros(len(group) + 1, dtype=np.int64)
-                np.cumsum(np.bincount(flow, minlength=len(group)), out=first[1:])
-            group._expanded = (flow, sub_bytes, lat, ptr, links, used, link_bytes[used], frac, first)
-            self._track(group, links.shape[0] + 8 * flow.shape[0])
+                np.cumsum(count, out=first[1:])
+                one_path = flow.shape[0] == count.shape[0] and bool((count == 1).all())
+            group._expanded = _Subflows(flow, frac, sub_bytes, lat, ptr, links, used, link_bytes[used], first, one_path)
+            self._track(group, group._expanded.size)
         elif id(group) in self._expanded:
             self._expanded.move_to_end(id(group))
         return group._expanded
+
+    def _expand_selection(self, group: FlowGroup) -> _Picked:
+        """``_expand`` of a selection, with its merged flows (``_merged``), in time proportional to the
+        selection's flows and its merged flows' path links: a pipeline round selects much of a large
+        base whose paths, bytes and latencies it never copies (``_Picked``). Its merged flows are its
+        parent's merged flows that it holds (subflows alike in the parent are alike here), their path
+        rows read from the parent's table, and its link bytes are those of its merged flows (weight x
+        bytes summed on each of their links, as the fluid model loads them)."""
+        parent = group._parent
+        # the parent first: re-expanding it may drop other groups' arrays (memory budget), never this one's
+        p_rep, _, _, _, p_inverse, p_rep_bytes, p_rep_lat = self._merged(parent)
+        p_sub = self._expand(parent)
+        flow, keep = self._select(p_sub, group._index, len(parent))
+        # merge by counting the parent's merged flows, in their order; the last member represents them
+        parent_n = p_rep.shape[0]
+        cls = p_inverse[keep]
+        weight = np.bincount(cls, minlength=parent_n)
+        present = np.flatnonzero(weight)
+        new_id = np.empty(parent_n, dtype=np.int64)
+        new_id[present] = np.arange(present.shape[0])
+        inverse, weight = new_id[cls], weight[present].astype(float)
+        member = np.empty(parent_n, dtype=np.int64)
+        member[cls] = np.arange(cls.shape[0])
+        rep = member[present]
+        rep_ptr, rep_links = _path_rows(p_sub.ptr, p_sub.links, keep[rep])
+        rep_bytes, rep_lat = p_rep_bytes[present], p_rep_lat[present]
+        link_bytes = np.bincount(rep_links, weights=np.repeat(rep_bytes * weight, np.diff(rep_ptr)),
+                                 minlength=len(self.links))
+        # each selected flow keeps its one subflow (unless a flow was listed twice)
+        sub = _Picked(p_sub, keep, flow, p_sub.one_path and flow.shape[0] == len(group))
+        sub.used = np.flatnonzero(link_bytes)
+        sub.used_bytes = link_bytes[sub.used]
+        group._parent_sub = keep
+        group._expanded = sub
+        group._merged = (rep, weight, rep_ptr, rep_links, inverse, rep_bytes, rep_lat)
+        self._track(group, sub.size + 2 * rep_links.shape[0])
+        return sub
 
     def _track(self, group: FlowGroup, size: int) -> None:
         """Count a group's expansion against the budget; drop the oldest idle ones beyond it."""
@@ -542,38 +632,24 @@ class Fabric:
         """Identical subflows (same links, bytes and latency) as one weighted fluid flow.
 
         Returns (representative subflow of each merged flow, weights, path ptr, path links, inverse:
-        merged flow of every subflow). Channels of a collective often send equal chunks between the same
-        GPUs: one flow of weight w drains exactly like w flows, at a w-th of the cost.
+        merged flow of every subflow, bytes, path latency). Channels of a collective often send equal
+        chunks between the same GPUs: one flow of weight w drains exactly like w flows, at a w-th of the
+        cost. A selection's are made with its subflows (``_expand_selection``).
         """
+        if group._merged is None and group._parent is not None:
+            group._expanded = None  # dropped with its merged flows (memory budget): made again together
+            self._expand(group)
         if group._merged is None:
-            parent = group._parent
-            by_parent = isinstance(group, _Selection)  # a selection's sizes are its parent's
-            # the parent first: re-expanding it may drop this group's expansion (memory budget), so this
-            # group's arrays are read after it
-            parent_merged = self._merged(parent) if by_parent else None
-            cls = None if by_parent else self._classes(group)  # also its parent's first, for the same reason
-            flow, sub_bytes, lat, ptr, links = self._expand(group)[:5]
-            if by_parent:
-                # subflows alike in the parent are alike here: merge by the parent's merged flow (by
-                # counting, in the order of the parent's merged flows; any member may represent them)
-                parent_n = parent_merged[0].shape[0]
-                cls = parent_merged[4][group._parent_sub]
-                weight = np.bincount(cls, minlength=parent_n)
-                present = np.flatnonzero(weight)
-                new_id = np.empty(parent_n, dtype=np.int64)
-                new_id[present] = np.arange(present.shape[0])
-                inverse, weight = new_id[cls], weight[present]
-                member = np.empty(parent_n, dtype=np.int64)
-                member[cls] = np.arange(cls.shape[0])
-                rep = member[present]
-            else:
-                # subflows alike: same path class (same links, hence the same latency), then same bytes;
-                # one key in the order of (links, bytes), as rows of a path table would sort
-                ub, b_inv = np.unique(np.ascontiguousarray(sub_bytes).view(np.int64), return_inverse=True)
-                _, rep, inverse, weight = np.unique(cls * ub.shape[0] + b_inv.reshape(-1), return_index=True,
-                                                    return_inverse=True, return_counts=True)
-            rep_ptr, rep_links = _path_rows(ptr, links, rep)
-            group._merged = (rep, weight.astype(float), rep_ptr, rep_links, inverse.reshape(-1))
+            cls = self._classes(group)
+            sub = self._expand(group)
+            # subflows alike: same path class (same links, hence the same latency), then same bytes;
+            # one key in the order of (links, bytes), as rows of a path table would sort
+            ub, b_inv = np.unique(np.ascontiguousarray(sub.sub_bytes).view(np.int64), return_inverse=True)
+            _, rep, inverse, weight = np.unique(cls * ub.shape[0] + b_inv.reshape(-1), return_index=True,
+                                                return_inverse=True, return_counts=True)
+            rep_ptr, rep_links = _path_rows(sub.ptr, sub.links, rep)
+            group._merged = (rep, weight.astype(float), rep_ptr, rep_links, inverse.reshape(-1),
+                             sub.sub_bytes[rep], sub.lat[rep])
         return group._merged
 
     def _classes(self, group: FlowGroup) -> np.ndarray:
@@ -587,24 +663,31 @@ class Fabric:
         return parent[group._parent_sub]
 
     @staticmethod
-    def _select(parent: tuple, index: np.ndarray, n_parent: int) -> tuple:
-        """Subflows of the parent's flows ``index`` (vectorised: no routing, no Python loop per flow).
+    def _select(parent: _Subflows | _Picked, index: np.ndarray, n_parent: int) -> tuple[np.ndarray, np.ndarray]:
+        """Subflows of the parent's flows ``index``: (flow of each, in the selection; the parent subflow
+        it is), in the parent's order (vectorised: no routing, no Python loop per flow).
 
-        They keep the parent's order. When the parent's subflows are grouped by flow in flow order (a
-        routed group's are), the selected flows' runs of subflows are cut out directly (one pass over
-        the parent's flows, none over its subflows); otherwise every parent subflow is tested."""
-        flow, _, lat, ptr, links, _, _, frac, first = parent
-        new_id = np.full(n_parent, -1, dtype=np.int64)
-        new_id[index] = np.arange(index.shape[0])
+        When the parent's subflows are grouped by flow in flow order (a routed group's are), the
+        selected flows' runs of subflows are cut out directly, in time proportional to the selection
+        (a pipeline round selects a part of its base); otherwise every parent subflow is tested."""
+        flow, first, one_path = parent.flow, parent.first, parent.one_path
+        rows = None
         if first is not None:  # parent subflows sorted by flow: flow i owns [first[i], first[i+1])
-            rows = np.flatnonzero(new_id >= 0)
-            keep = _ranges(first[rows], first[rows + 1])
-            new_flow = np.repeat(new_id[rows], first[rows + 1] - first[rows])
-        else:
+            if index.shape[0] < 2 or bool((index[1:] > index[:-1]).all()):
+                rows, order = index, np.arange(index.shape[0])
+            else:  # the selected flows in parent order; order[j]: the position of rows[j] in index
+                order = np.argsort(index, kind="stable")
+                rows = index[order]
+                if not bool((rows[1:] > rows[:-1]).all()):
+                    rows = None  # a flow listed twice: the general path below
+        if rows is None:
+            new_id = np.full(n_parent, -1, dtype=np.int64)
+            new_id[index] = np.arange(index.shape[0])
             keep = np.flatnonzero(new_id[flow] >= 0)
-            new_flow = new_id[flow[keep]]
-        new_ptr, new_links = _path_rows(ptr, links, keep)
-        return new_flow, frac[keep], lat[keep], new_ptr, new_links, keep
+            return new_id[flow[keep]], keep
+        if one_path:  # one subflow per flow: subflow i is flow i
+            return order, rows
+        return np.repeat(order, first[rows + 1] - first[rows]), _ranges(first[rows], first[rows + 1])
 
     def _flush(self, _event) -> None:
         runs, self._pending = self._pending, []
@@ -640,16 +723,16 @@ class Fabric:
         self._schedule()
 
     def _add_to_fluid(self, run: _Run, start: float) -> None:
-        flow, sub_bytes, lat, ptr, links, used, used_bytes = self._expand(run.group)[:7]
-        rep, weight, rep_ptr, rep_links, _ = self._merged(run.group)
-        run.left = sub_bytes.shape[0]
+        sub = self._expand(run.group)
+        rep, weight, rep_ptr, rep_links, _, rep_bytes, rep_lat = self._merged(run.group)
+        run.left = sub.flow.shape[0]
         if self.record == "flows" or run.launch.solo:
             run.rep_finish = np.full(rep.shape[0], np.nan)
         self._runs[run.gid] = run
         tags = (run.gid << _TAG_BITS) | np.arange(rep.shape[0], dtype=np.int64)
-        drain = start + lat[rep] if run.group.charge_latency else np.full(rep.shape, start)
-        self.fluid.add(sub_bytes[rep], drain, rep_ptr, rep_links, tags, weight)
-        self.link_bytes[used] += used_bytes
+        drain = start + rep_lat if run.group.charge_latency else np.full(rep.shape, start)
+        self.fluid.add(rep_bytes, drain, rep_ptr, rep_links, tags, weight)
+        self.link_bytes[sub.used] += sub.used_bytes
 
     def _schedule(self) -> None:
         t = self.fluid.next_event_time()
@@ -711,8 +794,13 @@ class Fabric:
     def _flow_finish(self, run: _Run) -> np.ndarray:
         """Finish time of every flow of a run: the last of its subflows (a flow may take several paths)."""
         sub_finish = run.rep_finish[self._merged(run.group)[4]]
+        sub = self._expand(run.group)
+        if sub.one_path:  # one subflow per flow
+            finish = np.empty(len(run.group))
+            finish[sub.flow] = sub_finish
+            return finish
         finish = np.full(len(run.group), -np.inf)
-        np.maximum.at(finish, self._expand(run.group)[0], sub_finish)
+        np.maximum.at(finish, sub.flow, sub_finish)
         return finish
 
     def _remember(self, launch: _Launch) -> None:
@@ -723,9 +811,9 @@ class Fabric:
             finish = self._flow_finish(r)
             flow_offsets.append(finish - launch.start)
             offsets.append(float(finish.max() - launch.start))
-            used, used_bytes = self._expand(r.group)[5:7]
-            ids.append(used)
-            vals.append(used_bytes)
+            sub = self._expand(r.group)
+            ids.append(sub.used)
+            vals.append(sub.used_bytes)
         link_ids = np.concatenate(ids)
         link_bytes = np.concatenate(vals)
         busy = self.fluid.busy - launch.busy0
