@@ -185,13 +185,21 @@ class RouteSet:
             sub_len = np.diff(self.ptr)
             width = int(sub_len.max()) if sub_len.size else 0
             base = int(self.links.max()) + 2 if self.links.size else 1
-            rank = np.zeros(sub_len.shape[0], dtype=np.int64)
-            for col in range(width):
-                # ranks of the first col+1 links (a missing link, -1, sorts first), refined one link at a time
-                has = sub_len > col
-                link = np.full(sub_len.shape[0], -1, dtype=np.int64)
-                link[has] = self.links[self.ptr[:-1][has] + col]
-                rank = np.unique(rank * base + (link + 1), return_inverse=True)[1].reshape(-1).astype(np.int64)
+            n = sub_len.shape[0]
+            rank = np.zeros(n, dtype=np.int64)
+            col = 0
+            while col < width:
+                # ranks of the first links (a missing link, -1, sorts first), refined by two links at a time
+                # while the key fits in int64 (ranks are below n), else one
+                step = 2 if col + 1 < width and n * base * base < 2**62 else 1
+                key = rank
+                for c in range(col, col + step):
+                    has = sub_len > c
+                    link = np.full(n, -1, dtype=np.int64)
+                    link[has] = self.links[self.ptr[:-1][has] + c]
+                    key = key * base + (link + 1)
+                rank = np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
+                col += step
             self._classes = rank
         return self._classes
 
