@@ -94,6 +94,33 @@ def test_repeated_rounds_hit_the_cache():
     assert res.link_bytes.max() == 50 * 10**6
 
 
+def test_a_group_marked_once_is_neither_digested_nor_kept_yet_runs_as_a_kept_one():
+    topo = star(8)
+
+    def run(cache):
+        sim = Simulation(topo)
+        base = sim.fabric.group_by_rank(np.arange(8), (np.arange(8) + 1) % 8, np.arange(1, 9) * 10**5)
+        rounds = [base.select([0, 1, 2], cache=cache), base.select(np.arange(8), cache=cache)]
+        times = []
+
+        def body(sim):
+            for g in rounds + rounds:
+                res = yield sim.fabric.transfer_group(g)
+                times.append((res.start, res.finish))
+        sim.process(body(sim))
+        return sim.run(), rounds, times
+
+    kept, kept_rounds, kept_times = run(True)
+    once, once_rounds, once_times = run(False)
+    assert kept.stats["cache_hits"] == 2 and once.stats["cache_hits"] == 0
+    assert all(g._digest is not None for g in kept_rounds) and all(g._digest is None for g in once_rounds)
+    # the same fluid runs (a cached finish is start + remembered offset: equal up to float rounding)
+    assert np.allclose(once_times, kept_times, rtol=1e-12, atol=0)
+    assert once.time == pytest.approx(kept.time, rel=1e-12)
+    assert np.allclose(once.link_bytes, kept.link_bytes, rtol=1e-12)
+    assert once.link_bytes.sum() == pytest.approx(2 * (6 + 36) * 10**5 * 2, rel=1e-12)  # two hops a flow
+
+
 def test_same_inputs_give_bit_identical_results():
     topo = star(5, bandwidth=3e9, latency=1e-7)
     flows = [("g0", "g1", 777), ("g2", "g1", 12345), ("g3", "g4", 10**7), ("g4", "g0", 99)]

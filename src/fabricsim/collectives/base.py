@@ -51,6 +51,7 @@ class Step:
     base: tuple | None = None  # (pattern, traffic) of a superset; traffic() then returns indices into it
     carries: Callable[[], list] | None = None  # per flow, the data it moves (see ``carry``)
     protocol: Protocol | None = None  # the protocol timing this step, when not the schedule's (a level's own)
+    once: bool = False  # no other step of the schedule has this pattern: the round cache need not keep it
 
     def arrays(self):
         """The step's (src, dst, nbytes, key) arrays, resolving a subset of a base."""
@@ -179,7 +180,8 @@ def parallel(schedules: Sequence[Schedule], name: str, *, key_stride: int = 64) 
                        extra_latency=max(schedules[j].step_latency(st) for j, st in live),
                        pipelined=all(st.pipelined for _, st in live), base=base,
                        carries=carries if any(st.carries is not None for _, st in live) else None,
-                       protocol=live[0][1].protocol or schedules[live[0][0]].protocol)
+                       protocol=live[0][1].protocol or schedules[live[0][0]].protocol,
+                       once=any(st.once for _, st in live))
 
     proto = schedules[0].protocol if schedules else None
     return Schedule(name, steps(), proto, schedules[0].latency_algorithm if schedules else "ring", launch_latency=0.0)
@@ -328,11 +330,12 @@ def run_schedule(sim, schedule: Schedule, *, data: dict | None = None, groups: d
                     base = groups[(sp.name, "base", step.base[0])] = FlowGroup(
                         src, dst, np.asarray(nbytes, dtype=float) / sp.wire_efficiency, key,
                         label=step.label or schedule.name, charge_latency=not step.pipelined)
-                group = base.select(step.traffic(), charge_latency=not step.pipelined)
+                group = base.select(step.traffic(), charge_latency=not step.pipelined, cache=not step.once)
             else:
                 src, dst, nbytes, key = step.traffic()
                 group = FlowGroup(src, dst, np.asarray(nbytes, dtype=float) / sp.wire_efficiency, key,
-                                  label=step.label or schedule.name, charge_latency=not step.pipelined)
+                                  label=step.label or schedule.name, charge_latency=not step.pipelined,
+                                  cache=not step.once)
             # the wire latency every flow of the step pays anyway is part of the protocol latency; a flow
             # on a longer path pays the difference on top (so a step never gets faster by gaining a flow)
             wire = fabric.path_latency(group, shortest=True) if len(group) and not step.pipelined else 0.0

@@ -258,7 +258,8 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
 
         pattern = ("tree", layout.ident, C, K, chunk_bytes, last_bytes, "steady" if steady else t)
         return Step(pattern, lambda: active(t), "net" if net else "nvlink", apply, "tree",
-                    extra_latency=per_fill_round if t < fill else 0.0, pipelined=t >= fill, base=base)
+                    extra_latency=per_fill_round if t < fill else 0.0, pipelined=t >= fill, base=base,
+                    once=not steady)
 
     def steps():
         if layout.p == 1:

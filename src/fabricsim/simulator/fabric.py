@@ -57,7 +57,9 @@ class FlowGroup:
 
     ``src`` and ``dst`` are node indices of the fabric's link table (see ``Fabric.group`` to build one
     from node names or ranks); ``key`` separates flows of one pair for ECMP (e.g. the NCCL channel).
-    A group may be submitted many times: its routes and its digest are computed once.
+    A group may be submitted many times: its routes and its digest are computed once. ``cache=False``
+    marks a group submitted once (a pipeline's fill round): the round cache neither digests nor keeps
+    it, which saves both on traffic that never repeats; the fluid model runs it exactly as any other.
     """
 
     src: np.ndarray
@@ -66,6 +68,7 @@ class FlowGroup:
     key: np.ndarray
     label: str = ""
     charge_latency: bool = True
+    cache: bool = True  # False: a pattern submitted once, that the round cache neither looks up nor keeps
     _digest: bytes | None = field(default=None, repr=False, compare=False)
     _expanded: tuple | None = field(default=None, repr=False, compare=False)
     _merged: tuple | None = field(default=None, repr=False, compare=False)
@@ -87,7 +90,8 @@ class FlowGroup:
     def __len__(self) -> int:
         return self.src.shape[0]
 
-    def select(self, index: ArrayLike, label: str | None = None, charge_latency: bool | None = None) -> "FlowGroup":
+    def select(self, index: ArrayLike, label: str | None = None, charge_latency: bool | None = None,
+               cache: bool | None = None) -> "FlowGroup":
         """The flows ``index`` (distinct positions) of this group, as a group of their own.
 
         A fabric routes a selection from its parent's routes with array operations: a schedule whose
@@ -97,7 +101,8 @@ class FlowGroup:
         if index.size and (index.min() < 0 or index.max() >= len(self)):
             raise ConfigError(f"a selection's positions must lie in [0, {len(self)})")
         return _Selection(self, index, self.label if label is None else label,
-                          self.charge_latency if charge_latency is None else charge_latency)
+                          self.charge_latency if charge_latency is None else charge_latency,
+                          self.cache if cache is None else cache)
 
     @property
     def digest(self) -> bytes:
@@ -130,9 +135,9 @@ class _Selection(FlowGroup):
     """Flows ``index`` of a parent group. Only the index is stored: the flows' arrays are gathered from
     the parent when read (a schedule keeps one selection per round, so this is most of its memory)."""
 
-    def __init__(self, parent: FlowGroup, index: np.ndarray, label: str, charge_latency: bool):
+    def __init__(self, parent: FlowGroup, index: np.ndarray, label: str, charge_latency: bool, cache: bool = True):
         self._parent, self._index = parent, index
-        self.label, self.charge_latency = label, charge_latency
+        self.label, self.charge_latency, self.cache = label, charge_latency, cache
         self._digest = self._expanded = self._merged = self._parent_sub = self._routes = None
 
     src = property(lambda self: self._parent.src[self._index])
@@ -699,8 +704,10 @@ class Fabric:
         runs, self._pending = self._pending, []
         now = self.env.now
         self._progress(now)
-        solo = self.cache_enabled and self.fluid.active == 0 and self._fast is None
-        # the pattern key serves the cache alone, which only launches on an idle fabric use
+        idle = self.cache_enabled and self.fluid.active == 0 and self._fast is None
+        # the pattern key serves the cache alone, which only launches on an idle fabric use, and only
+        # those whose groups may repeat (a group with cache=False says it will not)
+        solo = idle and all(r.group.cache for r in runs)
         launch = _Launch(tuple(r.group.digest for r in runs) if solo else (), now, runs, solo=solo)
         self.stats["launches"] += 1
         self.stats["groups"] += len(runs)
@@ -717,9 +724,10 @@ class Fabric:
         if self._solo is not None:
             self._solo.solo = False
             self._solo = None
+        if idle:  # with the cache on, a launch on an idle fabric starts from a clean fluid state
+            self.fluid.reset_clock(now)
         if launch.solo:
             self._solo = launch
-            self.fluid.reset_clock(now)
             launch.busy0 = self.fluid.busy.copy()
         tags, t = self.fluid.advance(now)  # flows due within float tolerance of now finish here
         if tags.size:
