@@ -162,7 +162,8 @@ _EDGES: dict = {}  # (group ident, channels) -> _tree_edges' arrays, the few mos
 def _tree_edges(layout: GroupLayout, channels: int) -> tuple:
     """Every edge of every tree (two per channel, ``_chain_trees``) once, as arrays (source rank,
     destination rank, tree, up?, level: the round offset at which it carries its first chunk), with per
-    tree (H, last up level, deepest down edge's depth) and its root. Depends on the group and channels
+    tree (H, last up level, deepest down edge's depth) and its root, and the edges in order of level
+    with each level's first position there. Depends on the group and channels
     alone, so the schedules of one group under every protocol and size share it (kept for the 4 most
     recent groups). The two trees' shapes are built once in positions; each channel only places its
     ranks on them."""
@@ -188,8 +189,12 @@ def _tree_edges(layout: GroupLayout, channels: int) -> tuple:
             e_src.append(rank[p_src]), e_dst.append(rank[p_dst]), e_up.append(p_up), e_level.append(p_level)
             e_tree.append(np.full(p_src.shape[0], 2 * c + t, dtype=np.int64))
             stats.append(stat), roots.append(int(rank[root]))
+    level = np.concatenate(e_level)
+    # the edges in order of level, and where each level starts there: a round's edges are a few levels
+    by_level = np.argsort(level, kind="stable").astype(np.int32)
+    level_start = np.searchsorted(level[by_level], np.arange(int(level.max(initial=0)) + 2))
     out = (np.concatenate(e_src), np.concatenate(e_dst), np.concatenate(e_tree), np.concatenate(e_up),
-           np.concatenate(e_level), stats, roots)
+           level, stats, roots, (by_level, level_start))
     while len(_EDGES) >= 4:
         del _EDGES[next(iter(_EDGES))]
     _EDGES[key] = out
@@ -202,7 +207,7 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
     from fabricsim.collectives.ring import default_channels
 
     C = channels or default_channels(layout)
-    e_src, e_dst, e_tree, e_up, e_level, stats, roots = _tree_edges(layout, C)
+    e_src, e_dst, e_tree, e_up, e_level, stats, roots, (by_level, level_start) = _tree_edges(layout, C)
     parts = len(roots)
     K, chunk_bytes, last_bytes = chunk_sizes(nbytes / parts, chunks)
     split = last_bytes != chunk_bytes  # the last chunk's flows are their own copies of the edges
@@ -222,13 +227,14 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
     base = (("tree-edges", layout.ident, C, chunk_bytes, last_bytes), lambda: base_traffic)
     state: dict = {}
 
-    level32 = e_level.astype(np.int32)
+    top = level_start.shape[0] - 1
 
     def active(t: int) -> np.ndarray:
-        """Base indices of round t's flows: edge e carries chunk t - level(e), the last one from copy 2."""
-        chunk = (t - level32).view(np.uint32)  # negative (not yet started) wraps above K
-        e = np.flatnonzero(chunk < K)
-        return e + E * (chunk[e] == K - 1) if split else e
+        """Base indices of round t's flows: edge e carries chunk t - level(e) (levels t-K+1..t), the last
+        one from copy 2; in edge order (the edges of those levels, cut from the edges in level order)."""
+        lo, hi = level_start[min(max(t - K + 1, 0), top)], level_start[min(max(t + 1, 0), top)]
+        e = np.sort(by_level[lo:hi]).astype(np.int64)
+        return e + E * (e_level[e] == t - K + 1) if split else e
 
     def make_step(t: int) -> Step:
         steady = fill <= t < K - (1 if split else 0)
