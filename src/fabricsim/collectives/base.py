@@ -296,6 +296,33 @@ class GroupLayout:
         return len(self.domains) > 1
 
 
+def step_group(fabric: Fabric, step: Step, protocol: Protocol, groups: dict, name: str = "") -> tuple:
+    """(FlowGroup of ``step`` timed by ``protocol``, the wire latency every one of its flows pays): what
+    ``run_schedule`` submits for the step, kept in ``groups`` under (protocol, pattern). A step that
+    selects flows of a base pattern is a selection of the base's group (one per protocol and base), so
+    the fabric routes the base once. ``name``: the schedule's, the groups' label when the step has none."""
+    cached = groups.get((protocol.name, step.pattern))
+    if cached is None:
+        label = step.label or name
+        if step.base is not None:
+            base = groups.get((protocol.name, "base", step.base[0]))
+            if base is None:
+                src, dst, nbytes, key = step.base[1]()
+                base = groups[(protocol.name, "base", step.base[0])] = FlowGroup(
+                    src, dst, np.asarray(nbytes, dtype=float) / protocol.wire_efficiency, key,
+                    label=label, charge_latency=not step.pipelined)
+            group = base.select(step.traffic(), charge_latency=not step.pipelined, cache=not step.once)
+        else:
+            src, dst, nbytes, key = step.traffic()
+            group = FlowGroup(src, dst, np.asarray(nbytes, dtype=float) / protocol.wire_efficiency, key,
+                              label=label, charge_latency=not step.pipelined, cache=not step.once)
+        # the wire latency every flow of the step pays anyway is part of the protocol latency; a flow
+        # on a longer path pays the difference on top (so a step never gets faster by gaining a flow)
+        wire = fabric.path_latency(group, shortest=True) if len(group) and not step.pipelined else 0.0
+        cached = groups[(protocol.name, step.pattern)] = (group, wire)
+    return cached
+
+
 def run_schedule(sim, schedule: Schedule, *, data: dict | None = None, groups: dict | None = None):
     """SimPy process body: run ``schedule`` on ``sim`` (a Simulation); returns the number of steps.
 
@@ -320,26 +347,7 @@ def run_schedule(sim, schedule: Schedule, *, data: dict | None = None, groups: d
             step.apply(data)
         if data is not None and step.carries is not None:
             carry(data, state, node_rank, step.arrays(), step.carries())
-        sp = step.protocol or proto
-        cached = groups.get((sp.name, step.pattern))
-        if cached is None:
-            if step.base is not None:
-                base = groups.get((sp.name, "base", step.base[0]))
-                if base is None:
-                    src, dst, nbytes, key = step.base[1]()
-                    base = groups[(sp.name, "base", step.base[0])] = FlowGroup(
-                        src, dst, np.asarray(nbytes, dtype=float) / sp.wire_efficiency, key,
-                        label=step.label or schedule.name, charge_latency=not step.pipelined)
-                group = base.select(step.traffic(), charge_latency=not step.pipelined, cache=not step.once)
-            else:
-                src, dst, nbytes, key = step.traffic()
-                group = FlowGroup(src, dst, np.asarray(nbytes, dtype=float) / sp.wire_efficiency, key,
-                                  label=step.label or schedule.name, charge_latency=not step.pipelined,
-                                  cache=not step.once)
-            # the wire latency every flow of the step pays anyway is part of the protocol latency; a flow
-            # on a longer path pays the difference on top (so a step never gets faster by gaining a flow)
-            wire = fabric.path_latency(group, shortest=True) if len(group) and not step.pipelined else 0.0
-            cached = groups[(sp.name, step.pattern)] = (group, wire)
+        cached = step_group(fabric, step, step.protocol or proto, groups, schedule.name)
         group, wire_latency = cached
         extra = schedule.step_latency(step) - wire_latency
         if extra > 0:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from fabricsim.collectives.base import CollectiveResult, GroupLayout, Schedule, run_schedule
+from fabricsim.collectives.base import CollectiveResult, GroupLayout, Schedule, run_schedule, step_group
 from fabricsim.collectives.cost import Shape, hierarchical_cost, nvls_cost, ring_cost, tree_cost
 from fabricsim.collectives.hierarchical import hierarchical_allreduce
 from fabricsim.collectives.nvls import nvls_allreduce, switch_islands
@@ -136,16 +136,23 @@ def _lower_bound(fabric, schedule: Schedule, drains: dict | None = None, capacit
         sp = step.protocol or proto
         drain = drains.get(("drain", step.pattern))
         if drain is None:
-            drain = drains[("drain", step.pattern)] = _step_drain(fabric, step, drains)
+            drain = drains[("drain", step.pattern)] = _step_drain(fabric, step, drains, schedule.name)
         total += schedule.step_latency(step) + drain / sp.wire_efficiency
     return total
 
 
-def _step_drain(fabric, step, drains: dict) -> float:
+def _step_drain(fabric, step, drains: dict, name: str = "") -> float:
     """Least time ``step``'s raw bytes need to leave their sources and cross the busiest link (see
-    ``_lower_bound``); a step that is a subset of a larger pattern routes that pattern once."""
+    ``_lower_bound``); a step that is a subset of a larger pattern routes that pattern once.
+
+    Given ``drains["groups"]`` (``run_schedule``'s FlowGroup cache, ``name`` the schedule's) and
+    ``drains["groups_protocol"]``, a routed subset step's loads are read from the FlowGroup that the
+    simulation under that protocol submits for it (``step_group``), made here and kept there: a
+    pipeline round is then expanded once, for its bound and its run."""
     routed = step.pattern in drains["routed"]
     if step.base is not None:
+        if routed and "groups" in drains:
+            return _group_drain(fabric, step, drains, name)
         return _subset_drain(fabric, step, drains, routed)
     src, dst, nbytes, key = step.traffic()
     src = np.asarray(src, dtype=np.int64)
@@ -236,6 +243,25 @@ class _SubsetLoads:
         return True
 
 
+def _group_drain(fabric, step, drains: dict, name: str) -> float:
+    """``_step_drain`` of a routed subset step, from its FlowGroup (see ``_step_drain``): the busiest link's
+    load over capacity, in raw bytes (the group's are divided by its protocol's wire efficiency). That
+    is the whole bound: every flow leaves its source on one of the source's links, so a node's sent
+    bytes over its capacity out never exceed its busiest link's load over capacity; unless a flow
+    crosses no link (no path latency at all), whose bytes are then counted at their source."""
+    protocol = drains["groups_protocol"]
+    group, _ = step_group(fabric, step, protocol, drains["groups"], name)
+    if not len(group):
+        return 0.0
+    links, load = fabric.link_loads(group)
+    drain = _busiest(load, drains["capacity"][links]) * protocol.wire_efficiency
+    if fabric.path_latency(group, shortest=True) <= 0.0:
+        sent = np.bincount(np.asarray(group.src), weights=np.asarray(group.nbytes) * protocol.wire_efficiency,
+                           minlength=len(drains["inject"]))
+        drain = max(drain, _busiest(sent, drains["inject"]))
+    return drain
+
+
 def _subset_drain(fabric, step, drains: dict, routed: bool) -> float:
     """``_step_drain`` of a step that selects flows of a base pattern (``Step.base``)."""
     base = drains.get(("base", step.base[0]))
@@ -260,12 +286,13 @@ def _subset_drain(fabric, step, drains: dict, routed: bool) -> float:
     return max(drain, _busiest(loads.load, drains["capacity"], loads.load_n))
 
 
-def _time_alone(fabric, schedule: Schedule, calibration: Calibration) -> tuple[float, int]:
-    """Simulated time and step count of ``schedule`` alone on an idle copy of the fabric."""
+def _time_alone(fabric, schedule: Schedule, calibration: Calibration, groups: dict | None = None) -> tuple[float, int]:
+    """Simulated time and step count of ``schedule`` alone on an idle copy of the fabric (``groups``: the
+    FlowGroups of its steps made so far, see ``run_schedule``)."""
     from fabricsim.simulator.engine import Simulation
 
     sim = Simulation(fabric.topology, efficiency=calibration.link_efficiency, router=fabric.router, record=None)
-    proc = sim.process(run_schedule(sim, schedule))
+    proc = sim.process(run_schedule(sim, schedule, groups=groups))
     sim.run()
     return sim.env.now, proc.value
 
@@ -290,7 +317,11 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
     if memo is not None and key in memo:
         return memo[key]
     ranked = sorted((calibration.protocols or PROTOCOLS).values(), key=estimate)
-    drains: dict = {}
+    # the bounds read their steps' loads from the FlowGroups that the simulation of the protocol of
+    # largest wire efficiency submits (simple: NCCL's pick for large messages, where a pipeline's rounds
+    # are the costliest to expand), so that simulation expands each step once, not twice
+    shared = max(ranked, key=lambda pr: pr.wire_efficiency)
+    drains: dict = {"groups": {}, "groups_protocol": shared}
     # what _time_alone's fabric drains at (the caller's fabric may use other efficiencies)
     capacity = fabric.usable_capacity(fabric.links, calibration.link_efficiency)
     candidates = []
@@ -306,7 +337,7 @@ def fastest_protocol(fabric, make, estimate, calibration: Calibration, memo: dic
         # which can put a tight bound a few ulps above the simulated time)
         if (bound * (1 - _BOUND_RTOL), rank) > (best_time, best_rank):
             break
-        t, steps = _time_alone(fabric, make(proto), calibration)
+        t, steps = _time_alone(fabric, make(proto), calibration, drains["groups"] if proto is shared else None)
         if (t, rank) < (best_time, best_rank):
             best, best_rank, best_time, best_steps = proto, rank, t, steps
     if memo is not None:

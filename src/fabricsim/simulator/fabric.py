@@ -183,15 +183,21 @@ class _Subflows:
 class _Picked:
     """A selection's subflows: the parent's subflows ``keep`` (in the parent's order), ``flow`` their
     flows in the selection. Their bytes, latencies, shares and paths are read from the parent's only
-    when asked for (a round of a pipeline needs none of them: ``Fabric._expand_selection``)."""
+    when asked for (a round of a pipeline needs none of them: ``Fabric._expand_selection``), and so is
+    ``flow`` when subflow i is flow i (``identity``): a round's expansion holds little beyond its index.
+    ``present``: the parent's merged flows it holds, in order (its own merged flows)."""
 
-    __slots__ = ("parent", "keep", "flow", "used", "used_bytes", "one_path", "_cut")
+    __slots__ = ("parent", "keep", "_flow", "used", "used_bytes", "one_path", "present", "_cut")
     first = None  # selections are cut from, in the general way (``Fabric._select``)
 
-    def __init__(self, parent: _Subflows | "_Picked", keep: np.ndarray, flow: np.ndarray, one_path: bool):
-        self.parent, self.keep, self.flow, self.one_path = parent, keep, flow, one_path
-        self.used = self.used_bytes = None
+    def __init__(self, parent: _Subflows | "_Picked", keep: np.ndarray, flow: np.ndarray | None, one_path: bool):
+        self.parent, self.keep, self._flow, self.one_path = parent, keep, flow, one_path
+        self.used = self.used_bytes = self.present = None
         self._cut: dict = {}
+
+    @property
+    def flow(self) -> np.ndarray:
+        return np.arange(self.keep.shape[0]) if self._flow is None else self._flow
 
     def _get(self, name: str) -> np.ndarray:
         value = self._cut.get(name)
@@ -208,9 +214,11 @@ class _Picked:
     ptr = property(lambda self: self._get("ptr"))
     links = property(lambda self: self._get("links"))
 
-    @property
-    def size(self) -> int:
-        return 2 * self.keep.shape[0] + sum(a.shape[0] for a in self._cut.values())
+    def size(self, index: np.ndarray) -> int:
+        """Array elements held beyond the selection's ``index`` (which ``keep`` may be)."""
+        own = [self.keep] if self.keep is not index else []
+        own += [] if self._flow is None else [self._flow]
+        return sum(a.shape[0] for a in own + list(self._cut.values()))
 
 
 @dataclass
@@ -418,6 +426,12 @@ class Fabric:
         """Indices of the links the group's flows cross (sorted, unique)."""
         return self._expand(group).used
 
+    def link_loads(self, group: FlowGroup) -> tuple[np.ndarray, np.ndarray]:
+        """(links the group's flows cross, sorted; the bytes it puts on each), every flow's bytes split
+        over its paths as the fabric splits them."""
+        sub = self._expand(group)
+        return sub.used, sub.used_bytes
+
     def subflows(self, group: FlowGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The group's fluid subflows (one per flow and path): (bytes, path latency, path pointer into
         links, links), so that subflow ``i`` crosses ``links[ptr[i]:ptr[i + 1]]``."""
@@ -590,7 +604,8 @@ class Fabric:
         bytes summed on each of their links, as the fluid model loads them)."""
         parent = group._parent
         # the parent first: re-expanding it may drop other groups' arrays (memory budget), never this one's
-        p_rep, _, _, _, p_inverse, p_rep_bytes, p_rep_lat = self._merged(parent)
+        p_rep, _, _, _, _, p_rep_bytes, p_rep_lat = self._merged(parent)
+        p_inverse = self._inverse(parent)
         p_sub = self._expand(parent)
         flow, keep = self._select(p_sub, group._index, len(parent))
         # merge by counting the parent's merged flows, in their order; the last member represents them
@@ -598,9 +613,7 @@ class Fabric:
         cls = p_inverse[keep]
         weight = np.bincount(cls, minlength=parent_n)
         present = np.flatnonzero(weight)
-        new_id = np.empty(parent_n, dtype=np.int64)
-        new_id[present] = np.arange(present.shape[0])
-        inverse, weight = new_id[cls], weight[present].astype(float)
+        weight = weight[present].astype(float)
         member = np.empty(parent_n, dtype=np.int64)
         member[cls] = np.arange(cls.shape[0])
         rep = member[present]
@@ -609,14 +622,27 @@ class Fabric:
         link_bytes = np.bincount(rep_links, weights=np.repeat(rep_bytes * weight, np.diff(rep_ptr)),
                                  minlength=len(self.links))
         # each selected flow keeps its one subflow (unless a flow was listed twice)
-        sub = _Picked(p_sub, keep, flow, p_sub.one_path and flow.shape[0] == len(group))
+        sub = _Picked(p_sub, keep, flow, p_sub.one_path and keep.shape[0] == len(group))
         sub.used = np.flatnonzero(link_bytes)
         sub.used_bytes = link_bytes[sub.used]
+        sub.present = present
         group._parent_sub = keep
         group._expanded = sub
-        group._merged = (rep, weight, rep_ptr, rep_links, inverse, rep_bytes, rep_lat)
-        self._track(group, sub.size + 2 * rep_links.shape[0])
+        group._merged = (rep, weight, rep_ptr, rep_links, None, rep_bytes, rep_lat)  # inverse: ``_inverse``
+        self._track(group, sub.size(group._index) + 6 * rep.shape[0] + rep_links.shape[0] + sub.used.shape[0])
         return sub
+
+    def _inverse(self, group: FlowGroup) -> np.ndarray:
+        """The merged flow of every subflow of a group (``_merged``'s inverse; a selection's is made when
+        first asked for: only per-flow finish times need it)."""
+        merged = self._merged(group)
+        if merged[4] is None:
+            p_inverse = self._inverse(group._parent)
+            sub = self._expand(group)
+            new_id = np.empty(self._merged(group._parent)[0].shape[0], dtype=np.int64)
+            new_id[sub.present] = np.arange(sub.present.shape[0])
+            merged = group._merged = merged[:4] + (new_id[p_inverse[sub.keep]],) + merged[5:]
+        return merged[4]
 
     def _track(self, group: FlowGroup, size: int) -> None:
         """Count a group's expansion against the budget; drop the oldest idle ones beyond it."""
@@ -685,7 +711,7 @@ class Fabric:
         rows = None
         if first is not None:  # parent subflows sorted by flow: flow i owns [first[i], first[i+1])
             if index.shape[0] < 2 or bool((index[1:] > index[:-1]).all()):
-                rows, order = index, np.arange(index.shape[0])
+                rows, order = index, None
             else:  # the selected flows in parent order; order[j]: the position of rows[j] in index
                 order = np.argsort(index, kind="stable")
                 rows = index[order]
@@ -696,8 +722,10 @@ class Fabric:
             new_id[index] = np.arange(index.shape[0])
             keep = np.flatnonzero(new_id[flow] >= 0)
             return new_id[flow[keep]], keep
-        if one_path:  # one subflow per flow: subflow i is flow i
-            return order, rows
+        if one_path:  # one subflow per flow: subflow i is flow i (None: the selection's flows in order)
+            return (None if order is None else order), rows
+        if order is None:
+            order = np.arange(index.shape[0])
         return np.repeat(order, first[rows + 1] - first[rows]), _ranges(first[rows], first[rows + 1])
 
     def _flush(self, _event) -> None:
@@ -739,7 +767,7 @@ class Fabric:
     def _add_to_fluid(self, run: _Run, start: float) -> None:
         sub = self._expand(run.group)
         rep, weight, rep_ptr, rep_links, _, rep_bytes, rep_lat = self._merged(run.group)
-        run.left = sub.flow.shape[0]
+        run.left = sub.keep.shape[0] if run.group._parent is not None else sub.flow.shape[0]
         if self.record == "flows" or run.launch.solo:
             run.rep_finish = np.full(rep.shape[0], np.nan)
         self._runs[run.gid] = run
@@ -811,7 +839,7 @@ class Fabric:
 
     def _flow_finish(self, run: _Run) -> np.ndarray:
         """Finish time of every flow of a run: the last of its subflows (a flow may take several paths)."""
-        sub_finish = run.rep_finish[self._merged(run.group)[4]]
+        sub_finish = run.rep_finish[self._inverse(run.group)]
         sub = self._expand(run.group)
         if sub.one_path:  # one subflow per flow
             finish = np.empty(len(run.group))
