@@ -163,6 +163,8 @@ def _check(topology: Topology, data, *, down_share: float = 0.0, endpoints: str 
         else:
             assert not isinstance(got, str), got
             _same(got, want)
+            # path classes ranked over the stored paths (batched) equal those ranked over every subflow
+            assert np.array_equal(got.classes(), want.classes())
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -172,6 +172,9 @@ class RouteSet:
     ptr: np.ndarray
     links: np.ndarray
     _classes: np.ndarray | None = field(default=None, repr=False)
+    #: per subflow, the id of its path in the router's route store (None when not gathered from it):
+    #: subflows of one stored path cross the same links, so ``classes`` ranks the distinct stored paths only
+    _paths: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -182,7 +185,18 @@ class RouteSet:
         """Per subflow, the rank of its path among the distinct paths, in lexicographic order of link ids
         (a shorter path before its extensions): subflows of equal class cross the same links."""
         if self._classes is None:
-            sub_len = np.diff(self.ptr)
+            starts, sub_len = self.ptr[:-1], np.diff(self.ptr)
+            inv = None
+            if self._paths is not None and self._paths.size:
+                # one row per distinct stored path (its first subflow): the distinct link sequences are the
+                # same, so are their ranks, at a fraction of the sorting
+                n = self._paths.shape[0]
+                first = np.full(int(self._paths.max()) + 1, -1, dtype=np.int64)
+                first[self._paths[::-1]] = np.arange(n - 1, -1, -1, dtype=np.int64)
+                present = first >= 0
+                inv = (np.cumsum(present) - 1)[self._paths]
+                rows = first[present]
+                starts, sub_len = starts[rows], sub_len[rows]
             width = int(sub_len.max()) if sub_len.size else 0
             base = int(self.links.max()) + 2 if self.links.size else 1
             rank = np.zeros(sub_len.shape[0], dtype=np.int64)
@@ -190,9 +204,9 @@ class RouteSet:
                 # ranks of the first col+1 links (a missing link, -1, sorts first), refined one link at a time
                 has = sub_len > col
                 link = np.full(sub_len.shape[0], -1, dtype=np.int64)
-                link[has] = self.links[self.ptr[:-1][has] + col]
+                link[has] = self.links[starts[has] + col]
                 rank = np.unique(rank * base + (link + 1), return_inverse=True)[1].reshape(-1).astype(np.int64)
-            self._classes = rank
+            self._classes = rank if inv is None else rank[inv]
         return self._classes
 
 
@@ -918,7 +932,7 @@ class _RouteStore:
         ptr = np.zeros(sub.shape[0] + 1, dtype=np.int64)
         np.cumsum(sub_len, out=ptr[1:])
         links = a["links"][_ranges(lptr[sub], lptr[sub + 1])]
-        return RouteSet(flow, a["frac"][sub], a["lat"][sub], ptr, links)
+        return RouteSet(flow, a["frac"][sub], a["lat"][sub], ptr, links, _paths=sub)
 
 
 def _array_sum(values: list) -> float:
