@@ -254,6 +254,7 @@ class Router:
         self._sets: OrderedDict[bytes, RouteSet] = OrderedDict()
         self.memo: dict = {}  # for the simulations sharing this router (the fabric's round records)
         self._middles: dict = {}  # (adjacency, X2, Y2) -> shared middle of routes (see _distances)
+        self._bfs_sides: dict = {}  # (adjacency, X2 or Y2) -> _BfsSide (see _search_sets)
         self._mid_opts: dict = {}  # (adjacency, Y2) -> {(node, hops to d): next hops} (see _plan_far)
         self._far_first: dict = {}  # (s, middle) -> first hops (see _plan_far)
         self._sides: dict = {id(lists): {} for lists in self._fwd_of.values()}  # node -> (X1, set, X2, tuple)
@@ -566,19 +567,59 @@ class Router:
         if mid is _UNSEEN:
             if len(self._middles) >= 20_000:
                 self._middles.clear()
+                self._bfs_sides.clear()
                 self._mid_opts.clear()
                 self._far_first.clear()
-            found = self._search_sets(key[1], key[2], succ_f, pred_f)
-            mid = self._middles[key] = None if found is None else (
-                found[0] + 4, {v: k + 2 for v, k in found[1].items()})
+            found = self._search_sets(key[1], key[2], succ_f, pred_f, plus=2)
+            mid = self._middles[key] = None if found is None else (found[0] + 4, found[1])
         return mid
 
-    def _search_sets(self, xs: tuple, ys: tuple, succ_f: list, pred_f: list) -> tuple | None:
-        """(hops, distances to ``ys``) of shortest paths from any node of ``xs`` to any of ``ys`` over
-        forwarding nodes: bidirectional BFS, then the forward side pruned as in ``_search``."""
-        df, db = dict.fromkeys(xs, 0), dict.fromkeys(ys, 0)
-        return self._meet_and_prune(df, db, [list(xs)], list(ys), succ_f, pred_f)
-
+    def _search_sets(self, xs: tuple, ys: tuple, succ_f: list, pred_f: list, plus: int = 0) -> tuple | None:
+        """(hops, distances to ``ys`` plus ``plus``) of shortest paths from any node of ``xs`` to any of
+        ``ys`` over forwarding nodes: ``_meet_and_prune``'s bidirectional BFS, step for step, but over
+        breadth-first levels kept per side (``_BfsSide``): every middle leaving one leaf switch grows the
+        same forward levels, every middle ending at one the same backward levels, so each side is searched
+        once. The forward side is pruned as there, by set tests: a node of forward level k on a shortest
+        path (length L) has a successor L - k - 1 hops from ``ys`` (none has fewer), and those are the
+        backward level L - k - 1 when the backward search went that deep, else the nodes the level below
+        kept."""
+        sides = self._bfs_sides
+        fs = sides.get((id(succ_f), xs))
+        if fs is None:
+            fs = sides[(id(succ_f), xs)] = _BfsSide(xs, succ_f)
+        bs = sides.get((id(pred_f), ys))
+        if bs is None:
+            bs = sides[(id(pred_f), ys)] = _BfsSide(ys, pred_f)
+        kf = kb = 0
+        f_front, b_front = fs.level(0), bs.level(0)
+        f_seen, b_seen = fs.upto(0), bs.upto(0)  # found by the current depths
+        met = not b_seen.keys().isdisjoint(f_front)
+        while not met:
+            if not f_front or not b_front:
+                return None
+            if len(f_front) <= len(b_front):
+                kf += 1
+                f_front, f_seen = fs.level(kf), fs.upto(kf)
+                met = not b_seen.keys().isdisjoint(f_front)
+            else:
+                kb += 1
+                b_front, b_seen = bs.level(kb), bs.upto(kb)
+                met = not f_seen.keys().isdisjoint(b_front)
+        # the searches first met at these depths, so that is the length: a node common to both at a smaller
+        # sum would have put its neighbour on the other side's last level into both searches a step earlier
+        length = kf + kb
+        h = dict(bs.upto(kb, plus))  # depth kb is the backward search's deepest (non-empty) level
+        if length > kb:
+            target = bs.level_set(kb)
+            for k in range(length - kb - 1, -1, -1):
+                hops = length - k + plus
+                kept = []
+                for u in fs.levels[k]:
+                    if u not in h and not target.isdisjoint(succ_f[u]):
+                        h[u] = hops
+                        kept.append(u)
+                target = set(kept)
+        return length, h
     def _search(self, s: int, d: int, succ_f: list, pred_f: list) -> dict | None:
         """``_distances`` by a bidirectional BFS of the pair alone."""
         df, db = {s: 0}, {d: 0}
@@ -848,6 +889,46 @@ class Router:
 
 
 _UNSEEN = object()
+
+
+class _BfsSide:
+    """One side of ``Router._search_sets``: the breadth-first levels from a set of nodes over one forwarding
+    adjacency (``levels[k]``: the nodes first found at depth k, in ``_next_level``'s order; ``dist``: every
+    node found, with its depth), grown on demand, and the distances up to each depth (``upto``)."""
+
+    __slots__ = ("adj", "levels", "dist", "_upto", "_sets")
+
+    def __init__(self, start: tuple, adj: list) -> None:
+        self.adj = adj
+        self.levels = [list(start)]
+        self.dist = dict.fromkeys(start, 0)
+        self._upto: dict = {}  # plus -> [{node: depth + plus} of the nodes found by depth k, per k]
+        self._sets: list = []  # frozenset of every level
+
+    def level(self, k: int) -> list:
+        levels = self.levels
+        while len(levels) <= k:
+            front = levels[-1]
+            levels.append(Router._next_level(front, self.adj, self.dist) if front else [])
+        return levels[k]
+
+    def upto(self, k: int, plus: int = 0) -> dict:
+        """{node: depth + plus} of the nodes found by depth k, in the order found (kept: do not modify)."""
+        upto = self._upto.get(plus)
+        if upto is None:
+            upto = self._upto[plus] = []
+        while len(upto) <= k:
+            j = len(upto)
+            d = dict(upto[-1]) if upto else {}
+            d.update(dict.fromkeys(self.level(j), j + plus))
+            upto.append(d)
+        return upto[k]
+
+    def level_set(self, k: int) -> frozenset:
+        sets = self._sets
+        while len(sets) <= k:
+            sets.append(frozenset(self.level(len(sets))))
+        return sets[k]
 
 
 def _neighbours(a: np.ndarray, b: np.ndarray, mask: np.ndarray, n: int) -> list[list[int]]:
