@@ -284,3 +284,7 @@ def test_middle_search_over_kept_sides_is_the_bidirectional_search(seed, preset,
             assert got[0] == want[0] and list(got[1].items()) == list(want[1].items())
             plus = r._search_sets(xs, ys, succ_f, pred_f, plus=2)  # what a middle keeps: hops to d
             assert plus[0] == want[0] and list(plus[1].items()) == [(v, k + 2) for v, k in want[1].items()]
+            by_hops: dict = {}
+            for v, k in plus[1].items():
+                by_hops.setdefault(k, set()).add(v)
+            assert {k: set(v) for k, v in plus[2].items() if v} == by_hops

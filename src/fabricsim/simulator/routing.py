@@ -561,8 +561,8 @@ class Router:
         return h
 
     def _middle(self, key: tuple, succ_f: list, pred_f: list) -> tuple | None:
-        """(hops s -> d, hops to d) shared by the pairs of middle ``key`` = (adjacency, X2, Y2), cached;
-        None if X2 does not reach Y2."""
+        """(hops s -> d, hops to d, the same as {hops: frozenset of nodes}) shared by the pairs of middle
+        ``key`` = (adjacency, X2, Y2), cached; None if X2 does not reach Y2."""
         mid = self._middles.get(key, _UNSEEN)
         if mid is _UNSEEN:
             if len(self._middles) >= 20_000:
@@ -571,12 +571,12 @@ class Router:
                 self._mid_opts.clear()
                 self._far_first.clear()
             found = self._search_sets(key[1], key[2], succ_f, pred_f, plus=2)
-            mid = self._middles[key] = None if found is None else (found[0] + 4, found[1])
+            mid = self._middles[key] = None if found is None else (found[0] + 4, found[1], found[2])
         return mid
 
     def _search_sets(self, xs: tuple, ys: tuple, succ_f: list, pred_f: list, plus: int = 0) -> tuple | None:
-        """(hops, distances to ``ys`` plus ``plus``) of shortest paths from any node of ``xs`` to any of
-        ``ys`` over forwarding nodes: ``_meet_and_prune``'s bidirectional BFS, step for step, but over
+        """(hops, distances to ``ys`` plus ``plus``, the same nodes grouped by distance as {distance:
+        frozenset}) of shortest paths from any node of ``xs`` to any of ``ys`` over forwarding nodes: ``_meet_and_prune``'s bidirectional BFS, step for step, but over
         breadth-first levels kept per side (``_BfsSide``): every middle leaving one leaf switch grows the
         same forward levels, every middle ending at one the same backward levels, so each side is searched
         once. The forward side is pruned as there, by set tests: a node of forward level k on a shortest
@@ -609,8 +609,9 @@ class Router:
         # sum would have put its neighbour on the other side's last level into both searches a step earlier
         length = kf + kb
         h = dict(bs.upto(kb, plus))  # depth kb is the backward search's deepest (non-empty) level
+        groups = {j + plus: bs.level_set(j) for j in range(kb + 1)}
         if length > kb:
-            target = bs.level_set(kb)
+            target = groups[kb + plus]
             for k in range(length - kb - 1, -1, -1):
                 hops = length - k + plus
                 kept = []
@@ -618,8 +619,8 @@ class Router:
                     if u not in h and not target.isdisjoint(succ_f[u]):
                         h[u] = hops
                         kept.append(u)
-                target = set(kept)
-        return length, h
+                target = groups[hops] = frozenset(kept)
+        return length, h, groups
     def _search(self, s: int, d: int, succ_f: list, pred_f: list) -> dict | None:
         """``_distances`` by a bidirectional BFS of the pair alone."""
         df, db = {s: 0}, {d: 0}
@@ -763,7 +764,7 @@ class Router:
         mid = self._middle(mkey, succ_f, pred_f)
         if mid is None:
             return None
-        length, mh = mid
+        length, mh = mid[0], mid[1]
         fkey = (s, mkey)
         first = self._far_first.get(fkey)
         if first is None:
