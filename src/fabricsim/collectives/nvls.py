@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nodes import node_kinds
+from fabricsim.collectives.nodes import memo_table, node_kinds
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol, nvls_stage_bytes
 from fabricsim.errors import InfeasibleError
 
@@ -32,23 +32,38 @@ __all__ = ["switch_islands", "nvls_phase", "owned_shares", "island_phase", "nvls
            "nvlink_kind", "nvls_stage"]
 
 
-def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
-    """The NVLink switch chips a GPU is wired to, with the bandwidth of its links to each (kept per router)."""
-    memo = fabric.router.memo.setdefault("nvls-attachment", {})
-    hit = memo.get(rank)
+def _attachments(fabric) -> tuple[list, list]:
+    """Per rank, the NVLink switch chips its GPU is wired to with the bandwidth of its link to each (in
+    node order, as ``router.successors(nvlink_only=True)`` lists them), and the chips as a sorted tuple
+    (what ``switch_islands`` groups by); found for every GPU at once from the link arrays, kept per router."""
+    memo = fabric.router.memo
+    hit = memo.get("nvls-attachment")
     if hit is None:
         lt = fabric.links
-        kinds = node_kinds(fabric)
-        node = int(fabric.gpu_index[rank])
-        hit = memo[rank] = tuple((v, float(lt.bandwidth[lt.edge_index[(node, v)]]))
-                                 for v in fabric.router.successors(node, nvlink_only=True) if kinds[v] == "nvswitch")
+        gpu = np.asarray(fabric.gpu_index, dtype=np.int64)
+        rank_of = np.full(len(lt.nodes), -1, dtype=np.int64)
+        rank_of[gpu] = np.arange(gpu.shape[0])
+        sel = np.flatnonzero(fabric.router.up_links(nvlink_only=True) & (rank_of[lt.src] >= 0)
+                             & (node_kinds(fabric)[lt.dst] == "nvswitch"))
+        owner = rank_of[lt.src[sel]]
+        order = np.lexsort((lt.dst[sel], owner))
+        sel, owner = sel[order], owner[order]
+        bounds = np.searchsorted(owner, np.arange(gpu.shape[0] + 1)).tolist()
+        chips, bws = lt.dst[sel].tolist(), lt.bandwidth[sel].tolist()
+        links = [tuple(zip(chips[a:b], bws[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+        hit = memo["nvls-attachment"] = (links, [tuple(sorted(chips[a:b])) for a, b in zip(bounds[:-1], bounds[1:])])
     return hit
+
+
+def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
+    """The NVLink switch chips a GPU is wired to, with the bandwidth of its links to each."""
+    return _attachments(fabric)[0][rank]
 
 
 def _island_links(fabric, island: list[int]) -> tuple:
     """Per GPU of ``island`` and chip it attaches to, in that order: (GPU node, chip node, link bandwidth,
     the GPU's total bandwidth to its chips, link kind code), the kinds, and chips per GPU (kept per router)."""
-    memo = fabric.router.memo.setdefault("nvls-island", {})
+    memo = memo_table(fabric, "nvls-island")
     key = tuple(island)
     hit = memo.get(key)
     if hit is None:
@@ -91,13 +106,14 @@ def nvls_stage(fabric, islands: list[list[int]], nbytes: int | None = None, tree
 def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
     """The group's ranks split by the set of switch chips they attach to, in rank order (kept per router
     and group; the caller gets its own lists)."""
-    memo = fabric.router.memo.setdefault("nvls-islands", {})
+    memo = memo_table(fabric, "nvls-islands")
     hit = memo.get(layout.ident)
     if hit is not None and hit[0] == layout.ranks:
         return [list(isl) for isl in hit[1]]
     islands: dict[tuple, list[int]] = {}
+    chips_of = _attachments(fabric)[1]
     for r in layout.ranks:
-        chips = tuple(sorted(v for v, _ in _attachment(fabric, r)))
+        chips = chips_of[r]
         if not chips:
             raise InfeasibleError(f"NVLS needs NVLink switch chips: GPU {fabric.topology.gpus[r]!r} has none")
         islands.setdefault(chips, []).append(r)

@@ -302,6 +302,13 @@ class Router:
         """Node indices one directed edge away from ``node`` (over NVLink edges only, if asked)."""
         return (self._succ_nvl if nvlink_only else self._succ_all)[node]
 
+    def up_links(self, *, nvlink_only: bool = False) -> np.ndarray:
+        """Per link id, whether routes may use it (it is up; and of an NVLink kind, if asked): the links
+        ``successors`` follows. Read-only."""
+        mask = self._up[1 if nvlink_only else 0].view()
+        mask.flags.writeable = False
+        return mask
+
     def route(self, src: int, dst: int, key: int = 0) -> Route:
         """The route from node index ``src`` to ``dst`` for flow key ``key`` (cached)."""
         cached = self._cache.get((src, dst, key)) or self._cache.get((src, dst, None))
