@@ -132,9 +132,14 @@ def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: C
     node, chip, bw, total, code, kinds, count = _island_links(fabric, island)
     # per GPU and chip: the GPU's bytes times (NVLS factor of the link kind x link / GPU bandwidth)
     f = np.array([calibration.nvls_factor(k, fanin, network) for k in kinds], dtype=float)[code]
-    factor = f * bw / total
     ups = np.repeat(np.broadcast_to(up, len(island)), count)  # per GPU, or one for all
     downs = np.repeat(np.broadcast_to(down, len(island)), count)
+    return _up_and_down(node, chip, f * bw / total, ups, downs)
+
+
+def _up_and_down(node: np.ndarray, chip: np.ndarray, factor: np.ndarray, ups: np.ndarray, downs: np.ndarray):
+    """Per (GPU, chip) link, the flow up (``ups`` x ``factor`` bytes) then the flow down: (src, dst, bytes,
+    keys) arrays."""
     n = node.shape[0]
     src, dst, nbytes = np.empty(2 * n, dtype=np.int64), np.empty(2 * n, dtype=np.int64), np.empty(2 * n)
     src[0::2], src[1::2] = node, chip
@@ -154,10 +159,18 @@ def island_phase(fabric, islands: list[list[int]], owned: list[np.ndarray], phas
     """Flows of one multi-node NVLS phase on chunk bytes ``c`` in every island of more than one GPU:
     ``"rs"`` each GPU sends c and receives its owned share, ``"ag"`` the reverse (``nvls_phase`` with
     ``network=True``: the multi-node kernels' NVLS rate). Shared by the NVLS tree and SHARP."""
-    parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
-                        calibration, fanin=len(isl), network=True)
-             for isl, own in zip(islands, owned) if len(isl) > 1]
-    return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
+    parts = []
+    for isl, own in zip(islands, owned):
+        if len(isl) > 1:  # nvls_phase's arrays, concatenated over the islands before the arithmetic
+            node, chip, bw, total, code, kinds, count = _island_links(fabric, isl)
+            f = np.array([calibration.nvls_factor(k, len(isl), True) for k in kinds], dtype=float)[code]
+            up, down = (c, c * own) if phase == "rs" else (c * own, c)
+            parts.append((node, chip, f, bw, total, np.repeat(np.broadcast_to(up, len(isl)), count),
+                          np.repeat(np.broadcast_to(down, len(isl)), count)))
+    if not parts:
+        return [np.zeros(0)] * 4
+    node, chip, f, bw, total, ups, downs = (np.concatenate(x) for x in zip(*parts))
+    return list(_up_and_down(node, chip, f * bw / total, ups, downs))
 
 
 def pipeline_chunks(nbytes: float, chunk: float) -> list[tuple[float, float]]:

@@ -107,7 +107,7 @@ class LinkTable:
                 lat += [d.get("latency", 0.0) for d in attrs]
                 kind += [str(d.get("kind", "")) for d in attrs]
             src = np.repeat(np.arange(len(nodes), dtype=np.int64), degree)
-            edge_index = {(a, b): i for i, (a, b) in enumerate(zip(src.tolist(), dst))}
+            edge_index = dict(zip(zip(src.tolist(), dst), range(len(dst))))
         return cls(nodes, index, src, np.asarray(dst, dtype=np.int64), np.asarray(bw, dtype=float),
                    np.asarray(lat, dtype=float), kind, edge_index)
 
@@ -224,7 +224,9 @@ class Router:
         n = len(lt.nodes)
         G = topology.graph
         with _paused_gc():
-            attrs = [G.nodes[node] for node in lt.nodes]
+            nodes = G.nodes
+            # a link table made from this graph lists its nodes in graph order: read the attributes in turn
+            attrs = [a for _, a in nodes(data=True)] if list(nodes) == lt.nodes else [nodes[v] for v in lt.nodes]
             kinds = [a.get("kind") for a in attrs]
             self._forwarding = [k != "gpu" for k in kinds]
             self._domain = [a.get("domain") if k == "gpu" else None for a, k in zip(attrs, kinds)]
@@ -240,7 +242,7 @@ class Router:
             # adjacency (sorted neighbour lists): all edge kinds, and NVLink-only; then the same restricted
             # to forwarding neighbours, what searches expand (GPUs never forward)
             self._succ_all = _neighbours(src, dst, up, n)
-            self._pred_all = _neighbours(dst, src, up, n)
+            self._pred_all = _Adjacency("predecessors over every link kind")
             self._fwd_of = {id(self._succ_all): _neighbours(src, dst, up & fwd[dst], n),
                             id(self._pred_all): _neighbours(dst, src, up & fwd[src], n)}
         # ECMP hashes node names, not indices: equivalent fabrics built in another order (or with NVLink
@@ -250,7 +252,7 @@ class Router:
                                for node in lt.nodes]
         self._cache: dict[tuple[int, int, int], Route] = {}
         self._bandwidth = np.asarray(lt.bandwidth, dtype=float)
-        self._latency = [float(x) for x in lt.latency.tolist()]
+        self._latency = lt.latency.tolist()  # Python floats
         self._sets: OrderedDict[bytes, RouteSet] = OrderedDict()
         self.memo: dict = {}  # for the simulations sharing this router (the fabric's round records)
         self._middles: dict = {}  # (adjacency, X2, Y2) -> shared middle of routes (see _distances)
@@ -283,7 +285,7 @@ class Router:
             src, dst, fwd = lt.src, lt.dst, self._fwd
             up_nvl = self._up[1]
             with _paused_gc():
-                succ, pred = _neighbours(src, dst, up_nvl, n), _neighbours(dst, src, up_nvl, n)
+                succ, pred = _neighbours(src, dst, up_nvl, n), _Adjacency("predecessors over NVLink")
                 self._fwd_of[id(succ)] = succ_f = _neighbours(src, dst, up_nvl & fwd[dst], n)
                 self._fwd_of[id(pred)] = pred_f = _neighbours(dst, src, up_nvl & fwd[src], n)
             for lists in (succ_f, pred_f):
@@ -897,6 +899,19 @@ class Router:
 
 
 _UNSEEN = object()
+
+
+class _Adjacency:
+    """Stands for a predecessor adjacency, which the searches read only through its forwarding restriction
+    (``Router._fwd_of``: no search steps back through a GPU), so its own lists are never built."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
 
 
 class _BfsSide:
