@@ -163,6 +163,8 @@ def _check(topology: Topology, data, *, down_share: float = 0.0, endpoints: str 
         else:
             assert not isinstance(got, str), got
             _same(got, want)
+            # path classes ranked over the stored paths (batched) equal those ranked over every subflow
+            assert np.array_equal(got.classes(), want.classes())
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -256,3 +258,33 @@ def test_pairs_across_domains_take_the_array_path(name, monkeypatch):
     key = rng.integers(0, 4, src.shape[0])
     _same(r.route_many(src, dst, key), Router(t, r.links)._route_pairs(src, dst, key))
     assert covered and all(n == c for n, c in covered) and sum(n for n, _ in covered) > 50
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), preset=st.sampled_from([None, "three tiers (8-port switches)",
+                                                              "gb200-nvl72-ib"]), data=st.data())
+def test_middle_search_over_kept_sides_is_the_bidirectional_search(seed, preset, data):
+    # _search_sets reads breadth-first levels kept per side (shared by every middle with that side) and
+    # must give what the one-off bidirectional search gives, distances in the same order, search after search
+    t = _random_fabric(seed, False) if preset is None else _preset(preset)
+    r = Router(t)
+    succ_f, pred_f = r._fwd_of[id(r._succ_all)], r._fwd_of[id(r._pred_all)]
+    forwarding = [i for i, f in enumerate(r._forwarding) if f]
+    node_sets = st.lists(st.sampled_from(forwarding), min_size=1, max_size=3, unique=True).map(
+        lambda xs: tuple(sorted(xs)))
+    sides = st.sampled_from([(r._side(r.node(g), succ_f)[2], r._side(r.node(g), pred_f)[2]) for g in t.gpus])
+    for _ in range(data.draw(st.integers(1, 6), label="searches")):
+        xs, ys = data.draw(st.tuples(node_sets, node_sets) | sides, label="sets")
+        if not xs or not ys:
+            continue
+        got = r._search_sets(xs, ys, succ_f, pred_f)
+        want = r._meet_and_prune(dict.fromkeys(xs, 0), dict.fromkeys(ys, 0), [list(xs)], list(ys), succ_f, pred_f)
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert got[0] == want[0] and list(got[1].items()) == list(want[1].items())
+            plus = r._search_sets(xs, ys, succ_f, pred_f, plus=2)  # what a middle keeps: hops to d
+            assert plus[0] == want[0] and list(plus[1].items()) == [(v, k + 2) for v, k in want[1].items()]
+            by_hops: dict = {}
+            for v, k in plus[1].items():
+                by_hops.setdefault(k, set()).add(v)
+            assert {k: set(v) for k, v in plus[2].items() if v} == by_hops

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step, element, parallel, sequence
+from fabricsim.collectives.nodes import memo_table
 from fabricsim.collectives.nvls import nvls_payload, nvls_phase, switch_islands
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
 from fabricsim.collectives.ring import default_channels, ring_allreduce, ring_wire_latency
@@ -113,7 +114,7 @@ def hierarchical_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: P
     def inter_schedule() -> Schedule:
         per_shard = []
         # one group per shard, its owners (kept per router: their digests and rings serve every build)
-        memo = fabric.router.memo.setdefault("hierarchical-shards", {})
+        memo = memo_table(fabric, "hierarchical-shards")
         subs = memo.get((ident, intra))
         if subs is None or [sub.ranks for sub in subs] != [[own[s] for own in owners] for s in range(S)]:
             subs = memo[(ident, intra)] = [GroupLayout(group, [[r] for r in group])

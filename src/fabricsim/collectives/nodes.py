@@ -10,11 +10,72 @@ schedule using that router.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Hashable
+
 import numpy as np
 
 from fabricsim.simulator.fluid import _ranges
 
-__all__ = ["node_kinds", "switch_distances"]
+__all__ = ["MEMO_SIZES", "BoundedMemo", "memo_table", "node_kinds", "switch_distances"]
+
+#: Entries each per-router table (``memo_table``) keeps, least recently used dropped first. A router lives
+#: as long as its runner, and ``fabricsim plan`` builds schedules for thousands of layouts on one runner:
+#: the tables keyed by group (a group's answer can hold thousands of ranks) keep the groups of the last
+#: few hundred layouts, those keyed by a switch or an island a few thousand small entries.
+MEMO_SIZES = {
+    "nvls-islands": 256,  # group -> its switch islands (nvls.switch_islands)
+    "nvls-island": 4096,  # island -> its GPUs' links to their chips (nvls._island_links)
+    "ring-wire": 4096,  # (group, channels) -> its rings' wire latencies (ring.ring_wire_latency)
+    "hierarchical-shards": 256,  # (group, islands) -> the per-shard groups (hierarchical.py)
+    "switch-dist": 1024,  # start switch -> hops to every switch (switch_distances)
+    "sharp-leaf": 1 << 17,  # rank -> the switch behind its NIC (sharp._first_switch): one per GPU, tiny
+}
+
+
+class BoundedMemo:
+    """A mapping of at most ``size`` entries: reading or writing an entry makes it the most recent, and
+    writing past ``size`` drops the least recently used one (an entry dropped is computed again)."""
+
+    __slots__ = ("size", "_entries")
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"a memo needs room for one entry, got size {size}")
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+
+    def get(self, key: Hashable, default=None):
+        entries = self._entries
+        try:
+            value = entries[key]
+        except KeyError:
+            return default
+        entries.move_to_end(key)
+        return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def __setitem__(self, key: Hashable, value) -> None:
+        entries = self._entries
+        entries[key] = value
+        entries.move_to_end(key)
+        if len(entries) > self.size:
+            entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def memo_table(fabric, name: str) -> BoundedMemo:
+    """The router's table ``name`` (one of ``MEMO_SIZES``), made on first use: answers that depend only on
+    the topology and the links that are up, shared by every simulation using the router."""
+    memo = fabric.router.memo
+    table = memo.get(name)
+    if table is None:
+        table = memo[name] = BoundedMemo(MEMO_SIZES[name])
+    return table
 
 
 def _memo(fabric) -> dict:
@@ -55,8 +116,8 @@ def switch_distances(fabric, starts: list[int]) -> tuple[np.ndarray, np.ndarray]
     (columns) through network switches only, -1 where unreachable): one breadth-first search per start
     switch and router, level by level over the switch graph's arrays."""
     switches, col, ptr, cols = _switch_graph(fabric)
-    memo = _memo(fabric).setdefault("switch-dist", {})
-    # hops never exceed the switch count; kept for every leaf, so in the narrowest type that holds them
+    memo = memo_table(fabric, "switch-dist")
+    # hops never exceed the switch count; kept per start switch, so in the narrowest type that holds them
     hop_type = np.int16 if switches.shape[0] < 2**15 else np.int32
     rows = []
     for start in starts:

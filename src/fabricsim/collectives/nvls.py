@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nodes import node_kinds
+from fabricsim.collectives.nodes import memo_table, node_kinds
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol, nvls_stage_bytes
 from fabricsim.errors import InfeasibleError
 
@@ -32,23 +32,38 @@ __all__ = ["switch_islands", "nvls_phase", "owned_shares", "island_phase", "nvls
            "nvlink_kind", "nvls_stage"]
 
 
-def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
-    """The NVLink switch chips a GPU is wired to, with the bandwidth of its links to each (kept per router)."""
-    memo = fabric.router.memo.setdefault("nvls-attachment", {})
-    hit = memo.get(rank)
+def _attachments(fabric) -> tuple[list, list]:
+    """Per rank, the NVLink switch chips its GPU is wired to with the bandwidth of its link to each (in
+    node order, as ``router.successors(nvlink_only=True)`` lists them), and the chips as a sorted tuple
+    (what ``switch_islands`` groups by); found for every GPU at once from the link arrays, kept per router."""
+    memo = fabric.router.memo
+    hit = memo.get("nvls-attachment")
     if hit is None:
         lt = fabric.links
-        kinds = node_kinds(fabric)
-        node = int(fabric.gpu_index[rank])
-        hit = memo[rank] = tuple((v, float(lt.bandwidth[lt.edge_index[(node, v)]]))
-                                 for v in fabric.router.successors(node, nvlink_only=True) if kinds[v] == "nvswitch")
+        gpu = np.asarray(fabric.gpu_index, dtype=np.int64)
+        rank_of = np.full(len(lt.nodes), -1, dtype=np.int64)
+        rank_of[gpu] = np.arange(gpu.shape[0])
+        sel = np.flatnonzero(fabric.router.up_links(nvlink_only=True) & (rank_of[lt.src] >= 0)
+                             & (node_kinds(fabric)[lt.dst] == "nvswitch"))
+        owner = rank_of[lt.src[sel]]
+        order = np.lexsort((lt.dst[sel], owner))
+        sel, owner = sel[order], owner[order]
+        bounds = np.searchsorted(owner, np.arange(gpu.shape[0] + 1)).tolist()
+        chips, bws = lt.dst[sel].tolist(), lt.bandwidth[sel].tolist()
+        links = [tuple(zip(chips[a:b], bws[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+        hit = memo["nvls-attachment"] = (links, [tuple(sorted(chips[a:b])) for a, b in zip(bounds[:-1], bounds[1:])])
     return hit
+
+
+def _attachment(fabric, rank: int) -> tuple[tuple[int, float], ...]:
+    """The NVLink switch chips a GPU is wired to, with the bandwidth of its links to each."""
+    return _attachments(fabric)[0][rank]
 
 
 def _island_links(fabric, island: list[int]) -> tuple:
     """Per GPU of ``island`` and chip it attaches to, in that order: (GPU node, chip node, link bandwidth,
     the GPU's total bandwidth to its chips, link kind code), the kinds, and chips per GPU (kept per router)."""
-    memo = fabric.router.memo.setdefault("nvls-island", {})
+    memo = memo_table(fabric, "nvls-island")
     key = tuple(island)
     hit = memo.get(key)
     if hit is None:
@@ -91,13 +106,14 @@ def nvls_stage(fabric, islands: list[list[int]], nbytes: int | None = None, tree
 def switch_islands(fabric, layout: GroupLayout) -> list[list[int]]:
     """The group's ranks split by the set of switch chips they attach to, in rank order (kept per router
     and group; the caller gets its own lists)."""
-    memo = fabric.router.memo.setdefault("nvls-islands", {})
+    memo = memo_table(fabric, "nvls-islands")
     hit = memo.get(layout.ident)
     if hit is not None and hit[0] == layout.ranks:
         return [list(isl) for isl in hit[1]]
     islands: dict[tuple, list[int]] = {}
+    chips_of = _attachments(fabric)[1]
     for r in layout.ranks:
-        chips = tuple(sorted(v for v, _ in _attachment(fabric, r)))
+        chips = chips_of[r]
         if not chips:
             raise InfeasibleError(f"NVLS needs NVLink switch chips: GPU {fabric.topology.gpus[r]!r} has none")
         islands.setdefault(chips, []).append(r)
@@ -116,9 +132,14 @@ def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: C
     node, chip, bw, total, code, kinds, count = _island_links(fabric, island)
     # per GPU and chip: the GPU's bytes times (NVLS factor of the link kind x link / GPU bandwidth)
     f = np.array([calibration.nvls_factor(k, fanin, network) for k in kinds], dtype=float)[code]
-    factor = f * bw / total
     ups = np.repeat(np.broadcast_to(up, len(island)), count)  # per GPU, or one for all
     downs = np.repeat(np.broadcast_to(down, len(island)), count)
+    return _up_and_down(node, chip, f * bw / total, ups, downs)
+
+
+def _up_and_down(node: np.ndarray, chip: np.ndarray, factor: np.ndarray, ups: np.ndarray, downs: np.ndarray):
+    """Per (GPU, chip) link, the flow up (``ups`` x ``factor`` bytes) then the flow down: (src, dst, bytes,
+    keys) arrays."""
     n = node.shape[0]
     src, dst, nbytes = np.empty(2 * n, dtype=np.int64), np.empty(2 * n, dtype=np.int64), np.empty(2 * n)
     src[0::2], src[1::2] = node, chip
@@ -138,10 +159,18 @@ def island_phase(fabric, islands: list[list[int]], owned: list[np.ndarray], phas
     """Flows of one multi-node NVLS phase on chunk bytes ``c`` in every island of more than one GPU:
     ``"rs"`` each GPU sends c and receives its owned share, ``"ag"`` the reverse (``nvls_phase`` with
     ``network=True``: the multi-node kernels' NVLS rate). Shared by the NVLS tree and SHARP."""
-    parts = [nvls_phase(fabric, isl, c if phase == "rs" else c * own, c * own if phase == "rs" else c,
-                        calibration, fanin=len(isl), network=True)
-             for isl, own in zip(islands, owned) if len(isl) > 1]
-    return [np.concatenate([p[i] for p in parts]) for i in range(4)] if parts else [np.zeros(0)] * 4
+    parts = []
+    for isl, own in zip(islands, owned):
+        if len(isl) > 1:  # nvls_phase's arrays, concatenated over the islands before the arithmetic
+            node, chip, bw, total, code, kinds, count = _island_links(fabric, isl)
+            f = np.array([calibration.nvls_factor(k, len(isl), True) for k in kinds], dtype=float)[code]
+            up, down = (c, c * own) if phase == "rs" else (c * own, c)
+            parts.append((node, chip, f, bw, total, np.repeat(np.broadcast_to(up, len(isl)), count),
+                          np.repeat(np.broadcast_to(down, len(isl)), count)))
+    if not parts:
+        return [np.zeros(0)] * 4
+    node, chip, f, bw, total, ups, downs = (np.concatenate(x) for x in zip(*parts))
+    return list(_up_and_down(node, chip, f * bw / total, ups, downs))
 
 
 def pipeline_chunks(nbytes: float, chunk: float) -> list[tuple[float, float]]:

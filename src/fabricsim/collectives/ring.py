@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
+from fabricsim.collectives.nodes import memo_table
 from fabricsim.collectives.protocol import Protocol
 
 __all__ = ["ring_orders", "default_channels", "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
@@ -91,12 +92,13 @@ def ring_wire_latency(fabric, layouts: list[GroupLayout], channels: int) -> list
     """Per group, the largest wire latency of its rings' intra-domain hops ("nvlink") and of their
     inter-domain hops ("net"), for ``channels`` rings (``ring_orders``). Every inter-domain hop and one
     intra-domain hop per channel (they are alike) are routed, those of all the groups in one batch; the
-    answer depends on the group, channels and routes alone, so it is kept per router (``router.memo``)
+    answer depends on the group, channels and routes alone, so it is kept per router (``nodes.memo_table``)
     and the rings of a group built under every protocol (or the per-shard rings of a hierarchical
     all-reduce, ``hierarchical.py``) route their hops once."""
-    memo = fabric.router.memo.setdefault("ring-wire", {})
+    memo = memo_table(fabric, "ring-wire")
     keys = [(lay.ident, channels) for lay in layouts]
-    todo = {k: lay for k, lay in zip(keys, layouts) if k not in memo and lay.p > 1}
+    found = {k: memo.get(k) for k in keys}
+    todo = {k: lay for k, lay in zip(keys, layouts) if found[k] is None and lay.p > 1}
     if todo:
         src, dst, key, owner, intra_all = [], [], [], [], []
         for j, layout in enumerate(todo.values()):
@@ -122,9 +124,9 @@ def ring_wire_latency(fabric, layouts: list[GroupLayout], channels: int) -> list
         np.maximum.at(hop_lat, rs.flow, rs.lat)
         for j, k in enumerate(todo):
             mine = owner == j
-            memo[k] = {"nvlink": float(hop_lat[mine & is_intra].max(initial=0.0)),
-                       "net": float(hop_lat[mine & ~is_intra].max(initial=0.0))}
-    return [memo.get(k, {"nvlink": 0.0, "net": 0.0}) for k in keys]
+            memo[k] = found[k] = {"nvlink": float(hop_lat[mine & is_intra].max(initial=0.0)),
+                                  "net": float(hop_lat[mine & ~is_intra].max(initial=0.0))}
+    return [found[k] or {"nvlink": 0.0, "net": 0.0} for k in keys]
 
 
 class _RingPlan:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nodes import node_kinds, switch_distances
+from fabricsim.collectives.nodes import memo_table, node_kinds, switch_distances
 from fabricsim.collectives.nvls import (island_phase, island_pipeline_stage, nvls_stage, owned_shares,
                                         pipeline_chunks, switch_islands)
 from fabricsim.collectives.protocol import NVLS_LATENCY, Calibration, Protocol
@@ -30,7 +30,7 @@ __all__ = ["aggregation_switch", "aggregation_tree", "sharp_allreduce", "sharp_c
 
 def _first_switch(fabric, rank: int) -> int:
     """The network switch behind a GPU's NIC (its leaf; kept per router)."""
-    memo = fabric.router.memo.setdefault("sharp-leaf", {})
+    memo = memo_table(fabric, "sharp-leaf")
     leaf = memo.get(rank)
     if leaf is not None:
         return leaf

@@ -107,7 +107,7 @@ class LinkTable:
                 lat += [d.get("latency", 0.0) for d in attrs]
                 kind += [str(d.get("kind", "")) for d in attrs]
             src = np.repeat(np.arange(len(nodes), dtype=np.int64), degree)
-            edge_index = {(a, b): i for i, (a, b) in enumerate(zip(src.tolist(), dst))}
+            edge_index = dict(zip(zip(src.tolist(), dst), range(len(dst))))
         return cls(nodes, index, src, np.asarray(dst, dtype=np.int64), np.asarray(bw, dtype=float),
                    np.asarray(lat, dtype=float), kind, edge_index)
 
@@ -172,6 +172,9 @@ class RouteSet:
     ptr: np.ndarray
     links: np.ndarray
     _classes: np.ndarray | None = field(default=None, repr=False)
+    #: per subflow, the id of its path in the router's route store (None when not gathered from it):
+    #: subflows of one stored path cross the same links, so ``classes`` ranks the distinct stored paths only
+    _paths: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -182,25 +185,28 @@ class RouteSet:
         """Per subflow, the rank of its path among the distinct paths, in lexicographic order of link ids
         (a shorter path before its extensions): subflows of equal class cross the same links."""
         if self._classes is None:
-            sub_len = np.diff(self.ptr)
+            starts, sub_len = self.ptr[:-1], np.diff(self.ptr)
+            inv = None
+            if self._paths is not None and self._paths.size:
+                # one row per distinct stored path (its first subflow): the distinct link sequences are the
+                # same, so are their ranks, at a fraction of the sorting
+                n = self._paths.shape[0]
+                first = np.full(int(self._paths.max()) + 1, -1, dtype=np.int64)
+                first[self._paths[::-1]] = np.arange(n - 1, -1, -1, dtype=np.int64)
+                present = first >= 0
+                inv = (np.cumsum(present) - 1)[self._paths]
+                rows = first[present]
+                starts, sub_len = starts[rows], sub_len[rows]
             width = int(sub_len.max()) if sub_len.size else 0
             base = int(self.links.max()) + 2 if self.links.size else 1
-            n = sub_len.shape[0]
-            rank = np.zeros(n, dtype=np.int64)
-            col = 0
-            while col < width:
-                # ranks of the first links (a missing link, -1, sorts first), refined by two links at a time
-                # while the key fits in int64 (ranks are below n), else one
-                step = 2 if col + 1 < width and n * base * base < 2**62 else 1
-                key = rank
-                for c in range(col, col + step):
-                    has = sub_len > c
-                    link = np.full(n, -1, dtype=np.int64)
-                    link[has] = self.links[self.ptr[:-1][has] + c]
-                    key = key * base + (link + 1)
-                rank = np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
-                col += step
-            self._classes = rank
+            rank = np.zeros(sub_len.shape[0], dtype=np.int64)
+            for col in range(width):
+                # ranks of the first col+1 links (a missing link, -1, sorts first), refined one link at a time
+                has = sub_len > col
+                link = np.full(sub_len.shape[0], -1, dtype=np.int64)
+                link[has] = self.links[starts[has] + col]
+                rank = np.unique(rank * base + (link + 1), return_inverse=True)[1].reshape(-1).astype(np.int64)
+            self._classes = rank if inv is None else rank[inv]
         return self._classes
 
 
@@ -218,7 +224,9 @@ class Router:
         n = len(lt.nodes)
         G = topology.graph
         with _paused_gc():
-            attrs = [G.nodes[node] for node in lt.nodes]
+            nodes = G.nodes
+            # a link table made from this graph lists its nodes in graph order: read the attributes in turn
+            attrs = [a for _, a in nodes(data=True)] if list(nodes) == lt.nodes else [nodes[v] for v in lt.nodes]
             kinds = [a.get("kind") for a in attrs]
             self._forwarding = [k != "gpu" for k in kinds]
             self._domain = [a.get("domain") if k == "gpu" else None for a, k in zip(attrs, kinds)]
@@ -234,7 +242,7 @@ class Router:
             # adjacency (sorted neighbour lists): all edge kinds, and NVLink-only; then the same restricted
             # to forwarding neighbours, what searches expand (GPUs never forward)
             self._succ_all = _neighbours(src, dst, up, n)
-            self._pred_all = _neighbours(dst, src, up, n)
+            self._pred_all = _Adjacency("predecessors over every link kind")
             self._fwd_of = {id(self._succ_all): _neighbours(src, dst, up & fwd[dst], n),
                             id(self._pred_all): _neighbours(dst, src, up & fwd[src], n)}
         # ECMP hashes node names, not indices: equivalent fabrics built in another order (or with NVLink
@@ -244,10 +252,11 @@ class Router:
                                for node in lt.nodes]
         self._cache: dict[tuple[int, int, int], Route] = {}
         self._bandwidth = np.asarray(lt.bandwidth, dtype=float)
-        self._latency = [float(x) for x in lt.latency.tolist()]
+        self._latency = lt.latency.tolist()  # Python floats
         self._sets: OrderedDict[bytes, RouteSet] = OrderedDict()
         self.memo: dict = {}  # for the simulations sharing this router (the fabric's round records)
         self._middles: dict = {}  # (adjacency, X2, Y2) -> shared middle of routes (see _distances)
+        self._bfs_sides: dict = {}  # (adjacency, X2 or Y2) -> _BfsSide (see _search_sets)
         self._mid_opts: dict = {}  # (adjacency, Y2) -> {(node, hops to d): next hops} (see _plan_far)
         self._far_first: dict = {}  # (s, middle) -> first hops (see _plan_far)
         self._sides: dict = {id(lists): {} for lists in self._fwd_of.values()}  # node -> (X1, set, X2, tuple)
@@ -276,7 +285,7 @@ class Router:
             src, dst, fwd = lt.src, lt.dst, self._fwd
             up_nvl = self._up[1]
             with _paused_gc():
-                succ, pred = _neighbours(src, dst, up_nvl, n), _neighbours(dst, src, up_nvl, n)
+                succ, pred = _neighbours(src, dst, up_nvl, n), _Adjacency("predecessors over NVLink")
                 self._fwd_of[id(succ)] = succ_f = _neighbours(src, dst, up_nvl & fwd[dst], n)
                 self._fwd_of[id(pred)] = pred_f = _neighbours(dst, src, up_nvl & fwd[src], n)
             for lists in (succ_f, pred_f):
@@ -294,6 +303,13 @@ class Router:
     def successors(self, node: int, *, nvlink_only: bool = False) -> list[int]:
         """Node indices one directed edge away from ``node`` (over NVLink edges only, if asked)."""
         return (self._succ_nvl if nvlink_only else self._succ_all)[node]
+
+    def up_links(self, *, nvlink_only: bool = False) -> np.ndarray:
+        """Per link id, whether routes may use it (it is up; and of an NVLink kind, if asked): the links
+        ``successors`` follows. Read-only."""
+        mask = self._up[1 if nvlink_only else 0].view()
+        mask.flags.writeable = False
+        return mask
 
     def route(self, src: int, dst: int, key: int = 0) -> Route:
         """The route from node index ``src`` to ``dst`` for flow key ``key`` (cached)."""
@@ -554,25 +570,66 @@ class Router:
         return h
 
     def _middle(self, key: tuple, succ_f: list, pred_f: list) -> tuple | None:
-        """(hops s -> d, hops to d) shared by the pairs of middle ``key`` = (adjacency, X2, Y2), cached;
-        None if X2 does not reach Y2."""
+        """(hops s -> d, hops to d, the same as {hops: frozenset of nodes}) shared by the pairs of middle
+        ``key`` = (adjacency, X2, Y2), cached; None if X2 does not reach Y2."""
         mid = self._middles.get(key, _UNSEEN)
         if mid is _UNSEEN:
             if len(self._middles) >= 20_000:
                 self._middles.clear()
+                self._bfs_sides.clear()
                 self._mid_opts.clear()
                 self._far_first.clear()
-            found = self._search_sets(key[1], key[2], succ_f, pred_f)
-            mid = self._middles[key] = None if found is None else (
-                found[0] + 4, {v: k + 2 for v, k in found[1].items()})
+            found = self._search_sets(key[1], key[2], succ_f, pred_f, plus=2)
+            mid = self._middles[key] = None if found is None else (found[0] + 4, found[1], found[2])
         return mid
 
-    def _search_sets(self, xs: tuple, ys: tuple, succ_f: list, pred_f: list) -> tuple | None:
-        """(hops, distances to ``ys``) of shortest paths from any node of ``xs`` to any of ``ys`` over
-        forwarding nodes: bidirectional BFS, then the forward side pruned as in ``_search``."""
-        df, db = dict.fromkeys(xs, 0), dict.fromkeys(ys, 0)
-        return self._meet_and_prune(df, db, [list(xs)], list(ys), succ_f, pred_f)
-
+    def _search_sets(self, xs: tuple, ys: tuple, succ_f: list, pred_f: list, plus: int = 0) -> tuple | None:
+        """(hops, distances to ``ys`` plus ``plus``, the same nodes grouped by distance as {distance:
+        frozenset}) of shortest paths from any node of ``xs`` to any of ``ys`` over forwarding nodes: ``_meet_and_prune``'s bidirectional BFS, step for step, but over
+        breadth-first levels kept per side (``_BfsSide``): every middle leaving one leaf switch grows the
+        same forward levels, every middle ending at one the same backward levels, so each side is searched
+        once. The forward side is pruned as there, by set tests: a node of forward level k on a shortest
+        path (length L) has a successor L - k - 1 hops from ``ys`` (none has fewer), and those are the
+        backward level L - k - 1 when the backward search went that deep, else the nodes the level below
+        kept."""
+        sides = self._bfs_sides
+        fs = sides.get((id(succ_f), xs))
+        if fs is None:
+            fs = sides[(id(succ_f), xs)] = _BfsSide(xs, succ_f)
+        bs = sides.get((id(pred_f), ys))
+        if bs is None:
+            bs = sides[(id(pred_f), ys)] = _BfsSide(ys, pred_f)
+        kf = kb = 0
+        f_front, b_front = fs.level(0), bs.level(0)
+        f_seen, b_seen = fs.upto(0), bs.upto(0)  # found by the current depths
+        met = not b_seen.keys().isdisjoint(f_front)
+        while not met:
+            if not f_front or not b_front:
+                return None
+            if len(f_front) <= len(b_front):
+                kf += 1
+                f_front, f_seen = fs.level(kf), fs.upto(kf)
+                met = not b_seen.keys().isdisjoint(f_front)
+            else:
+                kb += 1
+                b_front, b_seen = bs.level(kb), bs.upto(kb)
+                met = not f_seen.keys().isdisjoint(b_front)
+        # the searches first met at these depths, so that is the length: a node common to both at a smaller
+        # sum would have put its neighbour on the other side's last level into both searches a step earlier
+        length = kf + kb
+        h = dict(bs.upto(kb, plus))  # depth kb is the backward search's deepest (non-empty) level
+        groups = {j + plus: bs.level_set(j) for j in range(kb + 1)}
+        if length > kb:
+            target = groups[kb + plus]
+            for k in range(length - kb - 1, -1, -1):
+                hops = length - k + plus
+                kept = []
+                for u in fs.levels[k]:
+                    if u not in h and not target.isdisjoint(succ_f[u]):
+                        h[u] = hops
+                        kept.append(u)
+                target = groups[hops] = frozenset(kept)
+        return length, h, groups
     def _search(self, s: int, d: int, succ_f: list, pred_f: list) -> dict | None:
         """``_distances`` by a bidirectional BFS of the pair alone."""
         df, db = {s: 0}, {d: 0}
@@ -716,7 +773,7 @@ class Router:
         mid = self._middle(mkey, succ_f, pred_f)
         if mid is None:
             return None
-        length, mh = mid
+        length, mh = mid[0], mid[1]
         fkey = (s, mkey)
         first = self._far_first.get(fkey)
         if first is None:
@@ -844,6 +901,59 @@ class Router:
 _UNSEEN = object()
 
 
+class _Adjacency:
+    """Stands for a predecessor adjacency, which the searches read only through its forwarding restriction
+    (``Router._fwd_of``: no search steps back through a GPU), so its own lists are never built."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+class _BfsSide:
+    """One side of ``Router._search_sets``: the breadth-first levels from a set of nodes over one forwarding
+    adjacency (``levels[k]``: the nodes first found at depth k, in ``_next_level``'s order; ``dist``: every
+    node found, with its depth), grown on demand, and the distances up to each depth (``upto``)."""
+
+    __slots__ = ("adj", "levels", "dist", "_upto", "_sets")
+
+    def __init__(self, start: tuple, adj: list) -> None:
+        self.adj = adj
+        self.levels = [list(start)]
+        self.dist = dict.fromkeys(start, 0)
+        self._upto: dict = {}  # plus -> [{node: depth + plus} of the nodes found by depth k, per k]
+        self._sets: list = []  # frozenset of every level
+
+    def level(self, k: int) -> list:
+        levels = self.levels
+        while len(levels) <= k:
+            front = levels[-1]
+            levels.append(Router._next_level(front, self.adj, self.dist) if front else [])
+        return levels[k]
+
+    def upto(self, k: int, plus: int = 0) -> dict:
+        """{node: depth + plus} of the nodes found by depth k, in the order found (kept: do not modify)."""
+        upto = self._upto.get(plus)
+        if upto is None:
+            upto = self._upto[plus] = []
+        while len(upto) <= k:
+            j = len(upto)
+            d = dict(upto[-1]) if upto else {}
+            d.update(dict.fromkeys(self.level(j), j + plus))
+            upto.append(d)
+        return upto[k]
+
+    def level_set(self, k: int) -> frozenset:
+        sets = self._sets
+        while len(sets) <= k:
+            sets.append(frozenset(self.level(len(sets))))
+        return sets[k]
+
+
 def _neighbours(a: np.ndarray, b: np.ndarray, mask: np.ndarray, n: int) -> list[list[int]]:
     """Per node ``u`` of ``n``, the sorted ``b[i]`` of the links ``i`` in ``mask`` with ``a[i] == u``."""
     a, b = a[mask], b[mask]
@@ -926,7 +1036,7 @@ class _RouteStore:
         ptr = np.zeros(sub.shape[0] + 1, dtype=np.int64)
         np.cumsum(sub_len, out=ptr[1:])
         links = a["links"][_ranges(lptr[sub], lptr[sub + 1])]
-        return RouteSet(flow, a["frac"][sub], a["lat"][sub], ptr, links)
+        return RouteSet(flow, a["frac"][sub], a["lat"][sub], ptr, links, _paths=sub)
 
 
 def _array_sum(values: list) -> float:

@@ -193,21 +193,6 @@ def bandwidth_shares(k: np.ndarray, links: np.ndarray, bandwidth: np.ndarray) ->
 _NONE: frozenset = frozenset()
 
 
-def _levels(router, dist: dict) -> dict:
-    """A middle's nodes grouped by their hops to d, {hops: frozenset}, cached per middle (the middles are
-    shared by many pairs and batches; the cache holds the middle so that its id stays its own)."""
-    cache = router.__dict__.setdefault("_far_levels", {})
-    hit = cache.get(id(dist))
-    if hit is None:
-        if len(cache) >= 4_000:  # ~35 KB each in a three-tier fat tree of 64-port switches
-            cache.clear()
-        groups: dict = {}
-        for v, h in dist.items():
-            groups.setdefault(h, []).append(v)
-        hit = cache[id(dist)] = (dist, {h: frozenset(vs) for h, vs in groups.items()})
-    return hit[1]
-
-
 def _any(owner: np.ndarray, hit: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(owner[hit], minlength=n) > 0
 
@@ -318,8 +303,7 @@ def _walk(router, s, d, key, idx, length, y2_id, mids, m_of, k, link_f, node_f, 
     succ_f = router._fwd_of[id(router._succ_all)]
     y2_sets = t.y2.sets
     y2_of, m_of_l = y2_id.tolist(), m_of.tolist()
-    dist = [None if mid is None else mid[1] for mid in mids]
-    levels = [None] * len(mids)
+    levels = [None if mid is None else mid[2] for mid in mids]  # the middle's nodes by hops to d
     succ_sets = router._succ_sets[id(succ_f)]
     width = int(length.max(initial=0))
     while True:
@@ -346,6 +330,15 @@ def _walk(router, s, d, key, idx, length, y2_id, mids, m_of, k, link_f, node_f, 
             cnt[two] = c
             pieces.append((two, c, w[keep], lk[keep]))
         far = np.flatnonzero(ra >= 3)
+        if far.size:  # a node with one forwarding successor: that is its next hop (a walker is on a shortest
+            # path, r hops from d, and its next hop, at least two hops from d, forwards), a NIC's switch
+            start = t.fwd_ptr[ua[far]]
+            single = t.fwd_ptr[ua[far] + 1] - start == 1
+            if single.any():
+                lk = t.to_fwd[start[single]]
+                cnt[far[single]] = 1
+                pieces.append((far[single], np.ones(lk.size, dtype=np.int64), t.dst[lk], lk))
+                far = far[~single]
         if far.size:
             code = (y2_id[pa[far]] * (width + 1) + ra[far]) * t.n + ua[far]
             ucode, first, inv = np.unique(code, return_index=True, return_inverse=True)
@@ -358,10 +351,7 @@ def _walk(router, s, d, key, idx, length, y2_id, mids, m_of, k, link_f, node_f, 
                 ck = (y2_sets[y2_of[p]], node, rr)
                 o = cache.get(ck)
                 if o is None:  # u's forwarding successors one hop nearer d, in node order: a set intersection
-                    m = m_of_l[p]
-                    level = levels[m]
-                    if level is None:
-                        level = levels[m] = _levels(router, dist[m])
+                    level = levels[m_of_l[p]]
                     succ = succ_sets.get(node)
                     if succ is None:
                         succ = succ_sets[node] = frozenset(succ_f[node])
