@@ -341,8 +341,11 @@ class Fabric:
     """
 
     #: Routed groups keep their subflow arrays for reuse; past this many array elements in all, the
-    #: least recently used groups not in flight drop theirs (recomputed if they are submitted again).
-    expansion_budget = 16_000_000
+    #: least recently used groups not in flight drop theirs, down to three quarters of it (recomputed if
+    #: they are submitted again). Sized to hold every round of a 1 GiB tree all-reduce on 8,192 GPUs
+    #: (185 rounds of up to ~200k elements each, and the 524k-flow base's ~5M), so the rounds that choosing
+    #: its protocol expanded are still there when it is simulated.
+    expansion_budget = 32_000_000
 
     def __init__(self, env: simpy.Environment, topology: Topology, *, cache: bool = True,
                  record: str | None = "groups",
@@ -655,7 +658,7 @@ class Fabric:
             return
         busy = {id(r.group) for r in self._runs.values()} | {id(r.group) for r in self._pending}
         for key in list(self._expanded):
-            if self._expanded_size <= self.expansion_budget // 2:
+            if self._expanded_size <= self.expansion_budget * 3 // 4:
                 break
             g, n = self._expanded[key]
             if key in busy or g is group or g is group._parent or any(
