@@ -365,7 +365,11 @@ class Fabric:
         self.fluid = FluidNetwork(self.capacity, on_rates=on_rates, finish_rtol=finish_rtol)
         self._expanded: OrderedDict[int, tuple[FlowGroup, int]] = OrderedDict()
         self._expanded_size = 0
-        self.gpu_index = np.array([self.router.node(g) for g in topology.gpus], dtype=np.int64)
+        self.gpu_index = self.router.memo.get("gpu_index")  # node index of every GPU, once per router
+        if self.gpu_index is None:
+            self.gpu_index = self.router.memo["gpu_index"] = np.array(
+                [self.router.node(g) for g in topology.gpus], dtype=np.int64)
+            self.gpu_index.flags.writeable = False
         self.link_bytes = np.zeros(len(self.links))
         self.log: list[tuple[str, int, int, float, float]] = []  # label, flows, bytes, start, finish
         self.stats = {"launches": 0, "cache_hits": 0, "replays": 0, "groups": 0, "flows": 0}
