@@ -115,7 +115,7 @@ def _run_block(simulation, starters, block: tuple, *, alone: bool) -> tuple | No
     result = sim.run()
     if alone:
         return [p.value for p in procs], None, None, None, result
-    ids = np.flatnonzero(result.link_peak)
+    ids = np.flatnonzero(result.link_peak != 0)
     return [p.value for p in procs], ids, result.link_peak[ids], sim.fabric.capacity, result
 
 

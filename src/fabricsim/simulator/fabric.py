@@ -588,7 +588,7 @@ class Fabric:
             if sub_bytes.shape[0] > _TAG_MASK:
                 raise ConfigError(f"a flow group may hold at most {_TAG_MASK} paths")
             link_bytes = np.bincount(links, weights=np.repeat(sub_bytes, np.diff(ptr)), minlength=len(self.links))
-            used = np.flatnonzero(link_bytes)
+            used = np.flatnonzero(link_bytes != 0)  # (a bool array: several times faster than floats)
             first = None
             one_path = False
             if flow.shape[0] and flow[0] >= 0 and np.all(flow[1:] >= flow[:-1]):
@@ -619,7 +619,7 @@ class Fabric:
         parent_n = p_rep.shape[0]
         cls = p_inverse[keep]
         weight = np.bincount(cls, minlength=parent_n)
-        present = np.flatnonzero(weight)
+        present = np.flatnonzero(weight != 0)
         weight = weight[present].astype(float)
         member = np.empty(parent_n, dtype=np.int64)
         member[cls] = np.arange(cls.shape[0])
@@ -630,7 +630,7 @@ class Fabric:
                                  minlength=len(self.links))
         # each selected flow keeps its one subflow (unless a flow was listed twice)
         sub = _Picked(p_sub, keep, flow, p_sub.one_path and keep.shape[0] == len(group))
-        sub.used = np.flatnonzero(link_bytes)
+        sub.used = np.flatnonzero(link_bytes != 0)
         sub.used_bytes = link_bytes[sub.used]
         sub.present = present
         group._parent_sub = keep
@@ -870,7 +870,7 @@ class Fabric:
         link_ids = np.concatenate(ids)
         link_bytes = np.concatenate(vals)
         busy = self.fluid.busy - launch.busy0
-        busy_ids = np.flatnonzero(busy)
+        busy_ids = np.flatnonzero(busy != 0)
         self._records.put(launch.key, _Record(tuple(offsets), tuple(flow_offsets), link_ids, link_bytes,
                                             busy_ids, busy[busy_ids]))
         # this first run's bytes and busy time are already in the dense totals; later hits add via _uses
