@@ -408,12 +408,12 @@ class Router:
                     pairs.update((c, (divmod(c, n_nodes), {k: r})) for c, k, r in zip(
                         ucode[far[hashed]].tolist(), key[first[far[hashed]]].tolist(), rid_f[hashed].tolist()))
                     rid_u[far] = np.where(hashed, -1, rid_f)
-                for i, c, k in zip(new.tolist(), ucode[new].tolist(), key[first[new]].tolist()):
-                    if rid_u[i] == -2:
-                        plan = self._plan(*divmod(c, n_nodes))
-                        rid, hashed = walk(plan, k)
-                        e = pairs[c] = (plan, {k: rid}) if hashed else rid
-                        rid_u[i] = -1 if hashed else rid
+                rest = new[rid_u[new] == -2]  # the pair-by-pair path
+                for i, c, k in zip(rest.tolist(), ucode[rest].tolist(), key[first[rest]].tolist()):
+                    plan = self._plan(*divmod(c, n_nodes))
+                    rid, hashed = walk(plan, k)
+                    e = pairs[c] = (plan, {k: rid}) if hashed else rid
+                    rid_u[i] = -1 if hashed else rid
             rid = rid_u[inv]
             keyed = np.flatnonzero(rid < 0)
             if keyed.size:  # pairs whose route depends on the key: one walk per distinct (src, dst, key)
@@ -423,17 +423,19 @@ class Router:
                 fresh = np.ones(order.shape[0], dtype=bool)
                 fresh[1:] = (kc[1:] != kc[:-1]) | (kk[1:] != kk[:-1])
                 starts = np.flatnonzero(fresh)
-                rid_t = np.empty(starts.shape[0], dtype=np.int64)
+                rid_l = []
                 todo = []  # new keys of pairs routed by routing_far (their plan is (s, d)): walked at once
-                for j, (c, k) in enumerate(zip(kc[starts].tolist(), kk[starts].tolist())):
+                for c, k in zip(kc[starts].tolist(), kk[starts].tolist()):
                     plan, rids = pairs[c]
                     r = rids.get(k)
                     if r is None:
                         if len(plan) == 2:
-                            todo.append((j, c, k))
-                            continue
-                        r = rids[k] = walk(plan, k)[0]
-                    rid_t[j] = r
+                            todo.append((len(rid_l), c, k))
+                            r = -1
+                        else:
+                            r = rids[k] = walk(plan, k)[0]
+                    rid_l.append(r)
+                rid_t = np.array(rid_l, dtype=np.int64)
                 if todo:
                     j_t, c_t, k_t = (np.array(x, dtype=np.int64) for x in zip(*todo))
                     rid_f = route_far(self, c_t // n_nodes, c_t % n_nodes, k_t)[0]
