@@ -22,8 +22,11 @@ Rules, in order:
    whether a given fabric runs it is the operator's choice.
 
 Distances come from a bidirectional breadth-first search over the forwarding nodes, which touches only
-the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is built, so 8,192-GPU fabrics
-route in about a second. Routes are cached per (source, destination, flow key), and whole pair arrays
+the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is built. Pairs four or more
+hops apart share the search of their middle (from the nodes two hops after the source to those two hops
+before the destination: leaf switch to leaf switch in a fat tree), and the middles share the breadth-first
+levels of their two sides, so an 8,192-GPU fabric searches each leaf's neighbourhood twice, not once per
+pair of leaves. Routes are cached per (source, destination, flow key), and whole pair arrays
 (``route_many``) per content digest: the same traffic pattern built again (the next step of a schedule, the
 same collective simulated under another protocol, a fresh simulation sharing this router) is routed once.
 
@@ -603,23 +606,24 @@ class Router:
             bs = sides[(id(pred_f), ys)] = _BfsSide(ys, pred_f)
         kf = kb = 0
         f_front, b_front = fs.level(0), bs.level(0)
-        f_seen, b_seen = fs.upto(0), bs.upto(0)  # found by the current depths
-        met = not b_seen.keys().isdisjoint(f_front)
+        met = not bs.level_set(0).isdisjoint(f_front)
         while not met:
             if not f_front or not b_front:
                 return None
             if len(f_front) <= len(b_front):
                 kf += 1
-                f_front, f_seen = fs.level(kf), fs.upto(kf)
-                met = not b_seen.keys().isdisjoint(f_front)
+                f_front = fs.level(kf)
+                met = any(not bs.level_set(j).isdisjoint(f_front) for j in range(kb + 1))
             else:
                 kb += 1
-                b_front, b_seen = bs.level(kb), bs.upto(kb)
-                met = not f_seen.keys().isdisjoint(b_front)
+                b_front = bs.level(kb)
+                met = any(not fs.level_set(j).isdisjoint(b_front) for j in range(kf + 1))
         # the searches first met at these depths, so that is the length: a node common to both at a smaller
         # sum would have put its neighbour on the other side's last level into both searches a step earlier
         length = kf + kb
-        h = dict(bs.upto(kb, plus))  # depth kb is the backward search's deepest (non-empty) level
+        h = {}  # the backward search's distances; depth kb is its deepest (non-empty) level
+        for j in range(kb + 1):
+            h.update(dict.fromkeys(bs.levels[j], j + plus))
         groups = {j + plus: bs.level_set(j) for j in range(kb + 1)}
         if length > kb:
             target = groups[kb + plus]
@@ -919,15 +923,14 @@ class _Adjacency:
 class _BfsSide:
     """One side of ``Router._search_sets``: the breadth-first levels from a set of nodes over one forwarding
     adjacency (``levels[k]``: the nodes first found at depth k, in ``_next_level``'s order; ``dist``: every
-    node found, with its depth), grown on demand, and the distances up to each depth (``upto``)."""
+    node found, with its depth), grown on demand, and each level as a frozenset (``level_set``)."""
 
-    __slots__ = ("adj", "levels", "dist", "_upto", "_sets")
+    __slots__ = ("adj", "levels", "dist", "_sets")
 
     def __init__(self, start: tuple, adj: list) -> None:
         self.adj = adj
         self.levels = [list(start)]
         self.dist = dict.fromkeys(start, 0)
-        self._upto: dict = {}  # plus -> [{node: depth + plus} of the nodes found by depth k, per k]
         self._sets: list = []  # frozenset of every level
 
     def level(self, k: int) -> list:
@@ -936,18 +939,6 @@ class _BfsSide:
             front = levels[-1]
             levels.append(Router._next_level(front, self.adj, self.dist) if front else [])
         return levels[k]
-
-    def upto(self, k: int, plus: int = 0) -> dict:
-        """{node: depth + plus} of the nodes found by depth k, in the order found (kept: do not modify)."""
-        upto = self._upto.get(plus)
-        if upto is None:
-            upto = self._upto[plus] = []
-        while len(upto) <= k:
-            j = len(upto)
-            d = dict(upto[-1]) if upto else {}
-            d.update(dict.fromkeys(self.level(j), j + plus))
-            upto.append(d)
-        return upto[k]
 
     def level_set(self, k: int) -> frozenset:
         sets = self._sets
