@@ -73,3 +73,38 @@ def test_a_symlinked_path_is_replaced_in_its_own_directory(tmp_path):
     write_whole(link, "new")
     assert link.read_text() == "new" and not link.is_symlink()
     assert os.listdir(tmp_path / "elsewhere") == ["real.csv"] and sorted(os.listdir(tmp_path)) == ["elsewhere", "out.csv"]
+
+
+def test_umask_is_never_changed_while_writing(tmp_path, monkeypatch):
+    # setting the umask, even briefly, races with every other thread that creates files
+    def no_umask(_mask):
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    write_whole(tmp_path / "new.txt", "x")
+    write_whole(tmp_path / "new.txt", "y")
+    assert (tmp_path / "new.txt").read_text() == "y"
+
+
+def test_private_umask_is_honoured(tmp_path):
+    old = os.umask(0o077)
+    try:
+        write_whole(tmp_path / "p.csv", "x")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "p.csv") == 0o600
+
+
+def test_figure_path_without_suffix_is_refused(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, _ = plt.subplots()
+    try:
+        with pytest.raises(ValueError, match="suffix"):
+            save_figure(fig, tmp_path / "plot")
+    finally:
+        plt.close(fig)
+    assert os.listdir(tmp_path) == []

@@ -11,33 +11,36 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
-__all__ = ["replacing", "write_whole", "save_figure", "new_temporary", "publish", "file_mode"]
-
-
-def file_mode(path) -> int:
-    """Permission bits for ``path``: its current ones if it exists, else 0o666 less the umask (as ``open``)."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
+__all__ = ["replacing", "write_whole", "save_figure", "new_temporary", "publish"]
 
 
 def new_temporary(path) -> str:
-    """Create an empty temporary file beside ``path`` (same directory, so the final rename is atomic)."""
+    """Create an empty temporary file beside ``path`` (same directory, so the final rename is atomic).
+
+    It is created with mode 0o666, which the process umask trims, as ``open`` would create ``path``
+    itself; no umask is read or set (that would race with other threads)."""
     target = Path(os.path.abspath(path))  # not resolved: the rename replaces ``path`` itself, in its directory
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return tmp
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def publish(tmp: str, path) -> None:
-    """Rename the finished temporary file ``tmp`` over ``path`` with ordinary file permissions."""
-    os.chmod(tmp, file_mode(path))
+    """Rename the finished temporary file ``tmp`` (from :func:`new_temporary`) over ``path``; a file that
+    already exists keeps its permissions, a new one has those ``new_temporary`` gave it."""
+    try:
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+    except FileNotFoundError:
+        pass
     os.replace(tmp, path)
 
 
@@ -72,7 +75,15 @@ def write_whole(path, content: str | bytes, **open_kwargs) -> None:
 
 
 def save_figure(fig, path, **savefig_kwargs) -> None:
-    """Save a matplotlib figure to ``path`` through :func:`replacing`, in the format its suffix names."""
-    fmt = Path(path).suffix.lstrip(".").lower() or None
+    """Save a matplotlib figure to ``path`` through :func:`replacing`, in the format its suffix names.
+
+    Raises
+    ------
+    ValueError
+        ``path`` has no suffix (matplotlib would add one and write another file than ``path``).
+    """
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"cannot tell the figure format of {str(path)!r}: give it a suffix such as .png or .svg")
     with replacing(path, "wb") as fh:
         fig.savefig(fh, format=fmt, **savefig_kwargs)

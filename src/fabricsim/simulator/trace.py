@@ -87,11 +87,8 @@ class TraceRecorder:
         if ranks is not None:
             self._selected[:] = False
             self._selected[np.asarray(ranks, dtype=np.int64)] = True
-        if path is not None:
-            self._tmp = new_temporary(path)
-        else:
-            fd, self._tmp = tempfile.mkstemp(prefix=".fabricsim-trace-", suffix=".json.tmp")
-            os.close(fd)
+        # beside the output (or in the temporary directory until save names it)
+        self._tmp = new_temporary(path if path is not None else Path(tempfile.gettempdir()) / "fabricsim-trace.json")
         self._fh = open(self._tmp, "w", encoding="utf-8")
         self._samples = tempfile.TemporaryFile()
         self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh, self._samples)
