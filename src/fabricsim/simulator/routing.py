@@ -590,13 +590,14 @@ class Router:
 
     def _search_sets(self, xs: tuple, ys: tuple, succ_f: list, pred_f: list, plus: int = 0) -> tuple | None:
         """(hops, distances to ``ys`` plus ``plus``, the same nodes grouped by distance as {distance:
-        frozenset}) of shortest paths from any node of ``xs`` to any of ``ys`` over forwarding nodes: ``_meet_and_prune``'s bidirectional BFS, step for step, but over
-        breadth-first levels kept per side (``_BfsSide``): every middle leaving one leaf switch grows the
-        same forward levels, every middle ending at one the same backward levels, so each side is searched
-        once. The forward side is pruned as there, by set tests: a node of forward level k on a shortest
-        path (length L) has a successor L - k - 1 hops from ``ys`` (none has fewer), and those are the
-        backward level L - k - 1 when the backward search went that deep, else the nodes the level below
-        kept."""
+        frozenset}) of shortest paths from any node of ``xs`` to any of ``ys`` over forwarding nodes.
+
+        ``_meet_and_prune``'s bidirectional BFS, step for step, but over breadth-first levels kept per side
+        (``_BfsSide``): every middle leaving one leaf switch grows the same forward levels, every middle
+        ending at one the same backward levels, so each side is searched once. The forward side is pruned
+        as there, by set tests: a node of forward level k on a shortest path (length L) has a successor
+        L - k - 1 hops from ``ys`` (none has fewer), and those are the backward level L - k - 1 when the
+        backward search went that deep, else the nodes the level below kept."""
         sides = self._bfs_sides
         fs = sides.get((id(succ_f), xs))
         if fs is None:
@@ -636,6 +637,7 @@ class Router:
                         kept.append(u)
                 target = groups[hops] = frozenset(kept)
         return length, h, groups
+
     def _search(self, s: int, d: int, succ_f: list, pred_f: list) -> dict | None:
         """``_distances`` by a bidirectional BFS of the pair alone."""
         df, db = {s: 0}, {d: 0}
