@@ -71,7 +71,8 @@ def test_blocks_equal_the_joint_run(case):
     starters = [job(f, r, p) for f, r, p in specs]
     values, blocks, results = run_in_blocks(make, starters)
     assert values == pytest.approx(joint(make, starters), rel=1e-9)
-    assert max(r.time for r in results) == max(values)  # each block's simulation ends with its last job
+    # each block's simulation ends with its last job (its clock and the job's own sum may differ in the last bit)
+    assert max(r.time for r in results) == pytest.approx(max(values), rel=1e-12, abs=0)
     assert sorted(i for b in blocks for i in b) == list(range(len(specs)))
     # the blocks really are independent: their peak loads fit every link they share
     peaks = []

@@ -5,7 +5,9 @@ how many switch hops separate these two switches, which NVLink switch chips does
 asked of the networkx graph node by node, the answers cost more than the simulation. They depend only
 on the topology and on which links are up, which is what a ``Router`` stands for (a fabric whose links
 go down gets a new router), so they are kept in ``router.memo`` and shared by every simulation and
-schedule using that router.
+schedule using that router. Answers per node or per group go into bounded tables (``memo_table``), since
+a router lives as long as its runner; answers about the whole fabric (node kinds, the switch graph) are
+one entry each.
 """
 
 from __future__ import annotations

@@ -22,8 +22,11 @@ Rules, in order:
    whether a given fabric runs it is the operator's choice.
 
 Distances come from a bidirectional breadth-first search over the forwarding nodes, which touches only
-the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is built, so 8,192-GPU fabrics
-route in about a second. Routes are cached per (source, destination, flow key), and whole pair arrays
+the neighbourhoods of the two endpoints in a fat tree: no all-pairs table is built. Pairs four or more
+hops apart share the search of their middle (from the nodes two hops after the source to those two hops
+before the destination: leaf switch to leaf switch in a fat tree), and the middles share the breadth-first
+levels of their two sides, so an 8,192-GPU fabric searches each leaf's neighbourhood twice, not once per
+pair of leaves. Routes are cached per (source, destination, flow key), and whole pair arrays
 (``route_many``) per content digest: the same traffic pattern built again (the next step of a schedule, the
 same collective simulated under another protocol, a fresh simulation sharing this router) is routed once.
 
@@ -408,12 +411,12 @@ class Router:
                     pairs.update((c, (divmod(c, n_nodes), {k: r})) for c, k, r in zip(
                         ucode[far[hashed]].tolist(), key[first[far[hashed]]].tolist(), rid_f[hashed].tolist()))
                     rid_u[far] = np.where(hashed, -1, rid_f)
-                for i, c, k in zip(new.tolist(), ucode[new].tolist(), key[first[new]].tolist()):
-                    if rid_u[i] == -2:
-                        plan = self._plan(*divmod(c, n_nodes))
-                        rid, hashed = walk(plan, k)
-                        e = pairs[c] = (plan, {k: rid}) if hashed else rid
-                        rid_u[i] = -1 if hashed else rid
+                rest = new[rid_u[new] == -2]  # the pair-by-pair path
+                for i, c, k in zip(rest.tolist(), ucode[rest].tolist(), key[first[rest]].tolist()):
+                    plan = self._plan(*divmod(c, n_nodes))
+                    rid, hashed = walk(plan, k)
+                    e = pairs[c] = (plan, {k: rid}) if hashed else rid
+                    rid_u[i] = -1 if hashed else rid
             rid = rid_u[inv]
             keyed = np.flatnonzero(rid < 0)
             if keyed.size:  # pairs whose route depends on the key: one walk per distinct (src, dst, key)
@@ -423,17 +426,19 @@ class Router:
                 fresh = np.ones(order.shape[0], dtype=bool)
                 fresh[1:] = (kc[1:] != kc[:-1]) | (kk[1:] != kk[:-1])
                 starts = np.flatnonzero(fresh)
-                rid_t = np.empty(starts.shape[0], dtype=np.int64)
+                rid_l = []
                 todo = []  # new keys of pairs routed by routing_far (their plan is (s, d)): walked at once
-                for j, (c, k) in enumerate(zip(kc[starts].tolist(), kk[starts].tolist())):
+                for c, k in zip(kc[starts].tolist(), kk[starts].tolist()):
                     plan, rids = pairs[c]
                     r = rids.get(k)
                     if r is None:
                         if len(plan) == 2:
-                            todo.append((j, c, k))
-                            continue
-                        r = rids[k] = walk(plan, k)[0]
-                    rid_t[j] = r
+                            todo.append((len(rid_l), c, k))
+                            r = -1
+                        else:
+                            r = rids[k] = walk(plan, k)[0]
+                    rid_l.append(r)
+                rid_t = np.array(rid_l, dtype=np.int64)
                 if todo:
                     j_t, c_t, k_t = (np.array(x, dtype=np.int64) for x in zip(*todo))
                     rid_f = route_far(self, c_t // n_nodes, c_t % n_nodes, k_t)[0]
@@ -585,13 +590,14 @@ class Router:
 
     def _search_sets(self, xs: tuple, ys: tuple, succ_f: list, pred_f: list, plus: int = 0) -> tuple | None:
         """(hops, distances to ``ys`` plus ``plus``, the same nodes grouped by distance as {distance:
-        frozenset}) of shortest paths from any node of ``xs`` to any of ``ys`` over forwarding nodes: ``_meet_and_prune``'s bidirectional BFS, step for step, but over
-        breadth-first levels kept per side (``_BfsSide``): every middle leaving one leaf switch grows the
-        same forward levels, every middle ending at one the same backward levels, so each side is searched
-        once. The forward side is pruned as there, by set tests: a node of forward level k on a shortest
-        path (length L) has a successor L - k - 1 hops from ``ys`` (none has fewer), and those are the
-        backward level L - k - 1 when the backward search went that deep, else the nodes the level below
-        kept."""
+        frozenset}) of shortest paths from any node of ``xs`` to any of ``ys`` over forwarding nodes.
+
+        ``_meet_and_prune``'s bidirectional BFS, step for step, but over breadth-first levels kept per side
+        (``_BfsSide``): every middle leaving one leaf switch grows the same forward levels, every middle
+        ending at one the same backward levels, so each side is searched once. The forward side is pruned
+        as there, by set tests: a node of forward level k on a shortest path (length L) has a successor
+        L - k - 1 hops from ``ys`` (none has fewer), and those are the backward level L - k - 1 when the
+        backward search went that deep, else the nodes the level below kept."""
         sides = self._bfs_sides
         fs = sides.get((id(succ_f), xs))
         if fs is None:
@@ -601,23 +607,24 @@ class Router:
             bs = sides[(id(pred_f), ys)] = _BfsSide(ys, pred_f)
         kf = kb = 0
         f_front, b_front = fs.level(0), bs.level(0)
-        f_seen, b_seen = fs.upto(0), bs.upto(0)  # found by the current depths
-        met = not b_seen.keys().isdisjoint(f_front)
+        met = not bs.level_set(0).isdisjoint(f_front)
         while not met:
             if not f_front or not b_front:
                 return None
             if len(f_front) <= len(b_front):
                 kf += 1
-                f_front, f_seen = fs.level(kf), fs.upto(kf)
-                met = not b_seen.keys().isdisjoint(f_front)
+                f_front = fs.level(kf)
+                met = any(not bs.level_set(j).isdisjoint(f_front) for j in range(kb + 1))
             else:
                 kb += 1
-                b_front, b_seen = bs.level(kb), bs.upto(kb)
-                met = not f_seen.keys().isdisjoint(b_front)
+                b_front = bs.level(kb)
+                met = any(not fs.level_set(j).isdisjoint(b_front) for j in range(kf + 1))
         # the searches first met at these depths, so that is the length: a node common to both at a smaller
         # sum would have put its neighbour on the other side's last level into both searches a step earlier
         length = kf + kb
-        h = dict(bs.upto(kb, plus))  # depth kb is the backward search's deepest (non-empty) level
+        h = {}  # the backward search's distances; depth kb is its deepest (non-empty) level
+        for j in range(kb + 1):
+            h.update(dict.fromkeys(bs.levels[j], j + plus))
         groups = {j + plus: bs.level_set(j) for j in range(kb + 1)}
         if length > kb:
             target = groups[kb + plus]
@@ -630,6 +637,7 @@ class Router:
                         kept.append(u)
                 target = groups[hops] = frozenset(kept)
         return length, h, groups
+
     def _search(self, s: int, d: int, succ_f: list, pred_f: list) -> dict | None:
         """``_distances`` by a bidirectional BFS of the pair alone."""
         df, db = {s: 0}, {d: 0}
@@ -917,15 +925,14 @@ class _Adjacency:
 class _BfsSide:
     """One side of ``Router._search_sets``: the breadth-first levels from a set of nodes over one forwarding
     adjacency (``levels[k]``: the nodes first found at depth k, in ``_next_level``'s order; ``dist``: every
-    node found, with its depth), grown on demand, and the distances up to each depth (``upto``)."""
+    node found, with its depth), grown on demand, and each level as a frozenset (``level_set``)."""
 
-    __slots__ = ("adj", "levels", "dist", "_upto", "_sets")
+    __slots__ = ("adj", "levels", "dist", "_sets")
 
     def __init__(self, start: tuple, adj: list) -> None:
         self.adj = adj
         self.levels = [list(start)]
         self.dist = dict.fromkeys(start, 0)
-        self._upto: dict = {}  # plus -> [{node: depth + plus} of the nodes found by depth k, per k]
         self._sets: list = []  # frozenset of every level
 
     def level(self, k: int) -> list:
@@ -934,18 +941,6 @@ class _BfsSide:
             front = levels[-1]
             levels.append(Router._next_level(front, self.adj, self.dist) if front else [])
         return levels[k]
-
-    def upto(self, k: int, plus: int = 0) -> dict:
-        """{node: depth + plus} of the nodes found by depth k, in the order found (kept: do not modify)."""
-        upto = self._upto.get(plus)
-        if upto is None:
-            upto = self._upto[plus] = []
-        while len(upto) <= k:
-            j = len(upto)
-            d = dict(upto[-1]) if upto else {}
-            d.update(dict.fromkeys(self.level(j), j + plus))
-            upto.append(d)
-        return upto[k]
 
     def level_set(self, k: int) -> frozenset:
         sets = self._sets

@@ -236,12 +236,11 @@ def _plans(router, s: np.ndarray, d: np.ndarray):
     # hops to d of the first-hop candidates (X1): the middle's, else one more than their best successor's
     # in the middle when that makes them exactly one hop short of the length ("extra" in _plan_far)
     m_of = inv  # per pair, its middle's index in ``mids``
-    dist = [None if mid is None else mid[1] for mid in mids]
+    gets = [None if mid is None else mid[1].get for mid in mids]  # a middle's hops to d, by node
 
     def hops(nodes: np.ndarray, owner: np.ndarray) -> np.ndarray:
         """Hops to d of ``nodes`` in the middle of pair ``owner`` (-1 where it has none): a few per pair."""
-        return np.fromiter(map(lambda m, v: dist[m].get(v, -1), m_of[owner].tolist(), nodes.tolist()),
-                           dtype=np.int64, count=nodes.shape[0])
+        return np.array([gets[m](v, -1) for m, v in zip(m_of[owner].tolist(), nodes.tolist())], dtype=np.int64)
 
     sel = ok[own_x1]
     own_x1, x1_link, x1 = own_x1[sel], x1_link[sel], x1[sel]
@@ -301,7 +300,6 @@ def _walk(router, s, d, key, idx, length, y2_id, mids, m_of, k, link_f, node_f, 
     hk = mix(mix(mix(np.full(n_pairs, _GOLDEN), nh[s]), nh[d]), key.view(np.uint64))
     choice = np.zeros(n_pairs, dtype=bool)
     succ_f = router._fwd_of[id(router._succ_all)]
-    y2_sets = t.y2.sets
     y2_of, m_of_l = y2_id.tolist(), m_of.tolist()
     levels = [None if mid is None else mid[2] for mid in mids]  # the middle's nodes by hops to d
     succ_sets = router._succ_sets[id(succ_f)]
@@ -344,11 +342,11 @@ def _walk(router, s, d, key, idx, length, y2_id, mids, m_of, k, link_f, node_f, 
             ucode, first, inv = np.unique(code, return_index=True, return_inverse=True)
             inv = inv.reshape(-1)
             opts = []
-            cache = router.__dict__.setdefault("_far_opts", {})  # (Y2, node, hops to d) -> next hops
+            cache = router.__dict__.setdefault("_far_opts", {})  # (Y2 id, node, hops to d) -> next hops
             if len(cache) >= 500_000:  # ~100 MB
                 cache.clear()
             for node, rr, p in zip(ua[far[first]].tolist(), ra[far[first]].tolist(), pa[far[first]].tolist()):
-                ck = (y2_sets[y2_of[p]], node, rr)
+                ck = (y2_of[p], node, rr)  # Y2 ids are the router's (_Tables.y2 interns them)
                 o = cache.get(ck)
                 if o is None:  # u's forwarding successors one hop nearer d, in node order: a set intersection
                     level = levels[m_of_l[p]]

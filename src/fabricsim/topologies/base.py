@@ -109,7 +109,7 @@ class Topology:
         G = self.graph
         # fsum is exactly rounded, so the value does not depend on edge order (a reloaded file matches)
         return (G.number_of_nodes(), G.number_of_edges(),
-                math.fsum(b for _, _, b in G.edges(data="bandwidth", default=0.0)))
+                math.fsum(d.get("bandwidth", 0.0) for _, nbrs in G.adjacency() for d in nbrs.values()))
 
     def _closed_form_valid(self) -> bool:
         return self.meta.get("fingerprint") == list(self._fingerprint())
@@ -264,7 +264,7 @@ class Topology:
         for node, kind in G.nodes(data="kind"):
             if kind not in NODE_KINDS:
                 raise TopologyError(f"node {node!r} has kind {kind!r}; expected one of {', '.join(NODE_KINDS)}")
-        for u, v, d in G.edges(data=True):
+        for u, v, d in ((u, v, d) for u, nbrs in G.adjacency() for v, d in nbrs.items()):  # G.edges, read directly
             bw, lat, lanes = d.get("bandwidth"), d.get("latency", 0.0), d.get("lanes", 1)
             # the builders' edges (plain float, float, int, str) pass without the slower abstract checks
             if (bw.__class__ is float and MIN_RATE <= bw <= MAX_IDEAL_RATE and lat.__class__ is float
