@@ -94,3 +94,13 @@ def test_router_tables_stay_bounded_over_many_layouts_and_answer_alike(fabric, m
         layout = GroupLayout.of(other, g)
         assert switch_islands(other, layout) == islands
         assert ring_wire_latency(other, [layout], 2) == wire and aggregation_switch(other, g) == agg
+
+
+def test_tables_keyed_by_node_hold_every_node(fabric):
+    # a table keyed by a switch or a GPU is bounded by the fabric itself: a fixed bound smaller than the
+    # fabric's switches would recompute every answer (SHARP at 65,536 GPUs asks from 2,048 leaves, in turn)
+    from fabricsim.collectives.nodes import MEMO_SIZES, memo_table
+
+    for name in ("switch-dist", "sharp-leaf"):
+        assert MEMO_SIZES[name] is None
+        assert memo_table(fabric, name).size == len(fabric.links.nodes)

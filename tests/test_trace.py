@@ -1,4 +1,6 @@
 import json
+import os
+import tempfile
 
 from fabricsim.collectives import AllreduceRunner
 from fabricsim.simulator import Simulation
@@ -73,3 +75,28 @@ def test_cli_trace_ranks(tmp_path):
     assert {e["tid"] for e in json.loads(path.read_text())["traceEvents"] if e.get("cat") == "flow"} == {0, 1}
     bad = CliRunner().invoke(cli, args + ["--trace-ranks", "0-99"])
     assert bad.exit_code == 2 and "--trace-ranks" in bad.output and "Traceback" not in bad.output
+
+
+def test_unnamed_trace_spools_privately_and_writes_an_ordinary_file(tmp_path, monkeypatch):
+    # the spool of a trace with no output yet sits in the shared temporary directory: only its owner
+    # reads it; the file written at the end gets the umask's permissions, as any other output
+    import stat
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    sim = Simulation(star(3), trace=True)
+    spool = sim.tracer._tmp
+    assert os.path.dirname(spool) == str(tmp_path) and stat.S_IMODE(os.stat(spool).st_mode) == 0o600
+
+    def gpu(sim):
+        yield sim.fabric.transfer("g0", "g1", 10**6, label="grad")
+
+    sim.process(gpu(sim))
+    sim.run()
+    old = os.umask(0o022)
+    try:
+        sim.write_trace(tmp_path / "t.json")  # in the spool's own directory: copied, not renamed
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "t.json").st_mode) == 0o644
+    assert json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    assert sorted(os.listdir(tmp_path)) == ["t.json"]

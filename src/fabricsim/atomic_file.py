@@ -39,7 +39,7 @@ def publish(tmp: str, path) -> None:
     already exists keeps its permissions, a new one has those ``new_temporary`` gave it."""
     try:
         os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-    except FileNotFoundError:
+    except OSError:  # no such file (or a link loop, which the rename replaces): keep new_temporary's mode
         pass
     os.replace(tmp, path)
 

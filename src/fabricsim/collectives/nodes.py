@@ -24,14 +24,17 @@ __all__ = ["MEMO_SIZES", "BoundedMemo", "memo_table", "node_kinds", "switch_dist
 #: Entries each per-router table (``memo_table``) keeps, least recently used dropped first. A router lives
 #: as long as its runner, and ``fabricsim plan`` builds schedules for thousands of layouts on one runner:
 #: the tables keyed by group (a group's answer can hold thousands of ranks) keep the groups of the last
-#: few hundred layouts, those keyed by a switch or an island a few thousand small entries.
+#: few hundred layouts, those keyed by an island a few thousand small entries. ``None``: keyed by a node of
+#: the fabric, so already bounded by it (one entry per node at most); a smaller bound would make a fabric
+#: with more such nodes than the bound recompute every answer (SHARP at 65,536 GPUs asks for the distances
+#: from 2,048 leaves shard after shard: a 1,024-entry table made it 7.5x slower).
 MEMO_SIZES = {
     "nvls-islands": 256,  # group -> its switch islands (nvls.switch_islands)
     "nvls-island": 4096,  # island -> its GPUs' links to their chips (nvls._island_links)
     "ring-wire": 4096,  # (group, channels) -> its rings' wire latencies (ring.ring_wire_latency)
     "hierarchical-shards": 256,  # (group, islands) -> the per-shard groups (hierarchical.py)
-    "switch-dist": 1024,  # start switch -> hops to every switch (switch_distances)
-    "sharp-leaf": 1 << 17,  # rank -> the switch behind its NIC (sharp._first_switch): one per GPU, tiny
+    "switch-dist": None,  # start switch -> hops to every switch (switch_distances)
+    "sharp-leaf": None,  # rank -> the switch behind its NIC (sharp._first_switch)
 }
 
 
@@ -76,7 +79,8 @@ def memo_table(fabric, name: str) -> BoundedMemo:
     memo = fabric.router.memo
     table = memo.get(name)
     if table is None:
-        table = memo[name] = BoundedMemo(MEMO_SIZES[name])
+        size = MEMO_SIZES[name]
+        table = memo[name] = BoundedMemo(size if size is not None else max(1, len(fabric.links.nodes)))
     return table
 
 

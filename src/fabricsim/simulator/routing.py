@@ -193,12 +193,9 @@ class RouteSet:
             if self._paths is not None and self._paths.size:
                 # one row per distinct stored path (its first subflow): the distinct link sequences are the
                 # same, so are their ranks, at a fraction of the sorting
-                n = self._paths.shape[0]
-                first = np.full(int(self._paths.max()) + 1, -1, dtype=np.int64)
-                first[self._paths[::-1]] = np.arange(n - 1, -1, -1, dtype=np.int64)
-                present = first >= 0
-                inv = (np.cumsum(present) - 1)[self._paths]
-                rows = first[present]
+                # (a sort of this set's ids, not a table over the whole store, which grows with the router)
+                _, rows, inv = np.unique(self._paths, return_index=True, return_inverse=True)
+                inv = inv.reshape(-1)
                 starts, sub_len = starts[rows], sub_len[rows]
             width = int(sub_len.max()) if sub_len.size else 0
             base = int(self.links.max()) + 2 if self.links.size else 1

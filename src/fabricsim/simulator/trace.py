@@ -87,8 +87,12 @@ class TraceRecorder:
         if ranks is not None:
             self._selected[:] = False
             self._selected[np.asarray(ranks, dtype=np.int64)] = True
-        # beside the output (or in the temporary directory until save names it)
-        self._tmp = new_temporary(path if path is not None else Path(tempfile.gettempdir()) / "fabricsim-trace.json")
+        if path is not None:  # beside the output, which it replaces
+            self._tmp = new_temporary(path)
+        else:  # private, in the temporary directory, until write names the output (then copied beside it)
+            fd, self._tmp = tempfile.mkstemp(prefix=".fabricsim-trace-", suffix=".json.tmp")
+            os.close(fd)
+        self._private = path is None
         self._fh = open(self._tmp, "w", encoding="utf-8")
         self._samples = tempfile.TemporaryFile()
         self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh, self._samples)
@@ -220,7 +224,7 @@ class TraceRecorder:
         self._fh.write("\n]}\n")
         self._fh.close()
         target = Path(path)
-        if Path(self._tmp).resolve().parent != target.resolve().parent:
+        if self._private or Path(self._tmp).resolve().parent != target.resolve().parent:
             sibling = new_temporary(target)
             shutil.copyfile(self._tmp, sibling)
             os.unlink(self._tmp)
