@@ -129,12 +129,18 @@ def nvls_phase(fabric, island: list[int], up: float, down: float, calibration: C
     of an NVLS kernel waits for that many GPUs (its multimem loads, and its per-step flags when it only
     multicasts), so its bytes carry the fan-in cost (``protocol.NVLS_FANIN``); 0 or 1 for none. ``network``:
     the phase belongs to a multi-node kernel (NVLS tree, SHARP), at ``protocol.NVLS_NETWORK_EFFICIENCY``."""
+    return _up_and_down(*_island_links_bytes(fabric, island, up, down, calibration, fanin, network))
+
+
+def _island_links_bytes(fabric, island: list[int], up, down, calibration: Calibration, fanin: int,
+                        network: bool) -> tuple:
+    """Per (GPU, chip) link of ``island``: (GPU node, chip node, factor, the GPU's bytes up, its bytes down);
+    a flow carries its GPU's bytes times the factor (NVLS factor of the link kind x link / GPU bandwidth)."""
     node, chip, bw, total, code, kinds, count = _island_links(fabric, island)
-    # per GPU and chip: the GPU's bytes times (NVLS factor of the link kind x link / GPU bandwidth)
     f = np.array([calibration.nvls_factor(k, fanin, network) for k in kinds], dtype=float)[code]
     ups = np.repeat(np.broadcast_to(up, len(island)), count)  # per GPU, or one for all
     downs = np.repeat(np.broadcast_to(down, len(island)), count)
-    return _up_and_down(node, chip, f * bw / total, ups, downs)
+    return node, chip, f * bw / total, ups, downs
 
 
 def _up_and_down(node: np.ndarray, chip: np.ndarray, factor: np.ndarray, ups: np.ndarray, downs: np.ndarray):
@@ -162,15 +168,11 @@ def island_phase(fabric, islands: list[list[int]], owned: list[np.ndarray], phas
     parts = []
     for isl, own in zip(islands, owned):
         if len(isl) > 1:  # nvls_phase's arrays, concatenated over the islands before the arithmetic
-            node, chip, bw, total, code, kinds, count = _island_links(fabric, isl)
-            f = np.array([calibration.nvls_factor(k, len(isl), True) for k in kinds], dtype=float)[code]
             up, down = (c, c * own) if phase == "rs" else (c * own, c)
-            parts.append((node, chip, f, bw, total, np.repeat(np.broadcast_to(up, len(isl)), count),
-                          np.repeat(np.broadcast_to(down, len(isl)), count)))
+            parts.append(_island_links_bytes(fabric, isl, up, down, calibration, len(isl), True))
     if not parts:
         return [np.zeros(0)] * 4
-    node, chip, f, bw, total, ups, downs = (np.concatenate(x) for x in zip(*parts))
-    return list(_up_and_down(node, chip, f * bw / total, ups, downs))
+    return list(_up_and_down(*(np.concatenate(x) for x in zip(*parts))))
 
 
 def pipeline_chunks(nbytes: float, chunk: float) -> list[tuple[float, float]]:
