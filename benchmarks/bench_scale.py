@@ -3,9 +3,12 @@
 Every case runs in a fresh process, so its peak RSS is its own; wall and CPU seconds are the whole
 process (topology build, routing, simulation). 131,072 GPUs need a fat tree of 144-port Quantum-X800
 switches (64-port Quantum-2 tops out at 65,536 GPUs in three tiers). ``--src`` runs another checkout's
-``src`` directory (an older commit, for before/after ratios measured in one sitting).
+``src`` directory (an older commit). ``--compare DIR`` measures this checkout and DIR's ``src`` case by
+case, alternating them ``--repeat`` times, and prints the fastest of each side and their ratio: the
+machine's speed drifts over minutes (a shared two-core VM), so two tables run one after the other can
+disagree by 20% where the alternated ratio does not.
 
-    python benchmarks/bench_scale.py [--cases all|allreduce|cli|QUICK] [--src DIR] [--timeout S]
+    python benchmarks/bench_scale.py [--cases all|allreduce|cli|QUICK] [--src DIR | --compare DIR [--repeat N]]
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="all", help="all, allreduce, cli, or GPUS:ALGO[,...] e.g. 8192:tree")
     parser.add_argument("--src", default=None, help="PYTHONPATH for the cases (another checkout's src)")
+    parser.add_argument("--compare", default=None, metavar="DIR",
+                        help="alternate this checkout with DIR (another checkout's src), case by case")
+    parser.add_argument("--repeat", type=int, default=2, help="with --compare: runs of each side per case")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -92,19 +98,21 @@ def main() -> None:
         for item in args.cases.split(","):
             p, algo = item.split(":")
             allreduce.append((int(p), algo, "ib-xdr-switch" if int(p) > 65536 else None))
+    if args.compare:
+        compare(allreduce, cli, args.compare, args.repeat, args.timeout)
+        return
     print(f"fabricsim engine benchmark ({'src ' + args.src if args.src else 'this checkout'}); "
           f"each case a fresh process; peak RSS of that process")
     print(f"{'case':<34} {'wall s':>8} {'cpu s':>8} {'peak RSS':>10}  result")
     for p, algo, switch in allreduce:
-        code = f"import runpy, sys; sys.argv[0] = {__file__!r}; runpy.run_path(sys.argv[0], run_name=\"__main__\")"
-        row = run_case(code, ["--one", str(p), algo, switch or "-"], args.src, args.timeout)
+        row = run_case(_ONE, ["--one", str(p), algo, switch or "-"], args.src, args.timeout)
         label = f"all-reduce 1 GiB {algo} {p:,}"
         _print(label, row, lambda r: "{simulated_s:.6f} s simulated, busbw {busbw_GBps:.1f} GB/s".format(
             **json.loads(r["stdout"])))
     with tempfile.TemporaryDirectory() as tmp:
         for label, cmd in cli:
             cmd = [c.format(tmp=tmp) for c in cmd]
-            row = run_case("from fabricsim.cli.main import cli; cli()", cmd, args.src, args.timeout)
+            row = run_case(_CLI, cmd, args.src, args.timeout)
             trace = os.path.join(tmp, "t.json")
 
             def result(r, trace=trace, label=label):
@@ -115,6 +123,44 @@ def main() -> None:
                     return f"trace {size:.1f} MiB, valid JSON, {n:,} events"
                 return "ok"
             _print(label, row, result)
+
+
+_ONE = f"import runpy, sys; sys.argv[0] = {__file__!r}; runpy.run_path(sys.argv[0], run_name=\"__main__\")"
+_CLI = "from fabricsim.cli.main import cli; cli()"
+
+
+def compare(allreduce: list, cli: list, old_src: str, repeat: int, timeout: float) -> None:
+    """Each case alternately with this checkout and ``old_src``, ``repeat`` times each; the fastest run of
+    each side (CPU and wall), the old/new CPU ratio, and whether the simulated results agree."""
+    print(f"fabricsim engine benchmark: this checkout vs src {old_src}, alternated, best of {repeat} each")
+    print(f"{'case':<34} {'old cpu s':>9} {'new cpu s':>9} {'ratio':>6} {'old wall':>9} {'new wall':>9} "
+          f"{'old RSS':>8} {'new RSS':>8}  results")
+    cases = [(f"all-reduce 1 GiB {algo} {p:,}", _ONE, ["--one", str(p), algo, switch or "-"])
+             for p, algo, switch in allreduce] + [(label, _CLI, cmd) for label, cmd in cli]
+    for label, code, argv in cases:
+        best: dict = {}
+        outputs: dict = {}
+        for _ in range(repeat):
+            for side, src in (("old", old_src), ("new", None)):
+                with tempfile.TemporaryDirectory() as tmp:
+                    row = run_case(code, [a.format(tmp=tmp) for a in argv], src, timeout)
+                if "error" in row:
+                    print(f"{label:<34} FAILED ({side}): {row['error']}", flush=True)
+                    break
+                outputs.setdefault(side, row["stdout"].replace(tmp, "{tmp}"))  # paths the output names
+                b = best.setdefault(side, dict(row))
+                for key in ("cpu_s", "wall_s", "peak_rss_MiB"):
+                    b[key] = min(b[key], row[key])
+            else:
+                continue
+            break
+        if len(best) < 2:
+            continue
+        o, n = best["old"], best["new"]
+        same = "identical" if outputs["old"] == outputs["new"] else "DIFFER"
+        print(f"{label:<34} {o['cpu_s']:>9.2f} {n['cpu_s']:>9.2f} {o['cpu_s'] / n['cpu_s']:>5.2f}x "
+              f"{o['wall_s']:>9.2f} {n['wall_s']:>9.2f} {o['peak_rss_MiB']:>4.0f} MiB {n['peak_rss_MiB']:>4.0f} MiB  "
+              f"{same}", flush=True)
 
 
 def _print(label: str, row: dict, result) -> None:
