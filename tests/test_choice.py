@@ -177,3 +177,25 @@ def test_step_auto_on_the_reported_case():
     # fabricsim step --gpus 576 --model llama3-8b --tp 72: auto gave 73.34 ms where tree gives 58.63 ms
     auto, named, _ = _step_auto_is_never_slower(576)
     assert auto.step_time == pytest.approx(named["tree"], rel=1e-9)
+
+
+def test_a_dropped_calibration_never_answers_for_a_later_one():
+    # protocol choices are kept per calibration object; a calibration made after another was dropped can
+    # take its address (its id): the kept choices must hold the old one alive, not just its id
+    import gc
+    import weakref
+
+    from fabricsim.collectives.protocol import CALIBRATED, PROTOCOLS, Protocol
+
+    runner = AllreduceRunner(build("dgx-h100"))
+    slow_ll = {name: (Protocol(p.name, p.wire_efficiency, {a: 1.0 for a in p.launch_latency}, p.step_latency)
+                      if name == "ll" else p) for name, p in PROTOCOLS.items()}
+    answers = []
+    for protocols in ({}, slow_ll, {}, slow_ll):  # default: LL wins at 64 KiB; with a 1 s LL launch, LL128 does
+        runner.calibration = CALIBRATED.replace(protocols=dict(protocols))
+        kept = weakref.ref(runner.calibration)
+        answers.append(runner.run(2**16, "ring").protocol)
+        runner.calibration = CALIBRATED
+        gc.collect()
+        assert kept() is not None  # the runner's memo holds the calibration its choices were made with
+    assert answers == ["ll", "ll128", "ll", "ll128"]

@@ -354,7 +354,7 @@ _BOUND_RTOL = 1e-9
 def _alone_key(layout: GroupLayout, nbytes: int, algorithm: str, channels, calibration) -> tuple:
     """What a run of one all-reduce alone on an idle fabric depends on besides the fabric itself: the
     group's exact ranks (not only its shape: routes differ), size, algorithm, channels, calibration."""
-    return ("alone", layout.ident, nbytes, algorithm, channels, id(calibration))
+    return ("alone", layout.ident, nbytes, algorithm, channels, _Same(calibration))
 
 
 def alone_result(memo: dict | None, fabric, layout: GroupLayout, nbytes: int, algorithm: str, channels,
@@ -457,7 +457,25 @@ def _choice_key(layout: GroupLayout, shape: Shape, nbytes: int, algorithm: str, 
     """What a protocol choice depends on, as in NCCL's tuner: the group's shape (ranks per NVLink domain,
     per-GPU bandwidths), not which GPUs it holds, so equal groups (the data-parallel groups of a step)
     share one choice, made by simulating the first of them."""
-    return (shape, tuple(len(d) for d in layout.domains), nbytes, algorithm, channels, id(calibration))
+    return (shape, tuple(len(d) for d in layout.domains), nbytes, algorithm, channels, _Same(calibration))
+
+
+class _Same:
+    """A memo key's part standing for one object by identity, holding it: while the key exists the
+    object lives, so no other object can take its ``id`` (a bare ``id`` could be reused by a calibration
+    made after this one was dropped, and find this one's protocol choices). Calibrations hold dicts, so
+    they cannot be hashed by value."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
 
 
 def _no_launch(make):
