@@ -56,6 +56,9 @@ _REPORT = ("import atexit, resource, sys\n"
 def run_case(code: str, argv: list[str], src: str | None, timeout: float) -> dict:
     env = dict(os.environ)
     if src:
+        # a directory without the package would silently run the installed fabricsim instead
+        if not os.path.isfile(os.path.join(src, "fabricsim", "__init__.py")):
+            return {"error": f"no fabricsim package in {src} (give a checkout's src directory)"}
         env["PYTHONPATH"] = src
     t0 = time.perf_counter()
     try:
@@ -140,21 +143,22 @@ def compare(allreduce: list, cli: list, old_src: str, repeat: int, timeout: floa
     for label, code, argv in cases:
         best: dict = {}
         outputs: dict = {}
+        failed = None
         for _ in range(repeat):
             for side, src in (("old", old_src), ("new", None)):
                 with tempfile.TemporaryDirectory() as tmp:
                     row = run_case(code, [a.format(tmp=tmp) for a in argv], src, timeout)
                 if "error" in row:
-                    print(f"{label:<34} FAILED ({side}): {row['error']}", flush=True)
+                    failed = f"FAILED ({side}): {row['error']}"
                     break
                 outputs.setdefault(side, row["stdout"].replace(tmp, "{tmp}"))  # paths the output names
                 b = best.setdefault(side, dict(row))
                 for key in ("cpu_s", "wall_s", "peak_rss_MiB"):
                     b[key] = min(b[key], row[key])
-            else:
-                continue
-            break
-        if len(best) < 2:
+            if failed:
+                break
+        if failed:
+            print(f"{label:<34} {failed}", flush=True)
             continue
         o, n = best["old"], best["new"]
         same = "identical" if outputs["old"] == outputs["new"] else "DIFFER"
