@@ -78,6 +78,9 @@ def main() -> None:
         return
     env = dict(os.environ)
     if args.src:
+        # a directory without the package would silently run the installed fabricsim instead
+        if not os.path.isfile(os.path.join(args.src, "fabricsim", "__init__.py")):
+            parser.error(f"no fabricsim package in {args.src} (give a checkout's src directory)")
         env["PYTHONPATH"] = args.src
     print(f"1 GiB {args.algorithm} all-reduce traffic on gb200-nvl72-ib (NVLink planes: {args.planes}; "
           f"{'src ' + args.src if args.src else 'this checkout'})")
@@ -85,7 +88,11 @@ def main() -> None:
           f"{'hits':>5} {'solves':>7} {'solved flows':>13} {'us/solve':>9} {'peak RSS':>9}")
     for p in [int(s) for s in args.sizes.split(",")]:
         out = subprocess.run([sys.executable, __file__, "--one", str(p), "--planes", args.planes,
-                              "--algorithm", args.algorithm], capture_output=True, text=True, check=True, env=env)
+                              "--algorithm", args.algorithm], capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+            print(f"{p:>6} failed: {last}", flush=True)
+            continue
         r = json.loads(out.stdout)
         print(f"{r['gpus']:>6} {r['build_s']:>8.2f} {r['simulate_s']:>8.2f} {r['simulate_cpu_s']:>8.2f} "
               f"{r['simulated_ms']:>8.3f} ms {r['flows']:>11,} {r['launches']:>7} {r['cache_hits']:>5} "
