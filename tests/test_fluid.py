@@ -148,6 +148,34 @@ def test_a_closed_set_is_solved_alone_and_an_open_one_reaches_its_neighbours():
     assert net.rates()[3] == pytest.approx(8.0)  # link 2 carries flow 2 (2 B/s) too
 
 
+def test_a_finish_re_solves_only_the_flows_it_was_the_bottleneck_of():
+    """X (link 0) and Y (links 0 and 1) share link 0 (10 B/s); Y is held to 2 B/s by link 1. When X
+    finishes, link 0 was not Y's bottleneck: Y keeps its rate without a re-solve, and link 0 keeps
+    carrying Y (load 2, still busy) rather than going idle."""
+    net = FluidNetwork(np.array([10.0, 2.0]))
+    net.add(np.array([1.0, 4.0]), np.zeros(2), np.array([0, 1, 3]), np.array([0, 0, 1]), np.arange(2))
+    net.step()
+    assert net.rates() == pytest.approx({0: 8.0, 1: 2.0})
+    solved = net.solved_flows
+    done, t = net.step()
+    assert done.tolist() == [0] and t == pytest.approx(1 / 8)
+    assert net.solved_flows == solved  # nothing re-solved
+    assert net.rates() == pytest.approx({1: 2.0})
+    assert net._load[:2].tolist() == pytest.approx([2.0, 2.0])
+    done, t = net.step()
+    assert done.tolist() == [1] and t == pytest.approx(2.0)
+    assert net.busy.tolist() == pytest.approx([2.0, 2.0])  # link 0 stayed loaded after X left
+
+
+def link_loads_oracle(net):
+    """Load of every link from the draining flows, summed from scratch."""
+    flows = np.flatnonzero(net._draining)
+    counts = net._f_end[flows] - net._f_start[flows]
+    el = np.concatenate([net._e_link[a:b] for a, b in zip(net._f_start[flows], net._f_end[flows])] or [[]])
+    rw = np.repeat(net._rate[flows] * net._weight[flows], counts)
+    return np.bincount(el.astype(np.int64), weights=rw, minlength=net.n_links)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=ONE_SETTING)
 @given(workload=workloads())
 def test_incremental_rates_are_max_min_fair_after_every_event(workload, all_at_once):
@@ -160,6 +188,8 @@ def test_incremental_rates_are_max_min_fair_after_every_event(workload, all_at_o
             idx, oracle = draining_oracle(net)
             finite = np.isfinite(oracle)
             np.testing.assert_allclose(net._rate[idx][finite], oracle[finite], rtol=1e-9)
+            if finite.all():
+                np.testing.assert_allclose(net._load, link_loads_oracle(net), rtol=1e-9, atol=1e-12)
         net.advance(t)
         ptr = np.cumsum([0] + [len(f[0]) for f in flows])
         net.add(np.array([f[1] for f in flows]), t + np.array([f[2] for f in flows]), ptr,
@@ -169,6 +199,9 @@ def test_incremental_rates_are_max_min_fair_after_every_event(workload, all_at_o
         net.step()
         idx, oracle = draining_oracle(net)
         np.testing.assert_allclose(net._rate[idx], oracle, rtol=1e-9)
+        # every link's load is its draining flows' (a link left with flows that it did not hold back
+        # keeps their load; one left with none is idle)
+        np.testing.assert_allclose(net._load, link_loads_oracle(net), rtol=1e-9, atol=1e-12)
 
 
 @settings(max_examples=80, deadline=None)
