@@ -167,6 +167,21 @@ def test_a_finish_re_solves_only_the_flows_it_was_the_bottleneck_of():
     assert net.busy.tolist() == pytest.approx([2.0, 2.0])  # link 0 stayed loaded after X left
 
 
+@pytest.mark.parametrize("incremental", [True, False])
+def test_a_flow_that_crosses_no_link_finishes_when_it_starts(incremental):
+    """A flow with an empty path (flow 1, starting at t=1 beside two long flows) has nothing to wait for:
+    it finishes as it starts, on the incremental path too (it used to stay active forever there)."""
+    net = FluidNetwork(np.array([1.0, 1.0]), incremental=incremental)
+    net.add(np.array([5.0, 1.0, 5.0]), np.array([0.0, 1.0, 0.0]), np.array([0, 1, 1, 2]), np.array([0, 1]),
+            np.arange(3))
+    finish = {}
+    for _ in range(10):  # bounded: a flow that never finishes must fail the test, not hang it
+        done, t = net.step()
+        finish.update(dict.fromkeys(done.tolist(), t))
+    assert finish == pytest.approx({1: 1.0, 0: 5.0, 2: 5.0})
+    assert net.active == 0
+
+
 def link_loads_oracle(net):
     """Load of every link from the draining flows, summed from scratch."""
     flows = np.flatnonzero(net._draining)

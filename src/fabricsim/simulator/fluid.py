@@ -257,8 +257,9 @@ class FluidNetwork:
             self._n_draining += starting.size
             self._t_upd[starting] = t
             self._when[starting] = np.inf  # until the re-solve below gives them a rate
-            # zero-byte flows whose drain starts now finish at once, like any flow already due
-            empty = self._rem[starting] <= 0
+            # zero-byte flows whose drain starts now finish at once, like any flow already due, and so do
+            # flows that cross no link (nothing holds them back; no seed link would bring them into a solve)
+            empty = (self._rem[starting] <= 0) | (self._f_end[starting] == self._f_start[starting])
             if empty.any():
                 finished = np.union1d(finished, starting[empty])
                 starting = starting[~empty]
@@ -421,7 +422,7 @@ class FluidNetwork:
             self._bring_to_now(new)
             new_links = self._links_of(new)
             add = _distinct(new_links, self._link_tmp)
-            if links is None:  # every seed link still loaded is one of S's links
+            if links is None:  # S's first links (a seed link whose flows all stay out of S is not one: `_with_idle`)
                 f_links, links = new_links, add
             else:
                 f_links = np.concatenate((f_links, new_links))
