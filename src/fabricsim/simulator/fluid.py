@@ -266,10 +266,11 @@ class FluidNetwork:
         if finished.size == 0 and starting.size == 0:
             return _EMPTY_I, t
         done_tags = self._tag[finished]
-        seeds = self._links_of(np.concatenate([finished, starting]) if starting.size else finished)
+        start_links = self._links_of(starting) if starting.size else _EMPTY_I
+        seeds = np.concatenate((self._links_of(finished), start_links)) if starting.size else self._links_of(finished)
         if finished.size:
             self._retire(finished)
-        self._resolve(seeds, starting.size, self._links_of(starting) if starting.size else _EMPTY_I)
+        self._resolve(seeds, starting.size, start_links)
         return done_tags, t
 
     def step(self) -> tuple[np.ndarray, float]:
@@ -539,10 +540,7 @@ class FluidNetwork:
         mark[links] = False
         if idle.shape[0] == 0:
             return links, load
-        if s_entries is None or s_entries.shape[0] == 0:
-            rest = np.zeros(idle.shape[0])
-        else:
-            rest = self._seed_loads(idle, s_entries, s_flows)
+        rest = np.zeros(idle.shape[0]) if s_entries is None else self._seed_loads(idle, s_entries, s_flows)
         return np.concatenate((links, idle)), np.concatenate((load, rest))
 
     def _seed_loads(self, seeds: np.ndarray, entries: np.ndarray, flows: np.ndarray) -> np.ndarray:
