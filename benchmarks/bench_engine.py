@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from bench_scale import missing_package
+
 GiB = 2**30
 
 
@@ -78,9 +80,9 @@ def main() -> None:
         return
     env = dict(os.environ)
     if args.src:
-        # a directory without the package would silently run the installed fabricsim instead
-        if not os.path.isfile(os.path.join(args.src, "fabricsim", "__init__.py")):
-            parser.error(f"no fabricsim package in {args.src} (give a checkout's src directory)")
+        error = missing_package(args.src)
+        if error:
+            parser.error(error)
         env["PYTHONPATH"] = args.src
     print(f"1 GiB {args.algorithm} all-reduce traffic on gb200-nvl72-ib (NVLink planes: {args.planes}; "
           f"{'src ' + args.src if args.src else 'this checkout'})")

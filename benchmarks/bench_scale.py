@@ -53,12 +53,20 @@ _REPORT = ("import atexit, resource, sys\n"
            "atexit.register(_report)\n")
 
 
+def missing_package(src: str) -> str | None:
+    """Why ``src`` cannot stand for a checkout's ``src`` (None if it can): a directory without the
+    package on PYTHONPATH would silently run the installed fabricsim instead."""
+    if os.path.isfile(os.path.join(src, "fabricsim", "__init__.py")):
+        return None
+    return f"no fabricsim package in {src} (give a checkout's src directory)"
+
+
 def run_case(code: str, argv: list[str], src: str | None, timeout: float) -> dict:
     env = dict(os.environ)
     if src:
-        # a directory without the package would silently run the installed fabricsim instead
-        if not os.path.isfile(os.path.join(src, "fabricsim", "__init__.py")):
-            return {"error": f"no fabricsim package in {src} (give a checkout's src directory)"}
+        error = missing_package(src)
+        if error:
+            return {"error": error}
         env["PYTHONPATH"] = src
     t0 = time.perf_counter()
     try:
