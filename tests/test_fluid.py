@@ -78,13 +78,19 @@ def instants(snaps):
     return out
 
 
-def draining_oracle(net):
-    """Max-min rates of the draining flows, solved from scratch."""
+def draining_entries(net):
+    """The draining flows, their link counts and their links (entry by entry, flow after flow)."""
     flows = np.flatnonzero(net._draining)
     counts = net._f_end[flows] - net._f_start[flows]
-    ef = np.repeat(np.arange(flows.size), counts)
     el = np.concatenate([net._e_link[a:b] for a, b in zip(net._f_start[flows], net._f_end[flows])] or [[]])
-    return flows, max_min_rates(ef, el.astype(np.int64), net.capacity, flows.size, weight=net._weight[flows])
+    return flows, counts, el.astype(np.int64)
+
+
+def draining_oracle(net):
+    """Max-min rates of the draining flows, solved from scratch."""
+    flows, counts, el = draining_entries(net)
+    ef = np.repeat(np.arange(flows.size), counts)
+    return flows, max_min_rates(ef, el, net.capacity, flows.size, weight=net._weight[flows])
 
 
 @pytest.fixture(params=[0.5, np.inf], ids=["all-at-once", "always-incremental"])
@@ -184,11 +190,9 @@ def test_a_flow_that_crosses_no_link_finishes_when_it_starts(incremental):
 
 def link_loads_oracle(net):
     """Load of every link from the draining flows, summed from scratch."""
-    flows = np.flatnonzero(net._draining)
-    counts = net._f_end[flows] - net._f_start[flows]
-    el = np.concatenate([net._e_link[a:b] for a, b in zip(net._f_start[flows], net._f_end[flows])] or [[]])
+    flows, counts, el = draining_entries(net)
     rw = np.repeat(net._rate[flows] * net._weight[flows], counts)
-    return np.bincount(el.astype(np.int64), weights=rw, minlength=net.n_links)
+    return np.bincount(el, weights=rw, minlength=net.n_links)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=ONE_SETTING)
