@@ -121,6 +121,30 @@ def test_a_group_marked_once_is_neither_digested_nor_kept_yet_runs_as_a_kept_one
     assert once.link_bytes.sum() == pytest.approx(2 * (6 + 36) * 10**5 * 2, rel=1e-12)  # two hops a flow
 
 
+def test_a_selection_by_an_int32_index_keeps_it_and_runs_as_one_by_int64():
+    """Pipelines pass their rounds' indices as int32 (half the memory); the selection must be the same
+    group: same digest (the round cache's key), same flows, same timing and link bytes."""
+    topo = star(8)
+
+    def run(dtype):
+        sim = Simulation(topo)
+        base = sim.fabric.group_by_rank(np.arange(8), (np.arange(8) + 3) % 8, np.arange(1, 9) * 10**5)
+        picked = base.select(np.array([6, 1, 4], dtype=dtype))
+
+        def body(sim):
+            yield sim.fabric.transfer_group(picked)
+        sim.process(body(sim))
+        return picked, sim.run()
+
+    narrow, res32 = run(np.int32)
+    wide, res64 = run(np.int64)
+    assert narrow._index.dtype == np.int32 and wide._index.dtype == np.int64
+    assert narrow.digest == wide.digest
+    assert np.array_equal(narrow.src, wide.src) and np.array_equal(narrow.nbytes, wide.nbytes)
+    assert res32.time == res64.time and np.array_equal(res32.link_bytes, res64.link_bytes)
+    assert res32.link_bytes.sum() == pytest.approx(2 * (7 + 2 + 5) * 10**5)  # two hops a flow
+
+
 def test_same_inputs_give_bit_identical_results():
     topo = star(5, bandwidth=3e9, latency=1e-7)
     flows = [("g0", "g1", 777), ("g2", "g1", 12345), ("g3", "g4", 10**7), ("g4", "g0", 99)]

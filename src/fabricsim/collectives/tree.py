@@ -226,6 +226,7 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
                     np.repeat([chunk_bytes, last_bytes][:copies], E), np.tile(e_tree, copies))
     base = (("tree-edges", layout.ident, C, chunk_bytes, last_bytes), lambda: base_traffic)
     state: dict = {}
+    index_type = np.int32 if copies * E < 2**31 else np.int64
 
     top = level_start.shape[0] - 1
 
@@ -233,8 +234,8 @@ def tree_allreduce(fabric, layout: GroupLayout, nbytes: int, protocol: Protocol,
         """Base indices of round t's flows: edge e carries chunk t - level(e) (levels t-K+1..t), the last
         one from copy 2; in edge order (the edges of those levels, cut from the edges in level order)."""
         lo, hi = level_start[min(max(t - K + 1, 0), top)], level_start[min(max(t + 1, 0), top)]
-        e = np.sort(by_level[lo:hi]).astype(np.int64)
-        return e + E * (e_level[e] == t - K + 1) if split else e
+        e = np.sort(by_level[lo:hi]).astype(index_type)  # int32 when it fits: the rounds' indices are most of a schedule's memory
+        return np.where(e_level[e] == t - K + 1, e + index_type(E), e) if split else e
 
     def make_step(t: int) -> Step:
         steady = fill <= t < K - (1 if split else 0)

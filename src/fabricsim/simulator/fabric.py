@@ -97,7 +97,9 @@ class FlowGroup:
         A fabric routes a selection from its parent's routes with array operations: a schedule whose
         rounds are subsets of one set of flows (a pipelined tree filling and draining) routes once.
         """
-        index = np.asarray(index, dtype=np.int64)
+        index = np.asarray(index)
+        if index.dtype != np.int32:  # int32 is kept (a pipeline's rounds hold many large indices)
+            index = np.asarray(index, dtype=np.int64)
         if index.size and (index.min() < 0 or index.max() >= len(self)):
             raise ConfigError(f"a selection's positions must lie in [0, {len(self)})")
         return _Selection(self, index, self.label if label is None else label,
