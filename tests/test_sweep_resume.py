@@ -155,10 +155,19 @@ def test_killed_worker_fails_its_points_and_resume_finishes(tmp_path, straight):
             "def append(self, record):\n    _append(self, record)\n    time.sleep(0.3)\n"
             "SweepStore.append = append\n"
             "from fabricsim.cli.main import cli; sys.exit(cli())")
+    # and every point pauses in its worker (a sitecustomize on the workers' path: they are fresh
+    # interpreters), so that points are still in flight when the worker dies, however fast the machine
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import time\nimport fabricsim.sweep as _sweep\n_compute = _sweep.compute_point\n"
+        "def compute_point(spec, point):\n    time.sleep(0.2)\n    return _compute(spec, point)\n"
+        "_sweep.compute_point = compute_point\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as err_fh:
         proc = subprocess.Popen([sys.executable, "-c", code, *ARGS, "-o", str(out), "-j", "2"],
-                                stdout=subprocess.DEVNULL, stderr=err_fh)
+                                stdout=subprocess.DEVNULL, stderr=err_fh, env=env)
         deadline = time.monotonic() + 120
         workers = []
         while proc.poll() is None and time.monotonic() < deadline:
