@@ -3,12 +3,12 @@
 Every case runs in a fresh process, so its peak RSS is its own; wall and CPU seconds are the whole
 process (topology build, routing, simulation). 131,072 GPUs need a fat tree of 144-port Quantum-X800
 switches (64-port Quantum-2 tops out at 65,536 GPUs in three tiers). ``--src`` runs another checkout's
-``src`` directory (an older commit). ``--compare DIR`` measures this checkout and DIR's ``src`` case by
-case, alternating them ``--repeat`` times, and prints the fastest of each side and their ratio: the
-machine's speed drifts over minutes (a shared two-core VM), so two tables run one after the other can
-disagree by 20% where the alternated ratio does not.
+``src`` directory (an older commit). ``--compare DIR`` measures this checkout's ``src`` (or ``--src``'s)
+and DIR's case by case, alternating them ``--repeat`` times, and prints the fastest of each side and their
+ratio: the machine's speed drifts over minutes (a shared two-core VM), so two tables run one after the
+other can disagree by 20% where the alternated ratio does not.
 
-    python benchmarks/bench_scale.py [--cases all|allreduce|cli|QUICK] [--src DIR | --compare DIR [--repeat N]]
+    python benchmarks/bench_scale.py [--cases all|allreduce|cli|QUICK] [--src DIR] [--compare DIR [--repeat N]]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def main() -> None:
             p, algo = item.split(":")
             allreduce.append((int(p), algo, "ib-xdr-switch" if int(p) > 65536 else None))
     if args.compare:
-        compare(allreduce, cli, args.compare, args.repeat, args.timeout)
+        compare(allreduce, cli, args.compare, args.repeat, args.timeout, args.src or THIS_SRC)
         return
     print(f"fabricsim engine benchmark ({'src ' + args.src if args.src else 'this checkout'}); "
           f"each case a fresh process; peak RSS of that process")
@@ -136,14 +136,17 @@ def main() -> None:
             _print(label, row, result)
 
 
+# this checkout's own src (what "this checkout" means in --compare, whatever fabricsim is installed)
+THIS_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 _ONE = f"import runpy, sys; sys.argv[0] = {__file__!r}; runpy.run_path(sys.argv[0], run_name=\"__main__\")"
 _CLI = "from fabricsim.cli.main import cli; cli()"
 
 
-def compare(allreduce: list, cli: list, old_src: str, repeat: int, timeout: float) -> None:
-    """Each case alternately with this checkout and ``old_src``, ``repeat`` times each; the fastest run of
-    each side (CPU and wall), the old/new CPU ratio, and whether the simulated results agree."""
-    print(f"fabricsim engine benchmark: this checkout vs src {old_src}, alternated, best of {repeat} each")
+def compare(allreduce: list, cli: list, old_src: str, repeat: int, timeout: float, new_src: str = THIS_SRC) -> None:
+    """Each case alternately with ``new_src`` (this checkout's, or ``--src``) and ``old_src``, ``repeat`` times
+    each; the fastest run of each side (CPU and wall), the old/new CPU ratio, and whether the simulated
+    results agree."""
+    print(f"fabricsim engine benchmark: src {new_src} vs src {old_src}, alternated, best of {repeat} each")
     print(f"{'case':<34} {'old cpu s':>9} {'new cpu s':>9} {'ratio':>6} {'old wall':>9} {'new wall':>9} "
           f"{'old RSS':>8} {'new RSS':>8}  results")
     cases = [(f"all-reduce 1 GiB {algo} {p:,}", _ONE, ["--one", str(p), algo, switch or "-"])
@@ -153,7 +156,7 @@ def compare(allreduce: list, cli: list, old_src: str, repeat: int, timeout: floa
         outputs: dict = {}
         failed = None
         for _ in range(repeat):
-            for side, src in (("old", old_src), ("new", None)):
+            for side, src in (("old", old_src), ("new", new_src)):
                 with tempfile.TemporaryDirectory() as tmp:
                     row = run_case(code, [a.format(tmp=tmp) for a in argv], src, timeout)
                 if "error" in row:
