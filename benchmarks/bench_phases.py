@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench_scale import run_case
+from bench_scale import THIS_SRC, run_case
 
 _CASE = """
 import functools, json, sys, time
@@ -65,7 +65,7 @@ def main() -> None:
     for item in args.cases.split(","):
         p, algo = item.split(":")
         for _ in range(args.repeat):
-            for side, src in (("before", args.src), ("after", None)):
+            for side, src in (("before", args.src), ("after", THIS_SRC)):
                 if side == "before" and not src:
                     continue
                 row = run_case(_CASE, [p, algo], src, timeout=600.0)

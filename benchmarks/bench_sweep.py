@@ -23,7 +23,7 @@ import csv
 import os
 import tempfile
 
-from bench_scale import run_case
+from bench_scale import THIS_SRC, run_case
 
 CASES = [("default sweep", [], "step.csv"),
          ("llama3-70b TP 8 at 8,192 GPUs", ["--model", "llama3-70b", "--tp", "8", "--sizes", "8192"], "step.csv")]
@@ -70,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, sweep_args, table) in enumerate(CASES + (HEAVY if args.heavy else [])):
             sides = {}
-            for side, src in (("before", args.src), ("after", None)):
+            for side, src in (("before", args.src), ("after", THIS_SRC)):
                 if side == "before" and not src:
                     continue
                 sides[side] = run(sweep_args, os.path.join(tmp, f"{i}-{side}"), src, args.jobs, args.plots)
