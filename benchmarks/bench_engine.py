@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from bench_scale import missing_package
+from bench_scale import THIS_SRC, missing_package
 
 GiB = 2**30
 
@@ -78,14 +78,12 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one, args.planes, args.algorithm)))
         return
-    env = dict(os.environ)
-    if args.src:
-        error = missing_package(args.src)
-        if error:
-            parser.error(error)
-        env["PYTHONPATH"] = args.src
-    print(f"1 GiB {args.algorithm} all-reduce traffic on gb200-nvl72-ib (NVLink planes: {args.planes}; "
-          f"{'src ' + args.src if args.src else 'this checkout'})")
+    src = args.src or THIS_SRC
+    error = missing_package(src)
+    if error:
+        parser.error(error)
+    env = dict(os.environ, PYTHONPATH=src)
+    print(f"1 GiB {args.algorithm} all-reduce traffic on gb200-nvl72-ib (NVLink planes: {args.planes}; src {src})")
     print(f"{'GPUs':>6} {'build s':>8} {'sim s':>8} {'sim cpu':>8} {'simulated':>11} {'flows':>11} {'launch':>7} "
           f"{'hits':>5} {'solves':>7} {'solved flows':>13} {'us/solve':>9} {'peak RSS':>9}")
     for p in [int(s) for s in args.sizes.split(",")]:

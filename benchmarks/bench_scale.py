@@ -112,18 +112,18 @@ def main() -> None:
     if args.compare:
         compare(allreduce, cli, args.compare, args.repeat, args.timeout, args.src or THIS_SRC)
         return
-    print(f"fabricsim engine benchmark ({'src ' + args.src if args.src else 'this checkout'}); "
-          f"each case a fresh process; peak RSS of that process")
+    src = args.src or THIS_SRC
+    print(f"fabricsim engine benchmark (src {src}); each case a fresh process; peak RSS of that process")
     print(f"{'case':<34} {'wall s':>8} {'cpu s':>8} {'peak RSS':>10}  result")
     for p, algo, switch in allreduce:
-        row = run_case(_ONE, ["--one", str(p), algo, switch or "-"], args.src, args.timeout)
+        row = run_case(_ONE, ["--one", str(p), algo, switch or "-"], src, args.timeout)
         label = f"all-reduce 1 GiB {algo} {p:,}"
         _print(label, row, lambda r: "{simulated_s:.6f} s simulated, busbw {busbw_GBps:.1f} GB/s".format(
             **json.loads(r["stdout"])))
     with tempfile.TemporaryDirectory() as tmp:
         for label, cmd in cli:
             cmd = [c.format(tmp=tmp) for c in cmd]
-            row = run_case(_CLI, cmd, args.src, args.timeout)
+            row = run_case(_CLI, cmd, src, args.timeout)
             trace = os.path.join(tmp, "t.json")
 
             def result(r, trace=trace, label=label):
