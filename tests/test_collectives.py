@@ -110,6 +110,36 @@ def test_tree_rounds_take_exactly_their_busiest_link_on_a_full_mesh(p):
     assert sim.env.now == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("chunks_of_part", [2.5, 3.0])
+def test_tree_rounds_send_every_chunk_of_every_edge_once(chunks_of_part):
+    """Each round selects its flows from the base by an int32 index (most of a pipeline's memory); over
+    all rounds every tree edge carries each of its K chunks once, the last one from the base's second
+    copy when it is shorter (2.5 chunks a part), so each edge moves its part's bytes exactly."""
+    from fabricsim.collectives.tree import CHUNK_TARGET, tree_allreduce
+
+    sim = Simulation(star(7, bandwidth=50e9, latency=0.0))
+    layout = GroupLayout.of(sim.fabric, None)
+    parts = 2 * 2  # two trees per channel, two channels
+    nbytes = int(parts * chunks_of_part * CHUNK_TARGET)
+    steps = list(tree_allreduce(sim.fabric, layout, nbytes, FLAT, channels=2).steps)
+    base_bytes = np.asarray(steps[0].base[1]()[2], dtype=float)
+    indices = [step.traffic() for step in steps]
+    assert all(idx.dtype == np.int32 for idx in indices)
+    count = np.bincount(np.concatenate(indices), minlength=base_bytes.shape[0])
+    K = int(np.ceil(chunks_of_part))
+    if chunks_of_part == K:  # equal chunks: one copy of the edges
+        assert (count == K).all()
+    else:
+        E = base_bytes.shape[0] // 2
+        assert (count[:E] == K - 1).all() and (count[E:] == 1).all()
+        assert base_bytes[E:] == pytest.approx(base_bytes[:E] / 2)
+        count = count[:E] + count[E:]
+    sent = np.bincount(np.concatenate(indices), weights=base_bytes[np.concatenate(indices)],
+                       minlength=base_bytes.shape[0])
+    per_edge = sent[:count.shape[0]] + (sent[count.shape[0]:] if sent.shape[0] > count.shape[0] else 0)
+    assert per_edge == pytest.approx(np.full(count.shape[0], nbytes / parts), rel=1e-12)
+
+
 @pytest.mark.parametrize("p", [7, 15, 31])
 def test_pipelined_tree_is_bounded_by_its_closed_form_on_a_switch(p):
     from fabricsim.collectives.base import run_schedule

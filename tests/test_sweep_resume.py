@@ -160,8 +160,10 @@ def test_killed_worker_fails_its_points_and_resume_finishes(tmp_path, straight):
     slow = tmp_path / "slow"
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(
-        "import time\nimport fabricsim.sweep as _sweep\n_compute = _sweep.compute_point\n"
-        "def compute_point(spec, point):\n    time.sleep(0.2)\n    return _compute(spec, point)\n"
+        "import os, time\nimport fabricsim.sweep as _sweep\n_compute = _sweep.compute_point\n"
+        "def compute_point(spec, point):\n"
+        f"    open(os.path.join({str(slow)!r}, 'slowed-%d' % os.getpid()), 'w').close()\n"
+        "    time.sleep(0.2)\n    return _compute(spec, point)\n"
         "_sweep.compute_point = compute_point\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
     log = tmp_path / "stderr.txt"
@@ -179,6 +181,8 @@ def test_killed_worker_fails_its_points_and_resume_finishes(tmp_path, straight):
         os.kill(workers[0], signal.SIGKILL)
         proc.wait(timeout=120)
     last = log.read_text().strip().splitlines()[-1]
+    # the pause ran in the workers (a sitecustomize that fails to import is skipped without a word)
+    assert list(slow.glob("slowed-*")), "the workers' points were not slowed"
     assert proc.returncode == 2 and "failed (first: point" in last and "worker process died" in last
     res = invoke("sweep", "--resume", out, "-j", "1")
     assert res.exit_code == 0, res.output
