@@ -61,3 +61,12 @@ def test_read_rows_errors(tmp_path):
     bad.write_text("gpus,algorithm,step_time_s\n8,ring,fast\n")
     with pytest.raises(ConfigError, match="not a number"):
         read_rows(bad)
+    # a negative time or rate is no result a sweep writes: refused, not drawn
+    for column, value in (("step_time_s", "-5"), ("busbw_GBps", "-0.5"), ("gpus", "0"), ("step_time_s", "inf")):
+        row = {"gpus": "8", "algorithm": "ring", "step_time_s": "1.5", "compute_time_s": "1.0",
+               "exposed_share": "0.1", "busbw_GBps": "3.0", column: value}
+        bad.write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
+        with pytest.raises(ConfigError, match=f"line 2: {column} = '{value}' is out of range"):
+            read_rows(bad)
+    bad.write_text("gpus,algorithm,step_time_s,compute_time_s,exposed_share,root\n8,ring,1.5,1.0,0.0,-1\n")
+    assert read_rows(bad)[0]["root"] == -1 and read_rows(bad)[0]["exposed_share"] == 0.0

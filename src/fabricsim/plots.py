@@ -39,7 +39,8 @@ def read_rows(path) -> list[dict]:
     ------
     ConfigError
         The file is missing, binary, not a sweep's CSV, or a row is cut short (fewer fields than the
-        header, as when a run was interrupted mid-row) or misses a value a figure needs.
+        header, as when a run was interrupted mid-row), misses a value a figure needs, or holds a number
+        no sweep writes (not finite, negative, fewer than one GPU).
     """
     try:
         with open(path, newline="") as fh:
@@ -68,7 +69,9 @@ def read_rows(path) -> list[dict]:
                 conv[key] = int(value) if key in _INTS else float(value)
             except (ValueError, OverflowError):
                 raise ConfigError(f"{os.fspath(path)!r} line {i}: {key} = {value!r} is not a number") from None
-            if not math.isfinite(conv[key]) or (key in _INTS and conv[key] < {"gpus": 1, "root": -1}.get(key, 0)):
+            # every float a sweep writes is a time, share, rate, size or count: none is negative
+            low = {"gpus": 1, "root": -1}.get(key, 0)
+            if not math.isfinite(conv[key]) or conv[key] < low:
                 raise ConfigError(f"{os.fspath(path)!r} line {i}: {key} = {value!r} is out of range")
         empty = [k for k in _NEEDED[kind] if conv.get(k) in (None, "")]
         if empty:
