@@ -75,6 +75,9 @@ def test_cli_trace_ranks(tmp_path):
     assert {e["tid"] for e in json.loads(path.read_text())["traceEvents"] if e.get("cat") == "flow"} == {0, 1}
     bad = CliRunner().invoke(cli, args + ["--trace-ranks", "0-99"])
     assert bad.exit_code == 2 and "--trace-ranks" in bad.output and "Traceback" not in bad.output
+    assert "outside 0-" in bad.output
+    reversed_range = CliRunner().invoke(cli, args + ["--trace-ranks", "3-1"])
+    assert reversed_range.exit_code == 2 and "'3-1' is empty" in reversed_range.output
 
 
 def test_unnamed_trace_spools_privately_and_writes_an_ordinary_file(tmp_path, monkeypatch):

@@ -46,7 +46,9 @@ def parse_ranks(text: str | None, p: int) -> np.ndarray | None:
         if not lo.isdigit() or (hi and not hi.isdigit()):
             raise ValueError(f"bad rank selection {part!r}: use ranks and ranges like 0-7,64")
         a, b = int(lo), int(hi) if hi else int(lo)
-        if a > b or b >= p:
+        if a > b:
+            raise ValueError(f"rank range {part!r} is empty: its first rank is after its last")
+        if b >= p:
             raise ValueError(f"rank range {part!r} is outside 0-{p - 1}")
         ranks.update(range(a, b + 1))
     return np.array(sorted(ranks), dtype=np.int64)
