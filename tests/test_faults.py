@@ -241,3 +241,42 @@ def test_timed_tray_failure_changes_link_rates_at_that_instant(tmp_path, racks8)
         s.sort(key=lambda x: x[0])
         integral = sum(u * cap[name] * (t1 - t0) / 1e6 for (t0, u), (t1, _) in zip(s, s[1:]))
         assert integral == pytest.approx(carried[name], rel=1e-4), name
+
+
+@pytest.mark.parametrize("topology, gpu", [("gb200-nvl72", "r0/gpu{}"), ("dgx-h100", "n0/gpu{}")])
+def test_added_latency_slows_a_ring_alike_whichever_gpu_it_strikes(topology, gpu):
+    """A ring step waits for its slowest hop, so +1 ms on any one GPU's links costs every step that
+    millisecond; the rings' wire latency used to be read from one hop per channel (the first), which a
+    fault on another GPU never touched."""
+    from fabricsim.collectives.nodes import nvlink_hops_alike
+
+    healthy = build(topology)
+    base = AllreduceRunner(healthy, protocol="ll").run(8, "ring")
+    times = []
+    for g in (0, 5, len(healthy.gpus) - 1):
+        faulty = apply_faults(healthy, [parse_fault(gpu.format(g) + ":latency=+1ms")])
+        assert not nvlink_hops_alike(Simulation(faulty).fabric)
+        times.append(AllreduceRunner(faulty, protocol="ll").run(8, "ring").time)
+    assert times[0] == times[1] == times[2]
+    steps = 2 * (len(healthy.gpus) - 1)
+    assert times[0] - base.time == pytest.approx(steps * 1e-3, rel=1e-6)
+
+
+def test_a_two_tier_nvlink_domain_rings_pay_their_longest_hop():
+    """On NVL576 a ring's hops inside a rack cross one switch chip and those between racks three: every
+    hop is routed (not one per channel), so the rings' wire latency is the cross-rack hop's."""
+    from fabricsim.collectives.base import GroupLayout
+    from fabricsim.collectives.nodes import nvlink_hops_alike
+    from fabricsim.collectives.ring import ring_orders, ring_wire_latency
+
+    sim = Simulation(build("nvl576"))
+    fabric = sim.fabric
+    assert not nvlink_hops_alike(fabric) and nvlink_hops_alike(Simulation(build("gb200-nvl72")).fabric)
+    layout = GroupLayout.of(fabric, None)
+    order = np.array(ring_orders(layout, 1))
+    rs = fabric.router.route_many(fabric.gpu_index[order[0]], fabric.gpu_index[np.roll(order[0], -1)],
+                                  np.zeros(order.shape[1], dtype=np.int64))
+    hop = np.zeros(order.shape[1])
+    np.maximum.at(hop, rs.flow, rs.lat)
+    assert hop.min() < hop.max()  # short and long hops both occur
+    assert ring_wire_latency(fabric, [layout], 1)[0]["nvlink"] == hop.max()

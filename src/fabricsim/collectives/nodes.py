@@ -19,7 +19,7 @@ import numpy as np
 
 from fabricsim.simulator.fluid import _ranges
 
-__all__ = ["MEMO_SIZES", "BoundedMemo", "memo_table", "node_kinds", "switch_distances"]
+__all__ = ["MEMO_SIZES", "BoundedMemo", "memo_table", "node_kinds", "nvlink_hops_alike", "switch_distances"]
 
 #: Entries each per-router table (``memo_table``) keeps, least recently used dropped first. A router lives
 #: as long as its runner, and ``fabricsim plan`` builds schedules for thousands of layouts on one runner:
@@ -115,6 +115,22 @@ def _switch_graph(fabric) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         cols = np.concatenate(adj) if adj else np.zeros(0, dtype=np.int64)
         hit = memo["switch-graph"] = (switches, col, ptr, cols)
     return hit
+
+
+def nvlink_hops_alike(fabric) -> bool:
+    """Whether every GPU-to-GPU hop inside an NVLink domain has the same wire latency: every NVLink link
+    joins a GPU to a switch chip (one tier: a hop is GPU, chip, GPU) and all NVLink links have one latency.
+    A two-tier domain (NVL576), direct GPU links, or a latency fault on some GPU's links break it."""
+    memo = _memo(fabric)
+    alike = memo.get("nvlink-hops-alike")
+    if alike is None:
+        lt = fabric.links
+        nvlink = np.array([k.startswith("nvlink") for k in lt.kind], dtype=bool)
+        gpu = node_kinds(fabric) == "gpu"
+        one_gpu_end = gpu[lt.src[nvlink]] != gpu[lt.dst[nvlink]]
+        lat = lt.latency[nvlink]
+        alike = memo["nvlink-hops-alike"] = bool(one_gpu_end.all()) and (lat.size == 0 or lat.min() == lat.max())
+    return alike
 
 
 def switch_distances(fabric, starts: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from fabricsim.collectives.base import GroupLayout, Schedule, Step
-from fabricsim.collectives.nodes import memo_table
+from fabricsim.collectives.nodes import memo_table, nvlink_hops_alike
 from fabricsim.collectives.protocol import Protocol
 
 __all__ = ["ring_orders", "default_channels", "ring_allreduce", "ring_reduce_scatter", "ring_allgather"]
@@ -90,8 +90,9 @@ def _shard_segments(n: int, orders: list[list[int]], ranks: list[int], shift: in
 
 def ring_wire_latency(fabric, layouts: list[GroupLayout], channels: int) -> list[dict]:
     """Per group, the largest wire latency of its rings' intra-domain hops ("nvlink") and of their
-    inter-domain hops ("net"), for ``channels`` rings (``ring_orders``). Every inter-domain hop and one
-    intra-domain hop per channel (they are alike) are routed, those of all the groups in one batch; the
+    inter-domain hops ("net"), for ``channels`` rings (``ring_orders``). Every inter-domain hop is routed,
+    and one intra-domain hop per channel where all are alike (``nodes.nvlink_hops_alike``), else every
+    one of them, those of all the groups in one batch; the
     answer depends on the group, channels and routes alone, so it is kept per router (``nodes.memo_table``)
     and the rings of a group built under every protocol (or the per-shard rings of a hierarchical
     all-reduce, ``hierarchical.py``) route their hops once."""
@@ -100,6 +101,7 @@ def ring_wire_latency(fabric, layouts: list[GroupLayout], channels: int) -> list
     found = {k: memo.get(k) for k in keys}
     todo = {k: lay for k, lay in zip(keys, layouts) if found[k] is None and lay.p > 1}
     if todo:
+        alike = nvlink_hops_alike(fabric)
         src, dst, key, owner, intra_all = [], [], [], [], []
         for j, layout in enumerate(todo.values()):
             dom = np.zeros(max(layout.ranks) + 1, dtype=np.int64)
@@ -111,7 +113,7 @@ def ring_wire_latency(fabric, layouts: list[GroupLayout], channels: int) -> list
             first_intra = np.zeros_like(intra)
             has = intra.any(axis=1)
             first_intra[np.flatnonzero(has), intra.argmax(axis=1)[has]] = True
-            pick = ~intra | first_intra
+            pick = ~intra | first_intra if alike else np.ones_like(intra)
             chan = np.broadcast_to(np.arange(order.shape[0])[:, None], order.shape)
             src.append(fabric.gpu_index[order[pick]])
             dst.append(fabric.gpu_index[nxt[pick]])
