@@ -182,6 +182,9 @@ def test_minimal_toml_loads(tmp_path):
     (GOOD_NODES.replace('"s", kind = "nvswitch"', '"a", kind = "nvswitch"') + GOOD_LINKS, "listed twice"),
     (GOOD_NODES.replace("nvswitch", "hub") + GOOD_LINKS, "kind 'hub'"),
     (GOOD_NODES + 'links = [{a = "a", b = "s"}]\n', "has no bandwidth"),
+    # a link listed twice: the second entry used to replace the first without a word
+    (GOOD_NODES + GOOD_LINKS.replace("]\n", ', {a = "s", b = "a", bandwidth = "1 GB/s", kind = "nvlink4"}]\n'),
+     r"link 3 \(s - a\) repeats link 1 \(s -> a\)"),
     ("colour = 'blue'\n" + GOOD_NODES + GOOD_LINKS, "unknown top-level key 'colour'"),
 ])
 def test_malformed_toml(tmp_path, text, match):
@@ -191,6 +194,36 @@ def test_malformed_toml(tmp_path, text, match):
         load(str(path))
     message = str(info.value)
     assert str(path) in message and "\n" not in message
+
+
+def test_one_way_links_both_ways_are_two_links_not_a_repeat(tmp_path):
+    path = tmp_path / "oneway.toml"
+    path.write_text(GOOD_NODES + 'links = [' + ", ".join(
+        f'{{a = "{a}", b = "{b}", bandwidth = "{bw} GB/s", kind = "nvlink4", duplex = false}}'
+        for a, b, bw in (("a", "s", 450), ("s", "a", 300), ("b", "s", 450), ("s", "b", 450))) + "]\n")
+    t = load(str(path))
+    assert t.graph["a"]["s"]["bandwidth"] == 450e9 and t.graph["s"]["a"]["bandwidth"] == 300e9
+
+
+@pytest.mark.parametrize("directed", [True, False])
+def test_json_graph_listing_an_edge_twice_is_refused_unless_a_multigraph(tmp_path, directed):
+    G = nx.DiGraph() if directed else nx.Graph()
+    G.add_nodes_from([("a", {"kind": "gpu"}), ("b", {"kind": "gpu"}), ("s", {"kind": "nvswitch"})])
+    G.add_edges_from([("a", "s"), ("s", "a"), ("b", "s"), ("s", "b")], bandwidth=450e9, kind="nvlink4")
+    data = nx.node_link_data(G, edges="edges")
+    repeat = dict(data["edges"][0], bandwidth=1e9)
+    if not directed:  # the same undirected edge, written the other way round
+        repeat["source"], repeat["target"] = repeat["target"], repeat["source"]
+    data["edges"].append(repeat)
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"dup\.json: edge \d+ .* repeats edge 1"):
+        load(str(path))
+    data["multigraph"] = True  # parallel links are then meant: their bandwidths add up
+    path.write_text(json.dumps(data))
+    t = load(str(path))
+    a, s = ("a", "s") if repeat["source"] == "a" else ("s", "a")
+    assert t.graph[a][s]["bandwidth"] == 451e9
 
 
 def test_disconnected_toml_names_file_and_gpu(tmp_path):

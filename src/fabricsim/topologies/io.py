@@ -335,6 +335,7 @@ def from_spec(spec: Any, source: str = "<spec>") -> Topology:
             if key in node and (isinstance(node[key], bool) or not isinstance(node[key], int)):
                 raise bad(f"node {nid!r}: {key} must be an integer, got {node[key]!r}")
         G.add_node(nid, **{k: v for k, v in node.items() if k != "id"})
+    first: dict[tuple, int] = {}  # directed edge -> the entry that made it
     for i, entry in enumerate(links):
         where = f"link {i + 1}"
         if not isinstance(entry, dict) or "a" not in entry or "b" not in entry:
@@ -363,9 +364,12 @@ def from_spec(spec: Any, source: str = "<spec>") -> Topology:
         attrs["kind"] = str(entry.get("kind", "link"))
         attrs.update({k: v for k, v in entry.items()
                       if k not in ("a", "b", "bandwidth", "latency", "lanes", "kind", "duplex")})
-        G.add_edge(a, b, **attrs)
-        if duplex:
-            G.add_edge(b, a, **attrs)
+        for edge in ((a, b), (b, a)) if duplex else ((a, b),):
+            if edge in first:  # a second entry would silently replace the first: refuse it
+                raise bad(f"{where} repeats link {first[edge]} ({edge[0]} -> {edge[1]}); list each link once "
+                          "(a bundle is one entry with its lanes and total bandwidth)")
+            first[edge] = i + 1
+            G.add_edge(*edge, **attrs)
     meta = spec.get("meta")
     if meta is not None:
         if not isinstance(meta, dict):
@@ -604,6 +608,8 @@ def load(path: str) -> Topology:
                 G = nx.node_link_graph(data, edges=key)
             except Exception as exc:  # json and networkx raise many kinds
                 raise ConfigError(f"{path}: not a node-link JSON graph: {_one_line(exc)}") from None
+            if not G.is_multigraph():
+                _no_repeated_edges(data[key], G.is_directed(), path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
@@ -612,6 +618,19 @@ def load(path: str) -> Topology:
         raise type(exc)(f"{path}: {exc}") from None
     except (TypeError, ValueError, KeyError) as exc:  # attributes of the wrong type in a GraphML/JSON file
         raise ConfigError(f"{path}: malformed graph: {_one_line(exc)}") from None
+
+
+def _no_repeated_edges(edges: list, directed: bool, path: str) -> None:
+    """ConfigError if a node-link JSON graph that is not a multigraph lists an edge twice (networkx would
+    keep the last one's attributes without a word; a multigraph's parallel edges are summed instead)."""
+    first: dict[tuple, int] = {}
+    for i, e in enumerate(edges, start=1):
+        ends = (json.dumps(e.get("source")), json.dumps(e.get("target")))
+        pair = ends if directed else tuple(sorted(ends))
+        if pair in first:
+            raise ConfigError(f"{path}: edge {i} ({e.get('source')} -> {e.get('target')}) repeats edge {first[pair]}; "
+                              "list each link once, or set \"multigraph\": true to add parallel links up")
+        first[pair] = i
 
 
 def _physical(topo: Topology, path: str) -> Topology:
