@@ -43,6 +43,15 @@ def test_gpu_count_and_layers_refused():
         Layout(pp=8).check_model(6)  # without interleaving every stage needs a block
 
 
+def test_expert_parallelism_must_split_the_models_experts():
+    with pytest.raises(ConfigError, match="--ep 2: the model has no experts"):
+        Layout(dp=4, ep=2).check_model(32)  # a dense model: it used to change the step's groups and time
+    with pytest.raises(ConfigError, match="--ep 4 must divide the model's 6 experts"):
+        Layout(dp=8, ep=4).check_model(32, experts=6)
+    Layout(dp=8, ep=4).check_model(32, experts=8)
+    Layout(dp=8).check_model(32)  # no expert parallelism, no experts: nothing to check
+
+
 def test_tp_crossing_a_domain_refused():
     with pytest.raises(InfeasibleError, match="crosses an NVLink domain"):
         rank_groups(build("gb200-nvl72-ib", gpus=576), Layout(tp=16, dp=36))

@@ -127,6 +127,7 @@ def test_cli_step_pipeline_and_trace(tmp_path):
     (["--pp", "64", "-n", "64"], "more than the model's 32 layers"),
     (["--zero", "7"], "--zero"),
     (["--ep", "3"], "--ep 3 must divide"),
+    (["--ep", "2"], "--ep 2: the model has no experts"),
 ])
 def test_cli_step_refusals_are_one_line(args, message):
     out = CliRunner().invoke(cli, ["step", "-t", "dgx-h100-ib", "-n", "32", "-m", "llama3-8b", *args])

@@ -190,7 +190,7 @@ def plan_sweep(spec: SweepSpec) -> list[int]:
             raise InfeasibleError(f"{spec.topology} cannot be sized to {gpus} GPUs (it has {topo.num_gpus})")
         if spec.mode == "step":
             layout = spec.step.layout_for(gpus)
-            layout.check_model(spec.step.model.layers)
+            layout.check_model(spec.step.model.layers, getattr(spec.step.model, "experts", 0))
             rank_groups(topo, layout)
             _sequences(spec.step, layout.dp)
             if not spec.step.peak_flops and "gpu" not in getattr(topo, "hardware", {}):

@@ -40,7 +40,7 @@ def layout_options(command):
         click.option("--dp", type=WIDTH, default=None,
                      help="Data-parallel replicas [default: GPUs / (tp x cp x pp)]."),
         click.option("--ep", type=WIDTH, default=1, show_default=True,
-                     help="Expert-parallel width for MoE models (divides dp x cp)."),
+                     help="Expert-parallel width for MoE models (divides dp x cp and the experts; 1 for dense models)."),
         click.option("--virtual-stages", type=VIRTUAL_STAGES, default=1, show_default=True,
                      help="Model chunks per pipeline rank (interleaved 1F1B when > 1)."),
         click.option("--micro-batch", type=MICRO_BATCH, default=1, show_default=True, help="Sequences per micro-batch."),

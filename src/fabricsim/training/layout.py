@@ -61,7 +61,8 @@ class Layout:
     tp, cp, pp, dp : int
         Tensor-parallel width, context-parallel width, pipeline stages, data-parallel replicas.
     ep : int
-        Expert-parallel width; must divide ``dp x cp`` (only matters for mixture-of-experts models).
+        Expert-parallel width; must divide ``dp x cp`` and the model's experts (1 for a dense model:
+        ``check_model``).
     virtual_stages : int
         Model chunks per pipeline rank (interleaved 1F1B); 1 is plain 1F1B.
     micro_batch : int
@@ -162,13 +163,19 @@ class Layout:
             raise InfeasibleError(f"layout tp {self.tp} x cp {self.cp} x pp {self.pp} x dp {self.dp} = {self.gpus} "
                                   f"GPUs does not match the {gpus} GPUs of the fabric")
 
-    def check_model(self, layers: int) -> None:
-        """Refuse more pipeline chunks (stages times virtual stages) than the model's layers plus two.
+    def check_model(self, layers: int, experts: int = 0) -> None:
+        """Refuse more pipeline chunks (stages times virtual stages) than the model's layers plus two, and
+        expert parallelism that does not split the model's ``experts`` evenly (or a model without any).
 
         The two extra chunks are the ends holding only the embedding and only the output layer, as Llama 3
         split 126 layers into 16 x 8 chunks (``compute.stage_layers``); a plain pipeline (no interleaving)
         still needs a block on every stage.
         """
+        if self.ep > 1 and not experts:
+            raise ConfigError(f"--ep {self.ep}: the model has no experts; expert parallelism splits the experts "
+                              "of mixture-of-experts layers (use --ep 1)")
+        if experts and experts % self.ep:
+            raise ConfigError(f"--ep {self.ep} must divide the model's {experts} experts")
         chunks = self.pp * self.virtual_stages
         spare = 2 if self.virtual_stages > 1 else 0
         if chunks > layers + spare:

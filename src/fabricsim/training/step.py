@@ -393,7 +393,7 @@ def simulate_step(topology: Topology, config: StepConfig, *, runner: AllreduceRu
     runner = runner or AllreduceRunner(topology, calibration=CALIBRATED)
     gpus, model = topology.num_gpus, config.model
     lay = config.layout_for(gpus)
-    lay.check_model(model.layers)
+    lay.check_model(model.layers, getattr(model, "experts", 0))
     groups = rank_groups(topology, lay)
     peak = _peak(topology, config)
     sequences = _sequences(config, lay.dp)
@@ -529,8 +529,10 @@ def memory_columns(topology: Topology, config: StepConfig) -> dict:
 def check_memory(topology: Topology, config: StepConfig) -> MemoryReport | None:
     """Refuse a layout whose busiest GPU needs more memory than its HBM (InfeasibleError with the numbers).
 
-    Returns the report (``step_memory``), or None when the topology names no GPU preset.
+    Returns the report (``step_memory``), or None when the topology names no GPU preset. A layout the
+    model cannot take (``Layout.check_model``) is refused first: its memory means nothing.
     """
+    config.layout_for(topology.num_gpus).check_model(config.model.layers, getattr(config.model, "experts", 0))
     report = step_memory(topology, config)
     if report is not None and not report.fits():
         raise InfeasibleError(f"{config.layout_for(topology.num_gpus).describe()} does not fit in memory: "
