@@ -51,6 +51,14 @@ def test_write_plots_png_and_svg(tmp_path):
                            for e in ("png", "svg"))
 
 
+def test_write_plots_removes_the_figures_of_an_earlier_run_it_does_not_redraw(tmp_path):
+    write_plots(step_rows(), tmp_path)
+    (tmp_path / "notes.png").write_bytes(b"mine")  # not a figure of ours: kept
+    paths = write_plots(message_rows(), tmp_path)
+    assert sorted(p.split("/")[-1] for p in paths) == ["busbw_vs_size.png", "busbw_vs_size.svg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busbw_vs_size.png", "busbw_vs_size.svg", "notes.png"]
+
+
 def test_read_rows_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         read_rows(tmp_path / "none.csv")

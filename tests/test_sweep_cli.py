@@ -72,6 +72,21 @@ def test_message_mode(tmp_path):
     assert (out / "busbw_vs_size.png").exists() and (out / "busbw_vs_gpus.png").exists()
 
 
+def test_a_sweep_into_an_earlier_sweeps_folder_leaves_none_of_its_figures(tmp_path, tiny):
+    out = tmp_path / "o"
+    step = ("sweep", "-t", "dgx-h100-ib", "--sizes", "8,16", "-m", tiny, "-o", out, "-j", "1")
+    assert invoke(*step).exit_code == 0
+    assert (out / "step_time.png").exists() and (out / "exposed_share.svg").exists()
+    # without plots: the earlier figures (of other rows) must not sit beside the new CSV
+    assert invoke(*step, "--no-plots", "-a", "tree").exit_code == 0
+    assert not list(out.glob("*.png")) and not list(out.glob("*.svg"))
+    assert invoke(*step).exit_code == 0
+    res = invoke("sweep", "-t", "dgx-h100-ib", "--sizes", "8", "--mode", "message", "--bytes", "1M,4M", "-a", "ring",
+                 "-o", out, "-j", "1")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["busbw_vs_size.png"]
+
+
 def test_step_command(tmp_path, tiny):
     trace = tmp_path / "t.json"
     res = invoke("step", "-t", "dgx-h100-ib", "-n", "16", "-m", tiny, "--bucket", "1MiB", "--tp", "2",

@@ -95,8 +95,10 @@ class SweepStore:
     # --- plan and journal ---------------------------------------------------------------------------------
     def start(self, specs: list) -> None:
         """A fresh sweep: forget an earlier one's journal and results, then record the plan."""
+        from fabricsim.plots import PLOT_FILES
+
         for name in os.listdir(self.out_dir):
-            if name in (JOURNAL, FAILED, PLAN) or name.endswith((".csv", ".json")) and \
+            if name in (JOURNAL, FAILED, PLAN) or name in PLOT_FILES or name.endswith((".csv", ".json")) and \
                     name.split(".")[0] in ("step", "message", "busbw", "meta"):
                 os.remove(self.path(name))
         write_whole(self.path(PLAN), pickle.dumps(list(specs)))
