@@ -117,6 +117,32 @@ def test_failing_point_is_recorded_and_the_rest_finish(tmp_path, monkeypatch):
     assert [r["gpus"] for r in done.rows] == [8, 16, 24] and not (tmp_path / "failed.json").exists()
 
 
+def test_an_interrupt_while_the_workers_stop_still_writes_the_finished_rows(tmp_path, monkeypatch):
+    """Ctrl-C after the first point, and a second SIGINT while the run's workers are being stopped (where a
+    single Ctrl-C also lands, at the wrong moment): the summary and the finished rows, not a bare exit 130."""
+    import fabricsim.sweep_exec as sweep_exec
+
+    real = sweep_exec.execute
+
+    def execute(specs, points, **kw):
+        inner = real(specs, points, jobs=1)
+        try:
+            yield from inner
+        finally:  # closing the run: its workers stop here
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def progress(record):
+        raise KeyboardInterrupt  # Ctrl-C as the first point is reported
+
+    monkeypatch.setattr(sweep_exec, "execute", execute)
+    spec = SweepSpec(topology="dgx-h100-ib", sizes=(8, 16, 24), mode="message", message_sizes=(2**20,),
+                     algorithms=("ring",))
+    with pytest.raises(SweepIncomplete, match=r"sweep interrupted: 1 of 3 points done, 2 not run.*--resume"):
+        run_and_write(spec, tmp_path, jobs=1, progress=progress)
+    assert [r["gpus"] for r in json.loads((tmp_path / "message.json").read_text())] == [8]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 def test_second_sweep_on_one_directory_is_refused(tmp_path):
     with SweepStore(tmp_path):
         res = invoke(*ARGS, "-o", tmp_path, "-j", "1")

@@ -19,11 +19,14 @@ Files in the directory:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import pickle
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -224,8 +227,9 @@ def run_into(spec, out_dir: str, *, jobs: int | None = None, scheduler: str | No
             store.start(specs)
         todo = [p for p in points if "rows" not in records.get(p.key, {}) and "curve" not in records.get(p.key, {})]
         interrupted = None
-        running = execute(specs, todo, jobs=jobs, scheduler=scheduler)
+        running = None
         try:
+            running = execute(specs, todo, jobs=jobs, scheduler=scheduler)
             for point, result, error in running:
                 record = {"key": point.key, **result} if error is None else {"key": point.key, "error": error}
                 store.append(record)
@@ -234,15 +238,36 @@ def run_into(spec, out_dir: str, *, jobs: int | None = None, scheduler: str | No
                     progress(dict(record, gpus=point.gpus))
         except KeyboardInterrupt:
             interrupted = "interrupted"
-        finally:
-            running.close()  # stops the workers of an interrupted run
-        records = store.read_journal()  # the journal is the truth (an interrupt may fall between write and here)
-        res = store.render(specs, points, records)
-        if not res.failed and not res.missing:
-            store.compact(points, records)
-            return res
-        summary = _summary(res, interrupted, store.out_dir)
+        # from here a Ctrl-C is noted, not raised: the workers are stopped and the finished rows written
+        # whenever it comes (it used to skip both when it fell into the workers' shutdown)
+        with _sigint_noted() as late:
+            if running is not None:
+                running.close()  # stops the workers of an interrupted run
+            records = store.read_journal()  # the journal is the truth (an interrupt may fall between write and here)
+            res = store.render(specs, points, records)
+            if not res.failed and not res.missing:
+                store.compact(points, records)
+                return res
+        summary = _summary(res, interrupted or ("interrupted" if late["hit"] else None), store.out_dir)
         raise SweepIncomplete(summary)
+
+
+@contextlib.contextmanager
+def _sigint_noted():
+    """Within the block SIGINT sets ``["hit"]`` instead of raising KeyboardInterrupt (main thread only:
+    elsewhere signals reach the main thread anyway)."""
+    note = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield note
+        return
+
+    def handler(signum, frame):
+        note["hit"] = True
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield note
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(res: SweepResult, interrupted: str | None, out_dir: str) -> str:
