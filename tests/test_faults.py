@@ -280,3 +280,28 @@ def test_a_two_tier_nvlink_domain_rings_pay_their_longest_hop():
     np.maximum.at(hop, rs.flow, rs.lat)
     assert hop.min() < hop.max()  # short and long hops both occur
     assert ring_wire_latency(fabric, [layout], 1)[0]["nvlink"] == hop.max()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"fail_at": ["-1ms:r0/tray3"]}, "--fail-at '-1ms:r0/tray3': cannot read time '-1ms'"),
+    ({"fail_at": ["1ms:"]}, "--fail-at '1ms:' names no part after its time"),
+    ({"fail_at": ["r0/tray3"]}, "--fail-at 'r0/tray3' has no time"),
+    ({"degrade_at": ["-1ms:r0/gpu5:nvlink=0.5"]}, "--degrade-at '-1ms:r0/gpu5:nvlink=0.5': cannot read time"),
+    ({"fail_at": ["1e999s:x"]}, "--fail-at '1e999s:x': time '1e999s' is out of range"),
+    ({"fail_at": ["1ms:r0/tray3:0.5"]}, "--fail-at '1ms:r0/tray3:0.5' takes no share; use --degrade-at '1ms:r0/tray3:0.5'"),
+    ({"degrade_at": ["1ms:r0/tray3"]}, "--degrade-at '1ms:r0/tray3' needs a share"),
+    ({"fail": ["1ms:r0/tray3"]}, "--fail '1ms:r0/tray3' has a time"),
+    ({"degrade_at": ["1ms:r0/gpu5:latency=+1us"]}, "a timed fault changes bandwidth, not latency"),
+])
+def test_timed_fault_options_name_themselves_and_the_problem(options, message):
+    """Each part of TIME:SPEC is checked on its own; the message quotes the option and the whole spec (a
+    negative time used to be read as a target and called a share, and '1ms:' as having no time)."""
+    with pytest.raises(ConfigError) as info:
+        parse_faults(**options)
+    assert message in str(info.value)
+
+
+def test_timed_fault_options_parse():
+    assert parse_faults(fail_at=["2ms:r0/tray3"]) == [Fault("r0/tray3", time=2e-3)]
+    assert parse_faults(degrade_at=["1ms:r0/gpu5:nvlink=0.5", "0s:leaf3:0.25"]) == [
+        Fault("r0/gpu5", 0.5, "nvlink", time=1e-3), Fault("leaf3", 0.25, time=0.0)]

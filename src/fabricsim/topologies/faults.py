@@ -100,8 +100,9 @@ class Fault:
         return f"{self.target}{kind} {what}{when}"
 
 
-def parse_fault(text: str, *, degrade: bool | None = None) -> Fault:
-    """A Fault from its text (module docstring). ``degrade=False`` refuses a share (``--fail``).
+def parse_fault(text: str, *, degrade: bool | None = None, option: str = "") -> Fault:
+    """A Fault from its text (module docstring). ``degrade=False`` refuses a share (``--fail``);
+    ``option`` (e.g. ``"--fail-at"``) names the option in messages (default ``--fail``/``--degrade``).
 
     >>> parse_fault("r0/gpu5:nvlink=0.5")
     Fault(target='r0/gpu5', factor=0.5, kind='nvlink', latency=0.0, time=None)
@@ -119,12 +120,13 @@ def parse_fault(text: str, *, degrade: bool | None = None) -> Fault:
     target, _, change = _split_change(raw)
     if not target:
         raise ConfigError(f"fault {text!r} names no part; expected {SYNTAX}")
+    timed = "-at" if option.endswith("-at") else ""
     if not change:
         if degrade:
-            raise ConfigError(f"--degrade {text!r} needs a share: TARGET:0.5 or TARGET:nvlink=0.5")
+            raise ConfigError(f"{option or '--degrade'} {text!r} needs a share: TARGET:0.5 or TARGET:nvlink=0.5")
         return Fault(target, 0.0, time=time)
     if degrade is False:
-        raise ConfigError(f"--fail {text!r} takes no share; use --degrade {text!r}")
+        raise ConfigError(f"{option or '--fail'} {text!r} takes no share; use --degrade{timed} {text!r}")
     key, eq, value = change.partition("=")
     key, value = (key.strip(), value.strip()) if eq else ("", key.strip())
     if key == "latency":
@@ -152,15 +154,42 @@ def parse_faults(fail: Iterable[str] = (), degrade: Iterable[str] = (), fail_at:
     out: list[Fault] = []
     for values, is_degrade, timed in ((fail, False, False), (degrade, True, False), (fail_at, False, True),
                                       (degrade_at, True, True)):
+        option = "--" + ("degrade" if is_degrade else "fail") + ("-at" if timed else "")
         for value in values:
             for text in (t for t in value.split(",") if t.strip()):
-                fault = parse_fault(text, degrade=is_degrade)
-                if timed and fault.time is None:
-                    raise ConfigError(f"{text!r} has no time: write TIME:TARGET, e.g. 1ms:{text}")
-                if not timed and fault.time is not None:
-                    raise ConfigError(f"{text!r} has a time: use --fail-at/--degrade-at for timed faults")
+                if timed:
+                    out.append(_timed_fault(text, is_degrade, option))
+                    continue
+                fault = parse_fault(text, degrade=is_degrade, option=option)
+                if fault.time is not None:
+                    raise ConfigError(f"{option} {text!r} has a time: use --fail-at/--degrade-at for timed faults")
                 out.append(fault)
     return out
+
+
+def _timed_fault(text: str, degrade: bool, option: str) -> Fault:
+    """``TIME:SPEC`` of ``--fail-at``/``--degrade-at``, each part checked on its own (messages name the option)."""
+    when, sep, rest = text.strip().partition(":")
+    example = "1ms:r0/tray3:0.5" if degrade else "1ms:leaf3"
+    if not sep or not when.strip():
+        raise ConfigError(f"{option} {text!r} has no time: write TIME:TARGET, e.g. {example}")
+    if not rest.strip():
+        raise ConfigError(f"{option} {text!r} names no part after its time: write TIME:TARGET, e.g. {example}")
+    try:
+        time = parse_time(when.strip())
+    except ConfigError as exc:
+        raise ConfigError(f"{option} {text!r}: {exc}") from None
+    if not time >= 0:
+        raise ConfigError(f"{option} {text!r}: its time must be a non-negative duration, e.g. {example}")
+    try:
+        fault = parse_fault(rest, degrade=degrade, option=option)
+    except ConfigError as exc:  # its message quotes the spec without its time: quote the whole of it
+        raise ConfigError(str(exc).replace(repr(rest), repr(text.strip()))) from None
+    if fault.time is not None:
+        raise ConfigError(f"{option} {text!r} has two times; write TIME:TARGET, e.g. {example}")
+    if fault.latency:
+        raise ConfigError(f"{option} {text!r}: a timed fault changes bandwidth, not latency")
+    return Fault(fault.target, fault.factor, fault.kind, fault.latency, time)
 
 
 # --- selecting the parts ------------------------------------------------------------------------------------
