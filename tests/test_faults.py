@@ -303,5 +303,7 @@ def test_timed_fault_options_name_themselves_and_the_problem(options, message):
 
 def test_timed_fault_options_parse():
     assert parse_faults(fail_at=["2ms:r0/tray3"]) == [Fault("r0/tray3", time=2e-3)]
+    assert parse_faults(fail_at=["2 ms@r0/tray3", "1.5e-3s:leaf3"]) == [Fault("r0/tray3", time=2e-3),
+                                                                      Fault("leaf3", time=1.5e-3)]
     assert parse_faults(degrade_at=["1ms:r0/gpu5:nvlink=0.5", "0s:leaf3:0.25"]) == [
         Fault("r0/gpu5", 0.5, "nvlink", time=1e-3), Fault("leaf3", 0.25, time=0.0)]

@@ -169,14 +169,15 @@ def parse_faults(fail: Iterable[str] = (), degrade: Iterable[str] = (), fail_at:
 
 def _timed_fault(text: str, degrade: bool, option: str) -> Fault:
     """``TIME:SPEC`` of ``--fail-at``/``--degrade-at``, each part checked on its own (messages name the option)."""
-    when, sep, rest = text.strip().partition(":")
+    split = re.match(r"^([^:@]*)[:@](.*)$", text.strip())  # TIME:SPEC, or TIME@SPEC
+    when, sep, rest = (split.group(1), ":", split.group(2)) if split else (text, "", "")
     example = "1ms:r0/tray3:0.5" if degrade else "1ms:leaf3"
     if not sep or not when.strip():
         raise ConfigError(f"{option} {text!r} has no time: write TIME:TARGET, e.g. {example}")
     if not rest.strip():
         raise ConfigError(f"{option} {text!r} names no part after its time: write TIME:TARGET, e.g. {example}")
     try:
-        time = parse_time(when.strip())
+        time = parse_time(when.replace(" ", ""))
     except ConfigError as exc:
         raise ConfigError(f"{option} {text!r}: {exc}") from None
     if not time >= 0:
