@@ -18,8 +18,8 @@ from fabricsim.errors import ConfigError
 __all__ = ["PLOT_FILES", "read_rows", "plot_step_time", "plot_exposed_share", "plot_scaling_efficiency",
            "plot_busbw_vs_size", "plot_busbw_vs_gpus", "plot_step_breakdown", "breakdown_columns", "write_plots"]
 
-#: Every file ``write_plots`` may write: a run removes those it did not write this time, so a folder never
-#: mixes one run's figures with another's (a sweep's fresh start removes them all).
+#: Every file ``write_plots`` may write: a sweep's fresh start removes them from its folder, so it never
+#: mixes one run's figures with another's (``fabricsim plot`` leaves the figures of other CSVs alone).
 PLOT_FILES = tuple(f"{stem}.{ext}" for stem in ("step_time", "exposed_share", "scaling_efficiency", "step_breakdown",
                                                  "busbw_vs_gpus", "busbw_vs_size") for ext in ("png", "svg"))
 
@@ -369,8 +369,7 @@ def write_plots(rows, out_dir: str, *, curve_rows=None, breakdown: bool | None =
 
     Step rows give step_time, exposed_share and scaling_efficiency, and step_breakdown when they carry
     breakdown columns (``breakdown=None``; True insists, False skips); message rows (or ``curve_rows``) give
-    busbw_vs_size (and busbw_vs_gpus when there are several cluster sizes). Files of ``PLOT_FILES`` that
-    these rows do not give are removed from ``out_dir`` (an earlier run's).
+    busbw_vs_size (and busbw_vs_gpus when there are several cluster sizes).
     """
     if rows:
         _kind(rows)  # refuse rows no figure can use before creating the folder
@@ -391,8 +390,4 @@ def write_plots(rows, out_dir: str, *, curve_rows=None, breakdown: bool | None =
                 paths += _save(plot_busbw_vs_gpus(rows), out_dir, "busbw_vs_gpus")
     if messages and len({r["size_bytes"] for r in messages}) > 1:
         paths += _save(plot_busbw_vs_size(messages), out_dir, "busbw_vs_size")
-    written = {os.path.basename(p) for p in paths}
-    for name in PLOT_FILES:
-        if name not in written and os.path.isfile(os.path.join(out_dir, name)):
-            os.remove(os.path.join(out_dir, name))  # an earlier run's figure of what these rows do not show
     return paths
