@@ -288,6 +288,8 @@ def test_a_two_tier_nvlink_domain_rings_pay_their_longest_hop():
     ({"fail_at": ["r0/tray3"]}, "--fail-at 'r0/tray3' has no time"),
     ({"degrade_at": ["-1ms:r0/gpu5:nvlink=0.5"]}, "--degrade-at '-1ms:r0/gpu5:nvlink=0.5': cannot read time"),
     ({"fail_at": ["1e999s:x"]}, "--fail-at '1e999s:x': time '1e999s' is out of range"),
+    ({"fail_at": ["1:leaf3"]}, "--fail-at '1:leaf3': write its time as a number and a unit"),
+    ({"fail_at": ["1.5E-3s:leaf3"]}, "--fail-at '1.5E-3s:leaf3': write its time as a number and a unit"),
     ({"fail_at": ["1ms:r0/tray3:0.5"]}, "--fail-at '1ms:r0/tray3:0.5' takes no share; use --degrade-at '1ms:r0/tray3:0.5'"),
     ({"degrade_at": ["1ms:r0/tray3"]}, "--degrade-at '1ms:r0/tray3' needs a share"),
     ({"fail": ["1ms:r0/tray3"]}, "--fail '1ms:r0/tray3' has a time"),

@@ -65,7 +65,8 @@ SYNTAX = ("TARGET (fail), TARGET:F or TARGET:KIND=F (degrade to share F), TARGET
           "TIME:... (e.g. 1ms:leaf3). TARGET: a node (leaf3, r0/nvs5, n3/nic2), a link A->B or A--B, "
           "rN/trayT or rN/planeP; globs allowed")
 
-_TIME = re.compile(r"^\s*([0-9.]+(?:e-?[0-9]+)?\s*(?:s|ms|us|µs|ns))\s*[:@](.+)$")
+_DURATION = r"[0-9.]+(?:e-?[0-9]+)?\s*(?:s|ms|us|µs|ns)"  # a fault's time: a number and its unit
+_TIME = re.compile(rf"^\s*({_DURATION})\s*[:@](.+)$")
 
 
 @dataclass(frozen=True)
@@ -170,18 +171,18 @@ def parse_faults(fail: Iterable[str] = (), degrade: Iterable[str] = (), fail_at:
 def _timed_fault(text: str, degrade: bool, option: str) -> Fault:
     """``TIME:SPEC`` of ``--fail-at``/``--degrade-at``, each part checked on its own (messages name the option)."""
     split = re.match(r"^([^:@]*)[:@](.*)$", text.strip())  # TIME:SPEC, or TIME@SPEC
-    when, sep, rest = (split.group(1), ":", split.group(2)) if split else (text, "", "")
     example = "1ms:r0/tray3:0.5" if degrade else "1ms:leaf3"
-    if not sep or not when.strip():
+    if split is None or not split.group(1).strip():
         raise ConfigError(f"{option} {text!r} has no time: write TIME:TARGET, e.g. {example}")
+    when, rest = split.group(1).strip(), split.group(2)
     if not rest.strip():
         raise ConfigError(f"{option} {text!r} names no part after its time: write TIME:TARGET, e.g. {example}")
     try:
         time = parse_time(when.replace(" ", ""))
     except ConfigError as exc:
         raise ConfigError(f"{option} {text!r}: {exc}") from None
-    if not time >= 0:
-        raise ConfigError(f"{option} {text!r}: its time must be a non-negative duration, e.g. {example}")
+    if not re.fullmatch(_DURATION, when):  # what untimed specs read as a time, and no more (a unit: '1' is not 1 s)
+        raise ConfigError(f"{option} {text!r}: write its time as a number and a unit, e.g. {example}")
     try:
         fault = parse_fault(rest, degrade=degrade, option=option)
     except ConfigError as exc:  # its message quotes the spec without its time: quote the whole of it
